@@ -112,7 +112,8 @@ impl CircuitBreakerConfig {
         self.recovery_backoff
     }
 
-    /// Cap of the grown open duration (default 600 s).
+    /// Cap of the grown open duration (default 600 s; only used with a
+    /// `recovery_backoff` above 1).
     pub fn max_recovery_timeout(&self) -> Duration {
         self.max_recovery_timeout
     }
@@ -258,7 +259,7 @@ impl CircuitBreakerConfigBuilder {
                 value: c.recovery_backoff,
             });
         }
-        if c.max_recovery_timeout < c.recovery_timeout {
+        if c.recovery_backoff > 1.0 && c.max_recovery_timeout < c.recovery_timeout {
             return Err(ConfigError::Exceeds {
                 field: "recovery_timeout",
                 limit: "max_recovery_timeout",
@@ -323,6 +324,8 @@ mod tests {
         assert!(b().recovery_backoff(f64::NAN, Duration::from_secs(600)).build().is_err());
         assert!(b().recovery_backoff(0.5, Duration::from_secs(600)).build().is_err());
         assert!(b().recovery_backoff(2.0, Duration::from_secs(1)).build().is_err());
+        // Without growth the cap does not apply.
+        assert!(b().recovery_timeout(Duration::from_secs(3600)).build().is_ok());
     }
 
     #[test]
