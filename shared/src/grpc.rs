@@ -23,9 +23,9 @@ use std::time::Duration;
 use http::HeaderMap;
 use tonic::{Code, Status};
 
+use crate::BoxError;
 use crate::circuit_breaker::{CallError, ClassifyResponse, Outcome};
 use crate::retry::{ClassifyRetry, RetryAction};
-use crate::BoxError;
 
 /// The header (or trailer) a server uses to ask for a specific retry delay.
 pub const PUSHBACK_HEADER: &str = "grpc-retry-pushback-ms";

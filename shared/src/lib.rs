@@ -1,5 +1,5 @@
 //! Resilience for calls to a remote service: a [circuit breaker](circuit_breaker),
-//! [retry](retry) with exponential backoff, jitter and a shared retry budget,
+//! [retry] with exponential backoff, jitter and a shared retry budget,
 //! and the classification that tells which errors count as failures and which
 //! may be retried.
 //!
@@ -49,8 +49,8 @@ pub mod grpc;
 pub mod retry;
 
 pub use circuit_breaker::{
-    CallError, CircuitBreaker, CircuitBreakerConfig, CircuitBreakerLayer, CircuitBreakerStats,
-    CircuitState, Outcome, Transition, TransitionCause,
+    CallError, CircuitBreaker, CircuitBreakerConfig, CircuitBreakerLayer, CircuitBreakerStats, CircuitState, Outcome,
+    Transition, TransitionCause,
 };
 pub use error::{ConfigError, Result};
 

@@ -10,7 +10,9 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use resilience::grpc::{GrpcClassifier, PUSHBACK_HEADER, is_circuit_rejection};
-use resilience::{CircuitBreaker, CircuitBreakerConfig, CircuitBreakerLayer, CircuitState, Retry, RetryConfig, RetryLayer};
+use resilience::{
+    CircuitBreaker, CircuitBreakerConfig, CircuitBreakerLayer, CircuitState, Retry, RetryConfig, RetryLayer,
+};
 use tokio::sync::oneshot;
 use tonic::Code;
 use tonic::transport::{Endpoint, Server};
@@ -70,14 +72,19 @@ impl TestServer {
         let (stop, stopped) = oneshot::channel();
         let layer = {
             let (remaining, seen) = (remaining.clone(), seen.clone());
-            tower::layer::layer_fn(move |inner| FailFirst { inner, remaining: remaining.clone(), seen: seen.clone(), status })
+            tower::layer::layer_fn(move |inner| FailFirst {
+                inner,
+                remaining: remaining.clone(),
+                seen: seen.clone(),
+                status,
+            })
         };
-        let server = Server::builder()
-            .layer(layer)
-            .add_service(health)
-            .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener), async {
+        let server = Server::builder().layer(layer).add_service(health).serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener),
+            async {
                 let _ = stopped.await;
-            });
+            },
+        );
         let done = tokio::spawn(async move { server.await.unwrap() });
         Self { addr, seen, stop: Some(stop), done }
     }
@@ -116,10 +123,8 @@ fn client(
     breaker: &CircuitBreaker,
     retry: &Retry,
 ) -> HealthClient<impl tonic::client::GrpcService<tonic::body::Body, ResponseBody = tonic::body::Body> + Clone> {
-    let channel = Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect_timeout(Duration::from_secs(2))
-        .connect_lazy();
+    let channel =
+        Endpoint::from_shared(format!("http://{addr}")).unwrap().connect_timeout(Duration::from_secs(2)).connect_lazy();
     let service = ServiceBuilder::new()
         .layer(RetryLayer::new(retry.clone()))
         .layer(CircuitBreakerLayer::new(breaker.clone()).with_classifier(GrpcClassifier))

@@ -133,11 +133,7 @@ impl CircuitBreakerConfig {
         let exponent = i32::try_from(trips_in_a_row).unwrap_or(i32::MAX);
         let secs = self.recovery_timeout.as_secs_f64() * self.recovery_backoff.powi(exponent);
         let cap = self.max_recovery_timeout.max(self.recovery_timeout);
-        if secs.is_finite() && secs < cap.as_secs_f64() {
-            Duration::from_secs_f64(secs)
-        } else {
-            cap
-        }
+        if secs.is_finite() && secs < cap.as_secs_f64() { Duration::from_secs_f64(secs) } else { cap }
     }
 }
 
@@ -260,10 +256,7 @@ impl CircuitBreakerConfigBuilder {
             });
         }
         if c.recovery_backoff > 1.0 && c.max_recovery_timeout < c.recovery_timeout {
-            return Err(ConfigError::Exceeds {
-                field: "recovery_timeout",
-                limit: "max_recovery_timeout",
-            });
+            return Err(ConfigError::Exceeds { field: "recovery_timeout", limit: "max_recovery_timeout" });
         }
         if let Some(rate) = c.failure_rate {
             if !(rate.threshold > 0.0 && rate.threshold <= 1.0) {
@@ -280,10 +273,7 @@ impl CircuitBreakerConfigBuilder {
                 return Err(ConfigError::Zero { field: "minimum_calls" });
             }
             if rate.minimum_calls > rate.window {
-                return Err(ConfigError::Exceeds {
-                    field: "minimum_calls",
-                    limit: "sliding_window_size",
-                });
+                return Err(ConfigError::Exceeds { field: "minimum_calls", limit: "sliding_window_size" });
             }
         }
         Ok(c)

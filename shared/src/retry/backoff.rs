@@ -110,10 +110,19 @@ mod tests {
     #[test]
     fn the_same_seed_gives_the_same_delays() {
         let c = config(Jitter::Full, 100, 10_000, 2.0);
-        let a: Vec<_> = { let mut b = Backoff::with_seed(c, 42); (0..20).map(|_| b.next_delay()).collect() };
-        let b: Vec<_> = { let mut b = Backoff::with_seed(c, 42); (0..20).map(|_| b.next_delay()).collect() };
+        let a: Vec<_> = {
+            let mut b = Backoff::with_seed(c, 42);
+            (0..20).map(|_| b.next_delay()).collect()
+        };
+        let b: Vec<_> = {
+            let mut b = Backoff::with_seed(c, 42);
+            (0..20).map(|_| b.next_delay()).collect()
+        };
         assert_eq!(a, b);
-        let other: Vec<_> = { let mut b = Backoff::with_seed(c, 43); (0..20).map(|_| b.next_delay()).collect() };
+        let other: Vec<_> = {
+            let mut b = Backoff::with_seed(c, 43);
+            (0..20).map(|_| b.next_delay()).collect()
+        };
         assert_ne!(a, other);
     }
 

@@ -49,7 +49,8 @@ impl RetryBudget {
         if self.tokens.load(Ordering::Relaxed) >= self.max {
             return;
         }
-        let _ = self.tokens.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| Some((t + self.ratio).min(self.max)));
+        let _ =
+            self.tokens.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| Some((t + self.ratio).min(self.max)));
     }
 
     /// Records a failed attempt: takes one token.

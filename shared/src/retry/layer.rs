@@ -136,7 +136,8 @@ where
                 }
                 ready = false;
                 retry.inner.attempts.increment();
-                let request = http::Request::from_parts(parts.clone(), tonic::body::Body::new(Full::new(bytes.clone())));
+                let request =
+                    http::Request::from_parts(parts.clone(), tonic::body::Body::new(Full::new(bytes.clone())));
                 let result = inner.call(request).await;
                 let Some(action) = classifier.retry_action(&result) else {
                     if let Some(budget) = &retry.inner.budget {

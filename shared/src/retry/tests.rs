@@ -11,9 +11,11 @@ fn config() -> RetryConfigBuilder {
     RetryConfig::builder().jitter(false).no_budget()
 }
 
+type Attempt = std::future::Ready<Result<u32, &'static str>>;
+
 /// An operation that fails `failures` times with `error`, then succeeds;
 /// returns it with its call counter.
-fn flaky(failures: u32, error: &'static str) -> (Cell<u32>, impl Fn(&Cell<u32>) -> std::future::Ready<Result<u32, &'static str>>) {
+fn flaky(failures: u32, error: &'static str) -> (Cell<u32>, impl Fn(&Cell<u32>) -> Attempt) {
     (Cell::new(0), move |calls: &Cell<u32>| {
         calls.set(calls.get() + 1);
         std::future::ready(if calls.get() <= failures { Err(error) } else { Ok(calls.get()) })
@@ -56,7 +58,8 @@ async fn a_non_retryable_error_returns_at_once() {
 
 #[tokio::test(start_paused = true)]
 async fn server_pushback_is_waited_exactly_even_beyond_max_delay() {
-    let retry = Retry::new(config().max_delay(Duration::from_secs(5)).base_delay(Duration::from_secs(1)).build().unwrap());
+    let retry =
+        Retry::new(config().max_delay(Duration::from_secs(5)).base_delay(Duration::from_secs(1)).build().unwrap());
     let (calls, op) = flaky(1, "busy");
     let start = Instant::now();
     let classify = |_: &&str| RetryAction::RetryAfter(Duration::from_millis(7_250));
