@@ -97,21 +97,32 @@ async fn half_open_admits_exactly_max_calls_of_k_concurrent_callers() {
     open(&b).await;
     advance(Duration::from_secs(60)).await;
 
-    // Ten callers arrive together; each holds its permit until released.
+    // Ten callers arrive together; each admitted one holds its permit until
+    // the gate opens.
     let (release, gate) = tokio::sync::watch::channel(false);
+    let started = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut tasks = Vec::new();
     for _ in 0..10 {
         let b = b.clone();
         let mut gate = gate.clone();
+        let started = Arc::clone(&started);
         tasks.push(tokio::spawn(async move {
             b.call(|| async move {
+                started.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let _ = gate.wait_for(|open| *open).await;
                 Ok::<_, &str>(())
             })
             .await
         }));
     }
-    tokio::task::yield_now().await;
+    // Let every caller reach the breaker before any permit is released.
+    for _ in 0..1000 {
+        if started.load(std::sync::atomic::Ordering::SeqCst) + b.stats().rejected_calls == 10 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(started.load(std::sync::atomic::Ordering::SeqCst) + b.stats().rejected_calls, 10);
     release.send_replace(true);
     let mut admitted = 0;
     let mut refused = 0;
