@@ -1,0 +1,194 @@
+//! The `orchestrator` binary: `serve` runs the orchestrator; the other
+//! subcommands talk to a running one through its admin service.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use orchestrator::admin_cli::{self, AdminArgs, AdminCommand};
+use orchestrator::engine::EngineConfig;
+use orchestrator::server::{OrchestratorServer, ServerConfig};
+
+/// Balances long-lived media streams across a fleet of workers.
+///
+/// Start it with `orchestrator serve`, add streams with
+/// `orchestrator streams add 1-100`, and point workers at it. Every flag can
+/// also be set with the environment variable shown in its help.
+#[derive(Debug, Parser)]
+#[command(name = "orchestrator", version, propagate_version = true)]
+struct Cli {
+    #[command(flatten)]
+    admin: AdminArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the orchestrator: gRPC worker and admin services, health and
+    /// reflection on one listener, state in one SQLite file.
+    Serve(ServeArgs),
+    #[command(flatten)]
+    Admin(AdminCommand),
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Address to listen on (host:port; port 0 picks a free port).
+    #[arg(long, env = "ORCHESTRATOR_LISTEN", default_value = "127.0.0.1:50051")]
+    listen: SocketAddr,
+    /// The SQLite database file; created if missing. Holds the catalog,
+    /// workers, leases, processing records and the audit log.
+    #[arg(long, env = "ORCHESTRATOR_DATABASE", default_value = "./orchestrator.db")]
+    database: PathBuf,
+    /// How often workers heartbeat (told to them in every response).
+    #[arg(long, env = "ORCHESTRATOR_HEARTBEAT_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    heartbeat_interval: Duration,
+    /// A worker session with no heartbeat for this long expires and its
+    /// streams move. Keep it several heartbeat intervals long.
+    #[arg(long, env = "ORCHESTRATOR_SESSION_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    session_timeout: Duration,
+    /// After a restart, how long known workers have to re-register and keep
+    /// their leases; nothing moves meanwhile. Default: --session-timeout
+    /// plus 60 s, so a worker whose circuit breaker waits its default 60 s
+    /// recovery timeout before probing still makes it.
+    #[arg(long, env = "ORCHESTRATOR_GRACE", value_parser = humantime::parse_duration)]
+    grace: Option<Duration>,
+    /// Largest max_streams a worker may declare.
+    #[arg(long, env = "ORCHESTRATOR_MAX_STREAMS_LIMIT", default_value_t = 10_000)]
+    max_streams_limit: u32,
+    /// Longest list in one request (stream ids, leases, records).
+    #[arg(long, env = "ORCHESTRATOR_MAX_LIST_LEN", default_value_t = 10_000)]
+    max_list_len: usize,
+    /// Cap on streams revoked per rebalancing round (0: no cap).
+    #[arg(long, env = "ORCHESTRATOR_MAX_MOVES_PER_ROUND", default_value_t = 0)]
+    max_moves_per_round: u32,
+    /// Share of sessions expiring within one session timeout above which
+    /// their streams are held back (the mass-failure brake).
+    #[arg(long, env = "ORCHESTRATOR_MASS_FAILURE_THRESHOLD", default_value_t = 0.5)]
+    mass_failure_threshold: f64,
+    /// Requests handled at once; more are refused with UNAVAILABLE and a
+    /// retry pushback.
+    #[arg(long, env = "ORCHESTRATOR_MAX_CONCURRENT_REQUESTS", default_value_t = 4096)]
+    max_concurrent_requests: usize,
+    /// Largest gRPC message, bytes.
+    #[arg(long, env = "ORCHESTRATOR_MAX_MESSAGE_BYTES", default_value_t = 4 * 1024 * 1024)]
+    max_message_bytes: usize,
+    /// Add streams 1..=N (named demo-N) to an empty catalog, to try it out.
+    #[arg(long, env = "ORCHESTRATOR_DEMO_STREAMS", default_value_t = 0)]
+    demo_streams: u32,
+}
+
+impl ServeArgs {
+    fn into_config(self) -> Result<ServerConfig, String> {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        if self.heartbeat_interval.is_zero() {
+            return Err("--heartbeat-interval must be greater than zero".into());
+        }
+        if self.session_timeout <= self.heartbeat_interval {
+            return Err(format!(
+                "--session-timeout ({:?}) must be longer than --heartbeat-interval ({:?}); several times longer is best",
+                self.session_timeout, self.heartbeat_interval
+            ));
+        }
+        if !(self.mass_failure_threshold > 0.0 && self.mass_failure_threshold <= 1.0) {
+            return Err("--mass-failure-threshold must be in (0, 1]".into());
+        }
+        if self.max_streams_limit == 0 || self.max_list_len == 0 || self.max_concurrent_requests == 0 {
+            return Err("--max-streams-limit, --max-list-len and --max-concurrent-requests must be at least 1".into());
+        }
+        let grace = self.grace.unwrap_or(self.session_timeout + Duration::from_secs(60));
+        Ok(ServerConfig {
+            listen: self.listen,
+            database: self.database,
+            engine: EngineConfig {
+                session_timeout: ms(self.session_timeout),
+                heartbeat_interval: ms(self.heartbeat_interval),
+                grace_period: ms(grace),
+                max_streams_limit: self.max_streams_limit,
+                max_list_len: self.max_list_len,
+                max_moves_per_round: (self.max_moves_per_round > 0).then_some(self.max_moves_per_round),
+                mass_failure_threshold: self.mass_failure_threshold,
+                instance_id: fastrand::u64(..),
+                ..EngineConfig::default()
+            },
+            max_concurrent_requests: self.max_concurrent_requests,
+            max_message_bytes: self.max_message_bytes,
+            demo_streams: self.demo_streams,
+        })
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("received ctrl-c"),
+        () = term => tracing::info!("received SIGTERM"),
+    }
+}
+
+async fn serve(args: ServeArgs) -> ExitCode {
+    init_tracing();
+    let config = match args.into_config() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let server = match OrchestratorServer::bind(config).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match server.serve(shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => serve(args).await,
+        Command::Admin(command) => {
+            let mut out = std::io::stdout().lock();
+            match admin_cli::run(&cli.admin, command, &mut out).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,339 @@
+//! Binding and serving: the worker and admin services, `grpc.health.v1`
+//! and server reflection on one listener, with load shedding, the liveness
+//! ticker and graceful shutdown.
+//!
+//! Bind first, then serve: [`OrchestratorServer::bind`] opens the store,
+//! rebuilds the engine and binds the listener (port 0 allowed);
+//! [`OrchestratorServer::local_addr`] tells where; [`OrchestratorServer::serve`]
+//! serves until the shutdown future fires, then reports NOT_SERVING, stops
+//! accepting, finishes in-flight calls and flushes the store.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tonic::transport::server::TcpIncoming;
+
+use crate::engine::EngineConfig;
+use crate::service::{Orchestrator, ServiceConfig};
+use crate::store::{SqliteStore, Store, StoreError, StoreHandle};
+
+/// Everything `orchestrator serve` can be told.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Address to listen on (port 0: any free port).
+    pub listen: SocketAddr,
+    /// The SQLite database file.
+    pub database: PathBuf,
+    /// The engine's timings and limits.
+    pub engine: EngineConfig,
+    /// Requests handled at once before new ones are shed with UNAVAILABLE.
+    pub max_concurrent_requests: usize,
+    /// Largest request or response message, bytes.
+    pub max_message_bytes: usize,
+    /// Streams 1..=N to add to an empty catalog, for trying things out.
+    pub demo_streams: u32,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            database: PathBuf::from("orchestrator.db"),
+            engine: EngineConfig::default(),
+            max_concurrent_requests: 4096,
+            max_message_bytes: 4 * 1024 * 1024,
+            demo_streams: 0,
+        }
+    }
+}
+
+/// Why the server could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The store could not be opened or failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The gRPC server failed.
+    #[error("gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// Reflection could not be set up (a broken descriptor set).
+    #[error("server reflection: {0}")]
+    Reflection(String),
+    /// The demo streams could not be added.
+    #[error("adding demo streams: {0}")]
+    Demo(String),
+}
+
+/// A bound, ready-to-serve orchestrator.
+#[derive(Debug)]
+pub struct OrchestratorServer {
+    config: ServerConfig,
+    listener: tokio::net::TcpListener,
+    orchestrator: Orchestrator,
+    store_thread: std::thread::JoinHandle<()>,
+}
+
+impl OrchestratorServer {
+    /// Opens the store, rebuilds the engine (with a grace period if the
+    /// database knows workers) and binds the listener.
+    ///
+    /// # Errors
+    ///
+    /// [`ServeError::Store`] for a database that cannot be opened or is not
+    /// usable (the file is left as it was), [`ServeError::Bind`].
+    pub async fn bind(config: ServerConfig) -> Result<Self, ServeError> {
+        let path = config.database.clone();
+        let (store, loaded) = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
+            let mut store = SqliteStore::open(&path)?;
+            let loaded = store.load()?;
+            Ok((store, loaded))
+        })
+        .await
+        .map_err(|e| StoreError::Io(e.to_string()))??;
+        let workers = loaded.state.workers.len();
+        let streams = loaded.state.streams.len();
+        let (handle, store_thread) = StoreHandle::spawn(store)?;
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| ServeError::Bind { addr: config.listen, source })?;
+        let orchestrator = Orchestrator::new(ServiceConfig { engine: config.engine.clone() }, loaded, handle);
+        if workers > 0 {
+            tracing::info!(
+                workers,
+                streams,
+                grace = ?Duration::from_millis(config.engine.grace_period),
+                "restored from {}; known workers may re-register and keep their leases during the grace period",
+                config.database.display()
+            );
+        } else if streams == 0 && config.demo_streams == 0 {
+            tracing::info!(
+                "the catalog is empty: add streams with `orchestrator streams add 1-100` (or start with --demo-streams 100)"
+            );
+        }
+        if config.demo_streams > 0 && streams == 0 {
+            orchestrator.add_demo_streams(config.demo_streams).await.map_err(|s| ServeError::Demo(s.to_string()))?;
+            tracing::info!(streams = config.demo_streams, "added demo streams 1..={}", config.demo_streams);
+        }
+        Ok(Self { config, listener, orchestrator, store_thread })
+    }
+
+    /// The address the listener is bound to.
+    ///
+    /// # Errors
+    ///
+    /// The OS error if the socket has no local address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The orchestrator behind the services (for tests and embedding).
+    pub fn orchestrator(&self) -> &Orchestrator {
+        &self.orchestrator
+    }
+
+    /// Serves until `shutdown` fires (or storage fails), then shuts down
+    /// gracefully and flushes the store.
+    ///
+    /// # Errors
+    ///
+    /// [`ServeError::Transport`] if the server fails, [`ServeError::Store`]
+    /// if storage failed while serving.
+    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
+        let Self { config, listener, orchestrator, store_thread } = self;
+        let addr = listener.local_addr().ok();
+        let (reporter, health) = tonic_health::server::health_reporter();
+        reporter.set_not_serving::<orchestrator_proto::v1::worker_service_server::WorkerServiceServer<crate::service::WorkerApi>>().await;
+        reporter.set_not_serving::<orchestrator_proto::v1::admin_service_server::AdminServiceServer<crate::service::AdminApi>>().await;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(orchestrator_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(|e| ServeError::Reflection(e.to_string()))?;
+        let reflection_alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(orchestrator_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()
+            .map_err(|e| ServeError::Reflection(e.to_string()))?;
+
+        let max = config.max_message_bytes;
+        let worker = orchestrator.worker_service().max_decoding_message_size(max).max_encoding_message_size(max);
+        let admin = orchestrator.admin_service().max_decoding_message_size(max).max_encoding_message_size(max);
+
+        // The liveness ticker: expiries, grace, placements.
+        let tick_every = Duration::from_millis((config.engine.heartbeat_interval / 5).clamp(10, 1000));
+        let ticker = {
+            let o = orchestrator.clone();
+            tokio::spawn(async move {
+                let mut interval = tokio::time::interval(tick_every);
+                interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    interval.tick().await;
+                    if o.tick().await.is_err() {
+                        return;
+                    }
+                }
+            })
+        };
+
+        let mut fatal = orchestrator.fatal();
+        let stop_reporter = reporter.clone();
+        let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<Option<String>>();
+        let signal = async move {
+            let reason = tokio::select! {
+                () = shutdown => None,
+                r = fatal.wait_for(Option::is_some) => r.ok().and_then(|r| r.clone()),
+            };
+            tracing::info!("shutting down: health NOT_SERVING, finishing in-flight calls");
+            stop_reporter.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+            stop_reporter
+                .set_not_serving::<orchestrator_proto::v1::worker_service_server::WorkerServiceServer<crate::service::WorkerApi>>()
+                .await;
+            stop_reporter
+                .set_not_serving::<orchestrator_proto::v1::admin_service_server::AdminServiceServer<crate::service::AdminApi>>()
+                .await;
+            let _ = stopped_tx.send(reason);
+        };
+
+        reporter.set_serving::<orchestrator_proto::v1::worker_service_server::WorkerServiceServer<crate::service::WorkerApi>>().await;
+        reporter
+            .set_serving::<orchestrator_proto::v1::admin_service_server::AdminServiceServer<crate::service::AdminApi>>()
+            .await;
+        if let Some(addr) = addr {
+            tracing::info!(%addr, database = %config.database.display(), "orchestrator serving");
+        }
+        let shed = ShedLayer { permits: Arc::new(Semaphore::new(config.max_concurrent_requests.max(1))) };
+        tonic::transport::Server::builder()
+            .layer(shed)
+            .add_service(health)
+            .add_service(reflection)
+            .add_service(reflection_alpha)
+            .add_service(worker)
+            .add_service(admin)
+            .serve_with_incoming_shutdown(TcpIncoming::from(listener), signal)
+            .await?;
+        ticker.abort();
+        drop(orchestrator);
+        // Every handle is gone: the store thread drains its queue and ends.
+        let _ = tokio::task::spawn_blocking(move || store_thread.join()).await;
+        match stopped_rx.await.ok().flatten() {
+            Some(reason) => Err(ServeError::Store(StoreError::Io(reason))),
+            None => {
+                tracing::info!("orchestrator stopped cleanly");
+                Ok(())
+            }
+        }
+    }
+}
+
+impl Orchestrator {
+    async fn add_demo_streams(&self, n: u32) -> Result<(), tonic::Status> {
+        use orchestrator_proto::v1::admin_service_server::AdminService;
+        let api = crate::service::AdminApi::from(self.clone());
+        let ids: Vec<i64> = (1..=i64::from(n)).collect();
+        for (i, chunk) in ids.chunks(10_000).enumerate() {
+            let streams = chunk
+                .iter()
+                .map(|&id| orchestrator_proto::v1::StreamSpec {
+                    stream_id: id,
+                    name: format!("demo-{id}"),
+                    source_url: String::new(),
+                })
+                .collect();
+            let request = orchestrator_proto::v1::AddStreamsRequest { streams, request_id: format!("demo-{i}") };
+            api.add_streams(tonic::Request::new(request)).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Bounded concurrency with load shedding: a request that finds every
+/// permit taken is answered at once with `UNAVAILABLE`, ErrorInfo reason
+/// `OVERLOADED` and `grpc-retry-pushback-ms`, instead of queueing (memory
+/// stays bounded).
+#[derive(Debug, Clone)]
+struct ShedLayer {
+    permits: Arc<Semaphore>,
+}
+
+impl<S> tower::Layer<S> for ShedLayer {
+    type Service = Shed<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Shed { inner, permits: Arc::clone(&self.permits) }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Shed<S> {
+    inner: S,
+    permits: Arc<Semaphore>,
+}
+
+/// Milliseconds a shed client is asked to wait.
+const PUSHBACK_MS: u64 = 250;
+
+fn overloaded() -> http::Response<tonic::body::Body> {
+    use tonic_types::{ErrorDetails, StatusExt};
+    let details = ErrorDetails::with_error_info(
+        orchestrator_proto::reason::OVERLOADED,
+        orchestrator_proto::ERROR_DOMAIN,
+        std::collections::HashMap::new(),
+    );
+    let mut status = tonic::Status::with_error_details(
+        tonic::Code::Unavailable,
+        "the orchestrator is overloaded; retry after the pushback",
+        details,
+    );
+    status
+        .metadata_mut()
+        .insert(orchestrator_proto::RETRY_PUSHBACK_HEADER, tonic::metadata::MetadataValue::from(PUSHBACK_MS));
+    status.into_http()
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl<S, B> tower::Service<http::Request<B>> for Shed<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>> + Send,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<S::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let permit: Option<OwnedSemaphorePermit> = Arc::clone(&self.permits).try_acquire_owned().ok();
+        match permit {
+            Some(permit) => {
+                let future = self.inner.call(request);
+                Box::pin(async move {
+                    let response = future.await;
+                    drop(permit);
+                    response
+                })
+            }
+            None => {
+                tracing::warn!("shedding a request: every concurrency permit is taken");
+                Box::pin(async { Ok(overloaded()) })
+            }
+        }
+    }
+}

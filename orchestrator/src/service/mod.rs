@@ -1,0 +1,604 @@
+//! The `orchestrator.v1` gRPC services.
+//!
+//! Every RPC follows the same path: validate what the engine does not,
+//! lock the engine, apply the event, take the engine's [`Change`]s, submit
+//! them to the store while still holding the lock (so the disk sees the
+//! decisions in order), unlock, wait until the batch is durable, answer.
+//! Calls that change nothing (most heartbeats) wait only for batches
+//! submitted before them, so no answer reports a decision that is not yet
+//! on disk. A storage failure is fatal: the answer is `INTERNAL` and the
+//! server shuts down (a restart rebuilds everything from the store).
+
+mod status;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use orchestrator_proto::v1;
+use orchestrator_proto::v1::admin_service_server::{AdminService, AdminServiceServer};
+use orchestrator_proto::v1::worker_service_server::{WorkerService, WorkerServiceServer};
+use tokio::sync::watch;
+use tonic::{Request, Response, Status};
+
+use crate::engine::{Change, Engine, EngineConfig, EngineError, LeaseState, Millis, StreamId, WorkerState};
+use crate::store::{Batch, Loaded, RecordRow, RecordUpload, RecordsOutcome, StoreHandle, StreamMeta};
+
+/// Limits of the service beyond the engine's.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    /// The engine's timings and limits.
+    pub engine: EngineConfig,
+}
+
+/// The state behind both services. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Orchestrator {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    state: Mutex<State>,
+    store: StoreHandle,
+    started: tokio::time::Instant,
+    started_wall_ms: i64,
+    fatal: watch::Sender<Option<String>>,
+}
+
+#[derive(Debug)]
+struct State {
+    engine: Engine,
+    meta: HashMap<StreamId, StreamMeta>,
+    versions: HashMap<String, String>,
+}
+
+const MAX_NAME: usize = 256;
+const MAX_URL: usize = 2048;
+const MAX_VERSION: usize = 256;
+const MAX_REASON: usize = 1024;
+const DEFAULT_PAGE: usize = 1000;
+const MAX_PAGE: usize = 10_000;
+
+impl Orchestrator {
+    /// Builds the engine from what the store loaded: a fresh engine for an
+    /// empty database, otherwise a restored one in its grace period.
+    pub fn new(config: ServiceConfig, loaded: Loaded, store: StoreHandle) -> Self {
+        let started = tokio::time::Instant::now();
+        let fresh = loaded.state.workers.is_empty() && loaded.state.streams.is_empty();
+        let engine = if fresh {
+            Engine::new(config.engine.clone())
+        } else {
+            Engine::restore(config.engine.clone(), loaded.state, 0)
+        };
+        let (fatal, _) = watch::channel(None);
+        Self {
+            shared: Arc::new(Shared {
+                state: Mutex::new(State { engine, meta: loaded.meta, versions: loaded.client_versions }),
+                store,
+                started,
+                started_wall_ms: status::unix_ms(SystemTime::now()),
+                fatal,
+            }),
+        }
+    }
+
+    /// The worker-facing gRPC service.
+    pub fn worker_service(&self) -> WorkerServiceServer<WorkerApi> {
+        WorkerServiceServer::new(WorkerApi { o: self.clone() })
+    }
+
+    /// The admin gRPC service.
+    pub fn admin_service(&self) -> AdminServiceServer<AdminApi> {
+        AdminServiceServer::new(AdminApi { o: self.clone() })
+    }
+
+    /// Fires with a reason when the orchestrator must stop (storage failed).
+    pub fn fatal(&self) -> watch::Receiver<Option<String>> {
+        self.shared.fatal.subscribe()
+    }
+
+    /// Cluster figures, for logs and tests.
+    pub fn status(&self) -> crate::engine::ClusterStatus {
+        self.lock().engine.status()
+    }
+
+    /// Advances the engine's clock: expiries, the brake, the end of grace,
+    /// placements. The server calls it on a timer.
+    ///
+    /// # Errors
+    ///
+    /// A `Status` if the store failed (the server then shuts down).
+    pub async fn tick(&self) -> Result<(), Status> {
+        self.run(|st, now| {
+            st.engine.tick(now);
+            Ok(((), Batch::default()))
+        })
+        .await
+        .map(|_| ())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // The engine is never left half-updated by a panic (its methods
+        // validate before they mutate), so a poisoned lock is still usable.
+        self.shared.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn now_ms(&self) -> Millis {
+        u64::try_from(self.shared.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn wall_ms(&self, engine_ms: Millis) -> i64 {
+        self.shared.started_wall_ms.saturating_add(i64::try_from(engine_ms).unwrap_or(i64::MAX))
+    }
+
+    fn heartbeat_interval(&self, st: &State) -> Duration {
+        Duration::from_millis(st.engine.config().heartbeat_interval)
+    }
+
+    /// Applies one event under the lock, submits its changes, waits for
+    /// durability, and returns the event's value.
+    async fn run<T>(
+        &self,
+        event: impl FnOnce(&mut State, Millis) -> Result<(T, Batch), EngineError>,
+    ) -> Result<(T, Option<RecordsOutcome>), Status> {
+        let (result, pending) = {
+            let mut st = self.lock();
+            let now = self.now_ms();
+            let result = event(&mut st, now);
+            let changes = st.engine.take_changes();
+            log_changes(&changes);
+            let mut batch = match &result {
+                Ok((_, batch)) => batch.clone(),
+                Err(_) => Batch::default(),
+            };
+            batch.changes = changes;
+            batch.at_ms = self.wall_ms(now);
+            (result, self.shared.store.submit(batch))
+        };
+        let outcome = pending.wait().await.map_err(|e| {
+            tracing::error!(error = %e, "storage failed; shutting down");
+            self.shared.fatal.send_replace(Some(e.to_string()));
+            status::store_error(&e)
+        })?;
+        let (value, _) = result.map_err(status::engine_error)?;
+        Ok((value, outcome))
+    }
+}
+
+fn log_changes(changes: &[Change]) {
+    for c in changes {
+        match c {
+            Change::WorkerRegistered { server_id, worker_epoch, max_streams } => {
+                tracing::info!(%server_id, worker_epoch, max_streams, "worker registered");
+            }
+            Change::WorkerExpired { server_id } => tracing::warn!(%server_id, "worker session ended"),
+            Change::LeaseGranted { server_id, lease } => tracing::debug!(%server_id, %lease, "lease granted"),
+            Change::LeaseRevoking { server_id, lease, reason } => {
+                tracing::debug!(%server_id, %lease, ?reason, "lease revoked, waiting for release");
+            }
+            Change::LeaseEnded { server_id, lease } => tracing::debug!(%server_id, %lease, "lease ended"),
+            Change::StreamAdded { stream_id } => tracing::debug!(stream_id, "stream added"),
+            Change::StreamDeleted { stream_id } => tracing::debug!(stream_id, "stream deleted"),
+            Change::RebalancingPaused { paused } => tracing::info!(paused, "rebalancing paused changed"),
+        }
+    }
+}
+
+fn check_len(field: &str, value: &str, max: usize) -> Result<(), Status> {
+    if value.len() > max {
+        return Err(status::invalid(field, &format!("at most {max} bytes")));
+    }
+    Ok(())
+}
+
+/// The worker-facing service.
+#[derive(Debug, Clone)]
+pub struct WorkerApi {
+    o: Orchestrator,
+}
+
+#[tonic::async_trait]
+impl WorkerService for WorkerApi {
+    #[tracing::instrument(skip_all, fields(server_id = %request.get_ref().server_id))]
+    async fn register(&self, request: Request<v1::RegisterRequest>) -> Result<Response<v1::RegisterResponse>, Status> {
+        let r = request.into_inner();
+        check_len("client_version", &r.client_version, MAX_VERSION)?;
+        let held = status::leases_in(&r.held_leases);
+        let (registered, _) = self
+            .o
+            .run(|st, now| {
+                let registered = st.engine.register(now, &r.server_id, r.max_streams, &r.request_id, &held)?;
+                let mut batch = Batch::default();
+                if st.versions.get(&r.server_id) != Some(&r.client_version) && !r.client_version.is_empty() {
+                    st.versions.insert(r.server_id.clone(), r.client_version.clone());
+                    batch.client_version = Some((r.server_id.clone(), r.client_version.clone()));
+                }
+                Ok((registered, batch))
+            })
+            .await?;
+        let (interval, timeout) = {
+            let st = self.o.lock();
+            (self.o.heartbeat_interval(&st), Duration::from_millis(st.engine.config().session_timeout))
+        };
+        Ok(Response::new(v1::RegisterResponse {
+            session: Some(status::session_out(registered.session)),
+            held_lease_decisions: registered.decisions.into_iter().map(status::decision_out).collect(),
+            heartbeat_interval: Some(status::duration_out(interval)),
+            session_timeout: Some(status::duration_out(timeout)),
+        }))
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<v1::HeartbeatRequest>,
+    ) -> Result<Response<v1::HeartbeatResponse>, Status> {
+        let r = request.into_inner();
+        let session = status::session(r.session)?;
+        let acknowledged = status::leases_in(&r.acknowledged);
+        let (reply, _) =
+            self.o.run(|st, now| Ok((st.engine.heartbeat(now, &session, &acknowledged)?, Batch::default()))).await?;
+        let interval = self.o.heartbeat_interval(&self.o.lock());
+        Ok(Response::new(v1::HeartbeatResponse {
+            assign: reply.assign.into_iter().map(status::lease_out).collect(),
+            revoke: reply
+                .revoke
+                .into_iter()
+                .map(|(l, reason)| status::decision_out(crate::engine::LeaseDecision::Revoke(l, reason)))
+                .collect(),
+            next_heartbeat_interval: Some(status::duration_out(interval)),
+            draining: reply.draining,
+        }))
+    }
+
+    async fn request_streams(
+        &self,
+        request: Request<v1::RequestStreamsRequest>,
+    ) -> Result<Response<v1::RequestStreamsResponse>, Status> {
+        let r = request.into_inner();
+        let session = status::session(r.session)?;
+        let (granted, _) = self
+            .o
+            .run(|st, now| Ok((st.engine.request_streams(now, &session, r.count, &r.request_id)?, Batch::default())))
+            .await?;
+        Ok(Response::new(v1::RequestStreamsResponse { granted: granted.into_iter().map(status::lease_out).collect() }))
+    }
+
+    async fn release_streams(
+        &self,
+        request: Request<v1::ReleaseStreamsRequest>,
+    ) -> Result<Response<v1::ReleaseStreamsResponse>, Status> {
+        let r = request.into_inner();
+        let session = status::session(r.session)?;
+        let leases = status::leases_in(&r.leases);
+        let (released, _) = self
+            .o
+            .run(|st, now| Ok((st.engine.release_streams(now, &session, &leases, &r.request_id)?, Batch::default())))
+            .await?;
+        Ok(Response::new(v1::ReleaseStreamsResponse {
+            released: released.released.into_iter().map(status::lease_out).collect(),
+            not_held: released.not_held.into_iter().map(status::lease_out).collect(),
+        }))
+    }
+
+    async fn sync_local_state(
+        &self,
+        request: Request<v1::SyncLocalStateRequest>,
+    ) -> Result<Response<v1::SyncLocalStateResponse>, Status> {
+        let r = request.into_inner();
+        let session = status::session(r.session)?;
+        let held = status::leases_in(&r.held_leases);
+        let records = validate_records(&r.records, self.o.lock().engine.config().max_list_len)?;
+        let (decisions, outcome) = self
+            .o
+            .run(|st, now| {
+                let decisions = st.engine.sync_local_state(now, &session, &held, &r.request_id)?;
+                let batch = Batch {
+                    records: (!records.is_empty())
+                        .then(|| RecordUpload { server_id: session.server_id.clone(), records: records.clone() }),
+                    ..Batch::default()
+                };
+                Ok((decisions, batch))
+            })
+            .await?;
+        let outcome = outcome.unwrap_or_default();
+        if outcome.stale > 0 {
+            tracing::info!(server_id = %session.server_id, stale = outcome.stale, "records made under an old lease epoch");
+        }
+        Ok(Response::new(v1::SyncLocalStateResponse {
+            decisions: decisions.into_iter().map(status::decision_out).collect(),
+            acknowledged_through_sequence: outcome.acknowledged_through,
+            stale_records: outcome.stale,
+        }))
+    }
+
+    async fn deregister(
+        &self,
+        request: Request<v1::DeregisterRequest>,
+    ) -> Result<Response<v1::DeregisterResponse>, Status> {
+        let r = request.into_inner();
+        let session = status::session(r.session)?;
+        self.o.run(|st, now| Ok((st.engine.deregister(now, &session, &r.request_id)?, Batch::default()))).await?;
+        Ok(Response::new(v1::DeregisterResponse {}))
+    }
+}
+
+fn validate_records(records: &[v1::ProcessingRecord], max: usize) -> Result<Vec<RecordRow>, Status> {
+    if records.len() > max {
+        return Err(status::invalid("records", &format!("at most {max} per call; upload in batches")));
+    }
+    let mut previous = 0u64;
+    let mut rows = Vec::with_capacity(records.len());
+    for (i, r) in records.iter().enumerate() {
+        let field = |name: &str| format!("records[{i}].{name}");
+        if r.stream_id <= 0 {
+            return Err(status::invalid(&field("stream_id"), "must be greater than 0"));
+        }
+        if r.lease_epoch == 0 {
+            return Err(status::invalid(&field("lease_epoch"), "must be at least 1"));
+        }
+        if r.sequence <= previous {
+            return Err(status::invalid(
+                &field("sequence"),
+                "must be at least 1 and greater than the previous record's",
+            ));
+        }
+        previous = r.sequence;
+        let processed_at = r
+            .processed_at
+            .as_ref()
+            .and_then(status::timestamp_in)
+            .ok_or_else(|| status::invalid(&field("processed_at"), "required, a valid timestamp"))?;
+        rows.push(RecordRow {
+            stream_id: r.stream_id,
+            lease_epoch: r.lease_epoch,
+            processed_at_ms: processed_at,
+            sequence: r.sequence,
+            local_mode: r.local_mode,
+        });
+    }
+    Ok(rows)
+}
+
+/// The admin service.
+#[derive(Debug, Clone)]
+pub struct AdminApi {
+    o: Orchestrator,
+}
+
+impl From<Orchestrator> for AdminApi {
+    fn from(o: Orchestrator) -> Self {
+        Self { o }
+    }
+}
+
+fn page(size: u32, token: &str) -> Result<(usize, StreamId), Status> {
+    let size = match size as usize {
+        0 => DEFAULT_PAGE,
+        n => n.min(MAX_PAGE),
+    };
+    let after = if token.is_empty() {
+        0
+    } else {
+        token.parse::<StreamId>().map_err(|_| status::invalid("page_token", "not a token this server returned"))?
+    };
+    Ok((size, after))
+}
+
+fn stream_state(state: LeaseState, live: bool) -> v1::StreamState {
+    match (state, live) {
+        (_, false) => v1::StreamState::Unassigned,
+        (LeaseState::Active, true) => v1::StreamState::Assigned,
+        (LeaseState::Revoking(_), true) => v1::StreamState::Revoking,
+    }
+}
+
+fn worker_state(state: WorkerState) -> v1::WorkerState {
+    match state {
+        WorkerState::Live => v1::WorkerState::Live,
+        WorkerState::Draining => v1::WorkerState::Draining,
+        WorkerState::Expired => v1::WorkerState::Expired,
+        WorkerState::AwaitingReregistration => v1::WorkerState::AwaitingReregistration,
+    }
+}
+
+#[tonic::async_trait]
+impl AdminService for AdminApi {
+    async fn add_streams(
+        &self,
+        request: Request<v1::AddStreamsRequest>,
+    ) -> Result<Response<v1::AddStreamsResponse>, Status> {
+        let r = request.into_inner();
+        for (i, s) in r.streams.iter().enumerate() {
+            check_len(&format!("streams[{i}].name"), &s.name, MAX_NAME)?;
+            check_len(&format!("streams[{i}].source_url"), &s.source_url, MAX_URL)?;
+        }
+        if r.streams.is_empty() {
+            return Err(status::invalid("streams", "must not be empty"));
+        }
+        let ids: Vec<StreamId> = r.streams.iter().map(|s| s.stream_id).collect();
+        let ((added, present), _) = self
+            .o
+            .run(|st, now| {
+                let (added, present) = st.engine.add_streams(now, &ids, &r.request_id)?;
+                let mut batch = Batch::default();
+                for s in r.streams.iter().filter(|s| added.contains(&s.stream_id)) {
+                    if !s.name.is_empty() || !s.source_url.is_empty() {
+                        let meta = StreamMeta { name: s.name.clone(), source_url: s.source_url.clone() };
+                        st.meta.insert(s.stream_id, meta.clone());
+                        batch.meta.push((s.stream_id, meta));
+                    }
+                }
+                Ok(((added, present), batch))
+            })
+            .await?;
+        if !added.is_empty() {
+            tracing::info!(added = added.len(), "streams added");
+        }
+        Ok(Response::new(v1::AddStreamsResponse { added, already_present: present }))
+    }
+
+    async fn remove_streams(
+        &self,
+        request: Request<v1::RemoveStreamsRequest>,
+    ) -> Result<Response<v1::RemoveStreamsResponse>, Status> {
+        let r = request.into_inner();
+        if r.stream_ids.is_empty() {
+            return Err(status::invalid("stream_ids", "must not be empty"));
+        }
+        let ((removed, not_found), _) = self
+            .o
+            .run(|st, now| {
+                let out = st.engine.remove_streams(now, &r.stream_ids, &r.request_id)?;
+                for id in &out.0 {
+                    st.meta.remove(id);
+                }
+                Ok((out, Batch::default()))
+            })
+            .await?;
+        if !removed.is_empty() {
+            tracing::info!(removed = removed.len(), "streams removed");
+        }
+        Ok(Response::new(v1::RemoveStreamsResponse { removed, not_found }))
+    }
+
+    async fn list_streams(
+        &self,
+        request: Request<v1::ListStreamsRequest>,
+    ) -> Result<Response<v1::ListStreamsResponse>, Status> {
+        let r = request.into_inner();
+        let (size, after) = page(r.page_size, &r.page_token)?;
+        let st = self.o.lock();
+        let leases: HashMap<StreamId, crate::engine::LeaseView> =
+            st.engine.leases().into_iter().map(|l| (l.lease.stream_id, l)).collect();
+        let ids: Vec<StreamId> = st.engine.stream_ids().into_iter().filter(|&id| id > after).take(size + 1).collect();
+        let more = ids.len() > size;
+        let streams: Vec<v1::StreamInfo> = ids
+            .iter()
+            .take(size)
+            .map(|&id| {
+                let meta = st.meta.get(&id).cloned().unwrap_or_default();
+                let lease = leases.get(&id);
+                v1::StreamInfo {
+                    spec: Some(v1::StreamSpec { stream_id: id, name: meta.name, source_url: meta.source_url }),
+                    owner_server_id: lease.filter(|l| l.owner_live).map(|l| l.server_id.clone()).unwrap_or_default(),
+                    lease_epoch: lease.map_or(0, |l| l.lease.lease_epoch),
+                    state: lease.map_or(v1::StreamState::Unassigned, |l| stream_state(l.state, l.owner_live)) as i32,
+                }
+            })
+            .collect();
+        let next =
+            if more { streams.last().and_then(|s| s.spec.as_ref()).map(|s| s.stream_id.to_string()) } else { None };
+        Ok(Response::new(v1::ListStreamsResponse { streams, next_page_token: next.unwrap_or_default() }))
+    }
+
+    async fn list_workers(
+        &self,
+        _: Request<v1::ListWorkersRequest>,
+    ) -> Result<Response<v1::ListWorkersResponse>, Status> {
+        let st = self.o.lock();
+        let workers = st
+            .engine
+            .workers()
+            .into_iter()
+            .map(|w| v1::WorkerInfo {
+                client_version: st.versions.get(&w.server_id).cloned().unwrap_or_default(),
+                server_id: w.server_id,
+                worker_epoch: w.worker_epoch,
+                state: worker_state(w.state) as i32,
+                max_streams: w.max_streams,
+                assigned_streams: w.owned,
+                last_heartbeat: Some(status::timestamp_ms(self.o.wall_ms(w.last_heartbeat))),
+            })
+            .collect();
+        Ok(Response::new(v1::ListWorkersResponse { workers }))
+    }
+
+    async fn list_assignments(
+        &self,
+        request: Request<v1::ListAssignmentsRequest>,
+    ) -> Result<Response<v1::ListAssignmentsResponse>, Status> {
+        let r = request.into_inner();
+        let (size, after) = page(r.page_size, &r.page_token)?;
+        let st = self.o.lock();
+        let mut matching = st
+            .engine
+            .leases()
+            .into_iter()
+            .filter(|l| l.owner_live && l.lease.stream_id > after)
+            .filter(|l| r.server_id.is_empty() || l.server_id == r.server_id);
+        let mut assignments: Vec<v1::Assignment> = matching
+            .by_ref()
+            .take(size)
+            .map(|l| v1::Assignment {
+                server_id: l.server_id,
+                lease: Some(status::lease_out(l.lease)),
+                state: stream_state(l.state, true) as i32,
+            })
+            .collect();
+        let more = matching.next().is_some();
+        let next = if more { assignments.last().and_then(|a| a.lease).map(|l| l.stream_id.to_string()) } else { None };
+        assignments.shrink_to_fit();
+        Ok(Response::new(v1::ListAssignmentsResponse { assignments, next_page_token: next.unwrap_or_default() }))
+    }
+
+    async fn get_cluster_status(
+        &self,
+        _: Request<v1::GetClusterStatusRequest>,
+    ) -> Result<Response<v1::GetClusterStatusResponse>, Status> {
+        let s = self.o.status();
+        Ok(Response::new(v1::GetClusterStatusResponse {
+            live_workers: s.live_workers,
+            total_streams: s.total_streams,
+            assigned_streams: s.assigned_streams,
+            unassigned_streams: s.total_streams - s.assigned_streams,
+            rebalancing_paused: s.rebalancing_paused,
+            mass_failure_brake_engaged: s.brake_engaged,
+            in_grace_period: s.grace_until.is_some(),
+            grace_ends_at: s.grace_until.map(|t| status::timestamp_ms(self.o.wall_ms(t))),
+            server_time: Some(status::timestamp_ms(status::unix_ms(SystemTime::now()))),
+            total_capacity: s.total_capacity,
+        }))
+    }
+
+    async fn drain_worker(
+        &self,
+        request: Request<v1::DrainWorkerRequest>,
+    ) -> Result<Response<v1::DrainWorkerResponse>, Status> {
+        let r = request.into_inner();
+        if r.server_id.is_empty() {
+            return Err(status::invalid("server_id", "required"));
+        }
+        let (n, _) =
+            self.o.run(|st, now| Ok((st.engine.drain(now, &r.server_id, &r.request_id)?, Batch::default()))).await?;
+        tracing::info!(server_id = %r.server_id, streams = n, "draining worker");
+        Ok(Response::new(v1::DrainWorkerResponse { streams_to_move: n }))
+    }
+
+    async fn pause_rebalancing(
+        &self,
+        request: Request<v1::PauseRebalancingRequest>,
+    ) -> Result<Response<v1::PauseRebalancingResponse>, Status> {
+        let r = request.into_inner();
+        check_len("reason", &r.reason, MAX_REASON)?;
+        let (paused, _) = self
+            .o
+            .run(|st, now| Ok((st.engine.set_rebalancing_paused(now, true, &r.request_id)?, Batch::default())))
+            .await?;
+        tracing::info!(reason = %r.reason, "rebalancing paused");
+        Ok(Response::new(v1::PauseRebalancingResponse { paused }))
+    }
+
+    async fn resume_rebalancing(
+        &self,
+        request: Request<v1::ResumeRebalancingRequest>,
+    ) -> Result<Response<v1::ResumeRebalancingResponse>, Status> {
+        let r = request.into_inner();
+        let (paused, _) = self
+            .o
+            .run(|st, now| Ok((st.engine.set_rebalancing_paused(now, false, &r.request_id)?, Batch::default())))
+            .await?;
+        tracing::info!("rebalancing resumed");
+        Ok(Response::new(v1::ResumeRebalancingResponse { paused }))
+    }
+}

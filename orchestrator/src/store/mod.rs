@@ -1,0 +1,277 @@
+//! Durable state: the catalog, workers and their epochs, leases, lease
+//! history, processing records and an audit log.
+//!
+//! The service talks to storage through [`StoreHandle`], an async front for
+//! a dedicated **store thread**: rusqlite is synchronous, so no SQLite call
+//! ever runs on a runtime thread. The thread takes every batch waiting in
+//! its queue and commits them in one transaction (group commit), then tells
+//! each submitter. Batches are committed in the order they were submitted;
+//! the service submits while it holds the engine lock, so the order on disk
+//! is the order of the engine's decisions.
+//!
+//! The storage itself is behind the narrow [`Store`] trait (load everything
+//! once, then commit batches), so that a PostgreSQL store can be added for
+//! high availability without touching the service. [`SqliteStore`] is the
+//! embedded default.
+
+mod sqlite;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::thread;
+
+use tokio::sync::{oneshot, watch};
+
+pub use sqlite::SqliteStore;
+
+use crate::engine::{Change, PersistedState, StreamId};
+
+/// Why storage failed. Every variant names what to look at.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The database file could not be opened or created.
+    #[error("cannot open database {path}: {reason}")]
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error, with what to do about it.
+        reason: String,
+    },
+    /// The file is not a database this binary can use.
+    #[error("database {path} is unusable: {reason}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong and how to recover.
+        reason: String,
+    },
+    /// A read or write failed after the database was open.
+    #[error("storage failure: {0}")]
+    Io(String),
+    /// The store thread is gone (it failed earlier or was shut down).
+    #[error("the store is closed")]
+    Closed,
+}
+
+/// Metadata of a stream, kept beside the engine's catalog.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StreamMeta {
+    /// Display name (may be empty).
+    pub name: String,
+    /// Where the stream comes from (may be empty).
+    pub source_url: String,
+}
+
+/// A processing record as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordRow {
+    /// The stream.
+    pub stream_id: StreamId,
+    /// The lease epoch it was processed under.
+    pub lease_epoch: u64,
+    /// When, in Unix milliseconds (the worker's clock).
+    pub processed_at_ms: i64,
+    /// The worker's sequence number (dedup key with the server id).
+    pub sequence: u64,
+    /// Made while the worker was in local mode.
+    pub local_mode: bool,
+}
+
+/// Processing records uploaded by one worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordUpload {
+    /// The worker.
+    pub server_id: String,
+    /// The records, in increasing sequence order.
+    pub records: Vec<RecordRow>,
+}
+
+/// What the store did with a [`RecordUpload`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RecordsOutcome {
+    /// Every record of this worker with a sequence up to this is stored.
+    pub acknowledged_through: u64,
+    /// Records of this upload stored for the first time and made under a
+    /// lease epoch that was no longer current at `processed_at`.
+    pub stale: u32,
+    /// Records of this upload that were already stored (a retry).
+    pub duplicates: u32,
+}
+
+/// One unit of durable work: everything one engine event changed.
+#[derive(Debug, Clone, Default)]
+pub struct Batch {
+    /// Wall-clock time of the event, Unix milliseconds (for history and audit).
+    pub at_ms: i64,
+    /// The engine's changes, in order.
+    pub changes: Vec<Change>,
+    /// Stream metadata to set.
+    pub meta: Vec<(StreamId, StreamMeta)>,
+    /// A worker's reported client version.
+    pub client_version: Option<(String, String)>,
+    /// Processing records to store.
+    pub records: Option<RecordUpload>,
+}
+
+impl Batch {
+    fn is_empty(&self) -> bool {
+        self.changes.is_empty() && self.meta.is_empty() && self.client_version.is_none() && self.records.is_none()
+    }
+}
+
+/// Everything loaded at start-up.
+#[derive(Debug, Clone, Default)]
+pub struct Loaded {
+    /// The engine's state.
+    pub state: PersistedState,
+    /// Metadata of catalog streams.
+    pub meta: HashMap<StreamId, StreamMeta>,
+    /// Last reported client version per worker.
+    pub client_versions: HashMap<String, String>,
+}
+
+/// Durable storage, used from one thread at a time.
+pub trait Store: Send + 'static {
+    /// Reads everything the orchestrator needs to start.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Io`] or [`StoreError::Corrupt`].
+    fn load(&mut self) -> Result<Loaded, StoreError>;
+
+    /// Commits the batches in one transaction, in order; returns the records
+    /// outcome of each batch that carried records.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Io`]; nothing of the batches is stored then.
+    fn commit(&mut self, batches: &[Batch]) -> Result<Vec<Option<RecordsOutcome>>, StoreError>;
+}
+
+struct Job {
+    batch: Batch,
+    reply: oneshot::Sender<Result<Option<RecordsOutcome>, StoreError>>,
+}
+
+/// The async front of the store thread. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct StoreHandle {
+    jobs: mpsc::Sender<Job>,
+    durable: watch::Receiver<u64>,
+    /// Sequence number of the last batch submitted.
+    submitted: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Job").finish_non_exhaustive()
+    }
+}
+
+/// A submitted batch: await it to know it is durable.
+#[derive(Debug)]
+pub struct Pending {
+    reply: Option<oneshot::Receiver<Result<Option<RecordsOutcome>, StoreError>>>,
+    barrier: Option<(watch::Receiver<u64>, u64)>,
+}
+
+impl Pending {
+    /// Waits until the batch (or, for a barrier, everything submitted
+    /// before it) is durable.
+    ///
+    /// # Errors
+    ///
+    /// The store's error if the commit failed, [`StoreError::Closed`] if the
+    /// store thread is gone.
+    pub async fn wait(self) -> Result<Option<RecordsOutcome>, StoreError> {
+        if let Some(reply) = self.reply {
+            return reply.await.map_err(|_| StoreError::Closed)?;
+        }
+        if let Some((mut durable, seq)) = self.barrier {
+            durable.wait_for(|&d| d >= seq).await.map_err(|_| StoreError::Closed)?;
+        }
+        Ok(None)
+    }
+}
+
+impl StoreHandle {
+    /// Starts the store thread around `store`. Returns the handle and the
+    /// thread's join handle (joined on shutdown, after the last handle is
+    /// dropped, so every submitted batch is flushed).
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Io`] if the thread cannot be started.
+    pub fn spawn(mut store: impl Store) -> Result<(Self, thread::JoinHandle<()>), StoreError> {
+        let (jobs, queue) = mpsc::channel::<Job>();
+        let (durable_tx, durable) = watch::channel(0u64);
+        let thread = thread::Builder::new()
+            .name("store".into())
+            .spawn(move || {
+                let mut done = 0u64;
+                while let Ok(first) = queue.recv() {
+                    let mut jobs = vec![first];
+                    while let Ok(more) = queue.try_recv() {
+                        jobs.push(more);
+                        if jobs.len() == 1024 {
+                            break;
+                        }
+                    }
+                    let batches: Vec<Batch> = jobs.iter_mut().map(|j| std::mem::take(&mut j.batch)).collect();
+                    let result = if batches.iter().all(Batch::is_empty) {
+                        Ok(vec![None; batches.len()])
+                    } else {
+                        store.commit(&batches)
+                    };
+                    match result {
+                        Ok(outcomes) => {
+                            done += jobs.len() as u64;
+                            durable_tx.send_replace(done);
+                            for (job, outcome) in jobs.into_iter().zip(outcomes) {
+                                let _ = job.reply.send(Ok(outcome));
+                            }
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "storage commit failed; refusing further writes");
+                            for job in jobs {
+                                let _ = job.reply.send(Err(e.clone()));
+                            }
+                            // Dropping the queue fails every later submit.
+                            return;
+                        }
+                    }
+                }
+            })
+            .map_err(|e| StoreError::Io(format!("cannot start the store thread: {e}")))?;
+        Ok((Self { jobs, durable, submitted: std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0)) }, thread))
+    }
+
+    /// Queues a batch. Call it while holding the engine lock so that batches
+    /// reach the disk in the order of the engine's decisions; await the
+    /// result outside the lock.
+    pub fn submit(&self, batch: Batch) -> Pending {
+        if batch.is_empty() {
+            return self.barrier();
+        }
+        let (reply, rx) = oneshot::channel();
+        self.submitted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if self.jobs.send(Job { batch, reply }).is_err() {
+            let (tx, rx) = oneshot::channel();
+            let _ = tx.send(Err(StoreError::Closed));
+            return Pending { reply: Some(rx), barrier: None };
+        }
+        Pending { reply: Some(rx), barrier: None }
+    }
+
+    /// A wait for everything submitted so far to be durable, without adding
+    /// work: an answer that reports state decided by another call must not
+    /// go out before that call's batch is on disk.
+    pub fn barrier(&self) -> Pending {
+        let seq = self.submitted.load(std::sync::atomic::Ordering::SeqCst);
+        if *self.durable.borrow() >= seq {
+            return Pending { reply: None, barrier: None };
+        }
+        Pending { reply: None, barrier: Some((self.durable.clone(), seq)) }
+    }
+}
