@@ -79,6 +79,10 @@ struct ServeArgs {
     /// Add streams 1..=N (named demo-N) to an empty catalog, to try it out.
     #[arg(long, env = "ORCHESTRATOR_DEMO_STREAMS", default_value_t = 0)]
     demo_streams: u32,
+    /// On shutdown (SIGTERM, ctrl-c), how long in-flight calls get before
+    /// open connections are closed.
+    #[arg(long, env = "ORCHESTRATOR_DRAIN_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    drain_timeout: Duration,
 }
 
 impl ServeArgs {
@@ -117,6 +121,7 @@ impl ServeArgs {
             max_concurrent_requests: self.max_concurrent_requests,
             max_message_bytes: self.max_message_bytes,
             demo_streams: self.demo_streams,
+            drain_timeout: self.drain_timeout,
         })
     }
 }

@@ -38,6 +38,9 @@ pub struct ServerConfig {
     pub max_message_bytes: usize,
     /// Streams 1..=N to add to an empty catalog, for trying things out.
     pub demo_streams: u32,
+    /// On shutdown, how long in-flight calls and open connections get
+    /// before they are closed.
+    pub drain_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -49,6 +52,7 @@ impl Default for ServerConfig {
             max_concurrent_requests: 4096,
             max_message_bytes: 4 * 1024 * 1024,
             demo_streams: 0,
+            drain_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -192,6 +196,7 @@ impl OrchestratorServer {
         let mut fatal = orchestrator.fatal();
         let stop_reporter = reporter.clone();
         let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<Option<String>>();
+        let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
         let signal = async move {
             let reason = tokio::select! {
                 () = shutdown => None,
@@ -206,6 +211,7 @@ impl OrchestratorServer {
                 .set_not_serving::<orchestrator_proto::v1::admin_service_server::AdminServiceServer<crate::service::AdminApi>>()
                 .await;
             let _ = stopped_tx.send(reason);
+            let _ = draining_tx.send(());
         };
 
         reporter.set_serving::<orchestrator_proto::v1::worker_service_server::WorkerServiceServer<crate::service::WorkerApi>>().await;
@@ -216,18 +222,27 @@ impl OrchestratorServer {
             tracing::info!(%addr, database = %config.database.display(), "orchestrator serving");
         }
         let shed = ShedLayer { permits: Arc::new(Semaphore::new(config.max_concurrent_requests.max(1))) };
-        tonic::transport::Server::builder()
+        let serving = tonic::transport::Server::builder()
             .layer(shed)
             .add_service(health)
             .add_service(reflection)
             .add_service(reflection_alpha)
             .add_service(worker)
             .add_service(admin)
-            .serve_with_incoming_shutdown(TcpIncoming::from(listener), signal)
-            .await?;
+            .serve_with_incoming_shutdown(TcpIncoming::from(listener), signal);
+        // Graceful shutdown waits for clients to close their connections;
+        // workers keep theirs open, so bound the wait.
+        let drain = config.drain_timeout;
+        tokio::select! {
+            result = serving => result?,
+            () = async {
+                let _ = draining_rx.await;
+                tokio::time::sleep(drain).await;
+            } => tracing::info!(?drain, "closing the connections still open after the drain timeout"),
+        }
         ticker.abort();
-        drop(orchestrator);
-        // Every handle is gone: the store thread drains its queue and ends.
+        // Commit what is queued, then stop the store thread.
+        orchestrator.close_store();
         let _ = tokio::task::spawn_blocking(move || store_thread.join()).await;
         match stopped_rx.await.ok().flatten() {
             Some(reason) => Err(ServeError::Store(StoreError::Io(reason))),
@@ -335,5 +350,39 @@ where
                 Box::pin(async { Ok(overloaded()) })
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::{Layer, Service, ServiceExt};
+
+    #[tokio::test]
+    async fn requests_over_the_limit_are_shed_with_unavailable_and_pushback() {
+        let gate = Arc::new(tokio::sync::Notify::new());
+        let inner = {
+            let gate = Arc::clone(&gate);
+            tower::service_fn(move |_: http::Request<()>| {
+                let gate = Arc::clone(&gate);
+                async move {
+                    gate.notified().await;
+                    Ok::<_, std::convert::Infallible>(http::Response::new(tonic::body::Body::empty()))
+                }
+            })
+        };
+        let mut svc = ShedLayer { permits: Arc::new(Semaphore::new(1)) }.layer(inner);
+        let first = svc.ready().await.unwrap().call(http::Request::new(()));
+        let shed = svc.ready().await.unwrap().call(http::Request::new(())).await.unwrap();
+        assert_eq!(shed.headers()["grpc-status"], "14");
+        assert_eq!(shed.headers()["grpc-retry-pushback-ms"], "250");
+        let status = tonic::Status::from_header_map(shed.headers()).unwrap();
+        assert!(status.message().contains("overloaded"), "{status:?}");
+        gate.notify_one();
+        first.await.unwrap();
+        // The permit is back: the next request passes.
+        let next = svc.ready().await.unwrap().call(http::Request::new(()));
+        gate.notify_one();
+        assert!(next.await.unwrap().headers().get("grpc-status").is_none());
     }
 }

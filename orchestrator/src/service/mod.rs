@@ -98,6 +98,11 @@ impl Orchestrator {
         self.shared.fatal.subscribe()
     }
 
+    /// Commits what the store has queued and stops it (shutdown).
+    pub fn close_store(&self) {
+        self.shared.store.close();
+    }
+
     /// Cluster figures, for logs and tests.
     pub fn status(&self) -> crate::engine::ClusterStatus {
         self.lock().engine.status()
@@ -132,7 +137,7 @@ impl Orchestrator {
         self.shared.started_wall_ms.saturating_add(i64::try_from(engine_ms).unwrap_or(i64::MAX))
     }
 
-    fn heartbeat_interval(&self, st: &State) -> Duration {
+    fn heartbeat_interval(st: &State) -> Duration {
         Duration::from_millis(st.engine.config().heartbeat_interval)
     }
 
@@ -205,22 +210,20 @@ impl WorkerService for WorkerApi {
         let r = request.into_inner();
         check_len("client_version", &r.client_version, MAX_VERSION)?;
         let held = status::leases_in(&r.held_leases);
-        let (registered, _) = self
+        let ((registered, interval, timeout), _) = self
             .o
             .run(|st, now| {
                 let registered = st.engine.register(now, &r.server_id, r.max_streams, &r.request_id, &held)?;
+                let interval = Orchestrator::heartbeat_interval(st);
+                let timeout = Duration::from_millis(st.engine.config().session_timeout);
                 let mut batch = Batch::default();
                 if st.versions.get(&r.server_id) != Some(&r.client_version) && !r.client_version.is_empty() {
                     st.versions.insert(r.server_id.clone(), r.client_version.clone());
                     batch.client_version = Some((r.server_id.clone(), r.client_version.clone()));
                 }
-                Ok((registered, batch))
+                Ok(((registered, interval, timeout), batch))
             })
             .await?;
-        let (interval, timeout) = {
-            let st = self.o.lock();
-            (self.o.heartbeat_interval(&st), Duration::from_millis(st.engine.config().session_timeout))
-        };
         Ok(Response::new(v1::RegisterResponse {
             session: Some(status::session_out(registered.session)),
             held_lease_decisions: registered.decisions.into_iter().map(status::decision_out).collect(),
@@ -236,9 +239,13 @@ impl WorkerService for WorkerApi {
         let r = request.into_inner();
         let session = status::session(r.session)?;
         let acknowledged = status::leases_in(&r.acknowledged);
-        let (reply, _) =
-            self.o.run(|st, now| Ok((st.engine.heartbeat(now, &session, &acknowledged)?, Batch::default()))).await?;
-        let interval = self.o.heartbeat_interval(&self.o.lock());
+        let ((reply, interval), _) = self
+            .o
+            .run(|st, now| {
+                let reply = st.engine.heartbeat(now, &session, &acknowledged)?;
+                Ok(((reply, Orchestrator::heartbeat_interval(st)), Batch::default()))
+            })
+            .await?;
         Ok(Response::new(v1::HeartbeatResponse {
             assign: reply.assign.into_iter().map(status::lease_out).collect(),
             revoke: reply
@@ -527,7 +534,7 @@ impl AdminService for AdminApi {
             .into_iter()
             .filter(|l| l.owner_live && l.lease.stream_id > after)
             .filter(|l| r.server_id.is_empty() || l.server_id == r.server_id);
-        let mut assignments: Vec<v1::Assignment> = matching
+        let assignments: Vec<v1::Assignment> = matching
             .by_ref()
             .take(size)
             .map(|l| v1::Assignment {
@@ -538,7 +545,6 @@ impl AdminService for AdminApi {
             .collect();
         let more = matching.next().is_some();
         let next = if more { assignments.last().and_then(|a| a.lease).map(|l| l.stream_id.to_string()) } else { None };
-        assignments.shrink_to_fit();
         Ok(Response::new(v1::ListAssignmentsResponse { assignments, next_page_token: next.unwrap_or_default() }))
     }
 

@@ -154,10 +154,17 @@ struct Job {
     reply: oneshot::Sender<Result<Option<RecordsOutcome>, StoreError>>,
 }
 
+/// What the store thread is asked to do.
+enum Msg {
+    Commit(Job),
+    /// Commit everything queued before this, then stop.
+    Close,
+}
+
 /// The async front of the store thread. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct StoreHandle {
-    jobs: mpsc::Sender<Job>,
+    jobs: mpsc::Sender<Msg>,
     durable: watch::Receiver<u64>,
     /// Sequence number of the last batch submitted.
     submitted: std::sync::Arc<std::sync::atomic::AtomicU64>,
@@ -204,18 +211,24 @@ impl StoreHandle {
     ///
     /// [`StoreError::Io`] if the thread cannot be started.
     pub fn spawn(mut store: impl Store) -> Result<(Self, thread::JoinHandle<()>), StoreError> {
-        let (jobs, queue) = mpsc::channel::<Job>();
+        let (jobs, queue) = mpsc::channel::<Msg>();
         let (durable_tx, durable) = watch::channel(0u64);
         let thread = thread::Builder::new()
             .name("store".into())
             .spawn(move || {
                 let mut done = 0u64;
-                while let Ok(first) = queue.recv() {
+                let mut closing = false;
+                while !closing {
+                    let Ok(Msg::Commit(first)) = queue.recv() else { return };
                     let mut jobs = vec![first];
-                    while let Ok(more) = queue.try_recv() {
-                        jobs.push(more);
-                        if jobs.len() == 1024 {
-                            break;
+                    while jobs.len() < 1024 {
+                        match queue.try_recv() {
+                            Ok(Msg::Commit(more)) => jobs.push(more),
+                            Ok(Msg::Close) => {
+                                closing = true;
+                                break;
+                            }
+                            Err(_) => break,
                         }
                     }
                     let batches: Vec<Batch> = jobs.iter_mut().map(|j| std::mem::take(&mut j.batch)).collect();
@@ -256,12 +269,18 @@ impl StoreHandle {
         }
         let (reply, rx) = oneshot::channel();
         self.submitted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        if self.jobs.send(Job { batch, reply }).is_err() {
+        if self.jobs.send(Msg::Commit(Job { batch, reply })).is_err() {
             let (tx, rx) = oneshot::channel();
             let _ = tx.send(Err(StoreError::Closed));
             return Pending { reply: Some(rx), barrier: None };
         }
         Pending { reply: Some(rx), barrier: None }
+    }
+
+    /// Asks the store thread to commit what is queued and stop; later
+    /// submits fail with [`StoreError::Closed`]. Join the thread to wait.
+    pub fn close(&self) {
+        let _ = self.jobs.send(Msg::Close);
     }
 
     /// A wait for everything submitted so far to be durable, without adding

@@ -1,0 +1,283 @@
+//! The real `orchestrator` binary as a process: restart after SIGKILL with
+//! zero moves, bad database files, and the admin CLI against a live server.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use orchestrator_proto::v1;
+use orchestrator_proto::v1::admin_service_client::AdminServiceClient;
+use orchestrator_proto::v1::worker_service_client::WorkerServiceClient;
+use tonic::transport::Channel;
+
+const BIN: &str = env!("CARGO_BIN_EXE_orchestrator");
+
+struct Proc {
+    child: Child,
+    addr: SocketAddr,
+    log: mpsc::Receiver<String>,
+}
+
+impl Drop for Proc {
+    /// A failing test must not leave a server behind.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `orchestrator serve` on a free port and waits for its
+/// "orchestrator serving" log line, which names the address.
+#[allow(clippy::zombie_processes)] // the child is waited for by `Proc`'s `Drop`
+fn start(db: &Path, extra: &[&str]) -> Proc {
+    let mut child = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--database"])
+        .arg(db)
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the orchestrator binary");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, log) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = log.recv_timeout(left).expect("the orchestrator did not report its address in time");
+        if line.contains("orchestrator serving")
+            && let Some(addr) = line.split_whitespace().find_map(|w| w.strip_prefix("addr="))
+        {
+            return Proc { child, addr: addr.parse().expect("address"), log };
+        }
+    }
+}
+
+async fn channel(addr: SocketAddr) -> Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap()
+}
+
+fn rid() -> String {
+    format!("p-{:016x}", fastrand::u64(..))
+}
+
+async fn assignments(admin: &mut AdminServiceClient<Channel>) -> Vec<(String, i64, u64)> {
+    let r = admin
+        .list_assignments(v1::ListAssignmentsRequest {
+            server_id: String::new(),
+            page_size: 0,
+            page_token: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    r.assignments
+        .into_iter()
+        .map(|a| {
+            let l = a.lease.unwrap();
+            (a.server_id, l.stream_id, l.lease_epoch)
+        })
+        .collect()
+}
+
+/// Registers, then heartbeats (acknowledging, releasing) until it holds `want`.
+async fn settle(w: &mut WorkerServiceClient<Channel>, session: &v1::SessionRef, want: usize) -> Vec<v1::Lease> {
+    let mut held: Vec<v1::Lease> = Vec::new();
+    let mut ack = Vec::new();
+    for _ in 0..100 {
+        let r = w
+            .heartbeat(v1::HeartbeatRequest {
+                session: Some(session.clone()),
+                processing_count: held.len() as u32,
+                acknowledged: std::mem::take(&mut ack),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        held.extend(r.assign.iter().copied());
+        ack = r.assign;
+        let revoked: Vec<v1::Lease> = r.revoke.iter().filter_map(|d| d.lease).collect();
+        if !revoked.is_empty() {
+            w.release_streams(v1::ReleaseStreamsRequest {
+                session: Some(session.clone()),
+                leases: revoked.clone(),
+                request_id: rid(),
+            })
+            .await
+            .unwrap();
+            held.retain(|l| !revoked.contains(l));
+        }
+        if held.len() == want && ack.is_empty() {
+            return held;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("did not settle at {want} streams: {held:?}");
+}
+
+#[tokio::test]
+async fn a_sigkilled_orchestrator_restarts_with_zero_moves() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("orchestrator.db");
+    let flags =
+        ["--heartbeat-interval", "200ms", "--session-timeout", "3s", "--grace", "20s", "--drain-timeout", "500ms"];
+    let mut p1 = start(&db, &flags);
+    let mut admin = AdminServiceClient::new(channel(p1.addr).await);
+    let streams = (1..=6).map(|stream_id| v1::StreamSpec { stream_id, name: String::new(), source_url: String::new() });
+    admin.add_streams(v1::AddStreamsRequest { streams: streams.collect(), request_id: rid() }).await.unwrap();
+    let mut w = WorkerServiceClient::new(channel(p1.addr).await);
+    let mut held = Vec::new();
+    for id in ["a", "b"] {
+        let r = w
+            .register(v1::RegisterRequest {
+                server_id: id.into(),
+                max_streams: 3,
+                request_id: rid(),
+                held_leases: vec![],
+                client_version: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let session = r.session.unwrap();
+        held.push((id, session.clone(), settle(&mut w, &session, 3).await));
+    }
+    let before = assignments(&mut admin).await;
+    assert_eq!(before.len(), 6);
+
+    p1.child.kill().unwrap(); // SIGKILL
+    p1.child.wait().unwrap();
+
+    let mut p2 = start(&db, &flags);
+    let mut admin = AdminServiceClient::new(channel(p2.addr).await);
+    let status = admin.get_cluster_status(v1::GetClusterStatusRequest {}).await.unwrap().into_inner();
+    assert!(status.in_grace_period, "{status:?}");
+    let mut w = WorkerServiceClient::new(channel(p2.addr).await);
+    for (id, old, leases) in &held {
+        let err = w
+            .heartbeat(v1::HeartbeatRequest { session: Some(old.clone()), processing_count: 3, acknowledged: vec![] })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition, "sessions do not survive a restart");
+        let r = w
+            .register(v1::RegisterRequest {
+                server_id: (*id).into(),
+                max_streams: 3,
+                request_id: rid(),
+                held_leases: leases.clone(),
+                client_version: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(r.session.unwrap().worker_epoch > old.worker_epoch);
+        assert!(
+            r.held_lease_decisions.iter().all(|d| d.kind == v1::LeaseDecisionKind::Keep as i32),
+            "{id}: {:?}",
+            r.held_lease_decisions
+        );
+    }
+    let after = assignments(&mut admin).await;
+    assert_eq!(after, before, "zero streams moved, epochs unchanged");
+    let status = admin.get_cluster_status(v1::GetClusterStatusRequest {}).await.unwrap().into_inner();
+    assert!(!status.in_grace_period, "grace ends once every known worker is back");
+
+    // SIGTERM: graceful shutdown, exit 0.
+    let pid = p2.child.id().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let code = wait_exit(&mut p2.child, Duration::from_secs(10));
+    assert_eq!(code, Some(0));
+    let lines: Vec<String> = p2.log.try_iter().collect();
+    assert!(lines.iter().any(|l| l.contains("stopped cleanly")), "{lines:?}");
+}
+
+fn wait_exit(child: &mut Child, limit: Duration) -> Option<i32> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the process did not exit in time");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs the binary to completion; returns (exit code, stdout, stderr).
+fn run(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(BIN).args(args).env("RUST_LOG", "warn").output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_corrupt_database_is_refused_with_a_clear_error_and_left_as_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("orchestrator.db");
+    let garbage = b"definitely not SQLite ".repeat(200);
+    std::fs::write(&db, &garbage).unwrap();
+    let (code, _, stderr) = run(&["serve", "--listen", "127.0.0.1:0", "--database", db.to_str().unwrap()]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("is unusable") && stderr.contains("orchestrator.db"), "{stderr}");
+    assert!(stderr.contains("not modified"), "{stderr}");
+    assert_eq!(std::fs::read(&db).unwrap(), garbage, "the file is left as it was");
+}
+
+#[test]
+fn an_unusable_database_path_is_named() {
+    let (code, _, stderr) = run(&["serve", "--listen", "127.0.0.1:0", "--database", "/nonexistent-dir/o.db"]);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("/nonexistent-dir does not exist"), "{stderr}");
+}
+
+#[test]
+fn bad_flags_are_refused_before_anything_starts() {
+    let (code, _, stderr) = run(&["serve", "--session-timeout", "1s", "--heartbeat-interval", "5s"]);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("--session-timeout"), "{stderr}");
+    let (code, _, stderr) = run(&["serve", "--heartbeat-interval", "soon"]);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("--heartbeat-interval"), "{stderr}");
+}
+
+#[tokio::test]
+async fn the_admin_cli_talks_to_a_running_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = start(&dir.path().join("o.db"), &["--demo-streams", "5"]);
+    let addr = format!("http://{}", p.addr);
+    let (code, out, err) = run(&["--addr", &addr, "streams", "add", "6-8"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("added 3 stream(s)"), "{out}");
+    let (code, out, _) = run(&["--addr", &addr, "--json", "status"]);
+    assert_eq!(code, Some(0));
+    let status: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(status["total_streams"], 8);
+    let (code, out, _) = run(&["--addr", &addr, "streams", "list"]);
+    assert_eq!(code, Some(0));
+    assert!(out.contains("demo-1") && out.lines().count() >= 9, "{out}");
+    let (code, out, _) = run(&["--addr", &addr, "rebalancing", "pause", "--reason", "test"]);
+    assert_eq!((code, out.trim()), (Some(0), "rebalancing paused"));
+    let (code, _, err) = run(&["--addr", &addr, "drain", "nobody"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("NotFound"), "{err}");
+    p.child.kill().unwrap();
+    p.child.wait().unwrap();
+    let (code, _, err) = run(&["--addr", &addr, "status"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains(&format!("cannot reach the orchestrator at {addr}")), "{err}");
+}
