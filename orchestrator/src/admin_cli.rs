@@ -63,8 +63,10 @@ const LIST_IDS_UP_TO: usize = 20;
 /// bigger than tonic's 4 MiB default).
 const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
 
-/// Connection options shared by every admin subcommand.
+/// Connection options shared by every admin subcommand (`serve` ignores
+/// them; they are listed under their own heading).
 #[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Admin commands (ignored by serve)")]
 pub struct AdminArgs {
     /// Address of the orchestrator's gRPC endpoint.
     #[arg(long, global = true, env = "ORCHESTRATOR_ADDR", default_value = "http://127.0.0.1:50051")]
