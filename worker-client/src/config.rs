@@ -1,0 +1,383 @@
+use std::path::PathBuf;
+use std::time::Duration;
+
+use resilience::{CircuitBreakerConfig, ConfigError, RetryConfig};
+
+use crate::Error;
+
+/// Everything a [`ResilientWorkerClient`](crate::ResilientWorkerClient) is
+/// configured with. Built and validated by [`ClientBuilder`].
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    pub(crate) orchestrator_url: String,
+    pub(crate) server_id: String,
+    pub(crate) max_streams: u32,
+    pub(crate) breaker: CircuitBreakerConfig,
+    pub(crate) retry: RetryConfig,
+    pub(crate) state_path: PathBuf,
+    pub(crate) state_sync_full: bool,
+    pub(crate) heartbeat_interval: Option<Duration>,
+    pub(crate) local_mode_after: Duration,
+    pub(crate) local_mode_limit: Option<Duration>,
+    pub(crate) reconnect: RetryConfig,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) client_version: String,
+}
+
+impl ClientConfig {
+    /// The orchestrator's address.
+    pub fn orchestrator_url(&self) -> &str {
+        &self.orchestrator_url
+    }
+
+    /// This worker's stable id.
+    pub fn server_id(&self) -> &str {
+        &self.server_id
+    }
+
+    /// Most streams this worker processes at once.
+    pub fn max_streams(&self) -> u32 {
+        self.max_streams
+    }
+
+    /// The state file.
+    pub fn state_path(&self) -> &std::path::Path {
+        &self.state_path
+    }
+
+    /// The local-mode limit, if any.
+    pub fn local_mode_limit(&self) -> Option<Duration> {
+        self.local_mode_limit
+    }
+}
+
+/// Builds a [`ResilientWorkerClient`](crate::ResilientWorkerClient) from the
+/// original client's configuration names and defaults.
+///
+/// | setting | default |
+/// |---|---|
+/// | `circuit_failure_threshold` | 5 |
+/// | `circuit_recovery_timeout` | 60 s |
+/// | `circuit_success_threshold` | 3 |
+/// | `circuit_timeout` (per call) | 30 s |
+/// | `retry_max_attempts` | 3 |
+/// | `retry_base_delay` | 1 s |
+/// | `retry_max_delay` | 60 s |
+/// | `retry_exponential_base` | 2.0 |
+/// | `retry_jitter` | true |
+/// | `state_path` | `./worker-state-<server_id>.db` |
+/// | `heartbeat_interval` | what the orchestrator says (5 s by default) |
+/// | `local_mode_after` | 30 s without a successful call (or the breaker open) |
+/// | `local_mode_limit` | none: process indefinitely in local mode |
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use worker_client::ResilientWorkerClient;
+///
+/// # async fn run() -> Result<(), worker_client::Error> {
+/// let client = ResilientWorkerClient::builder("http://127.0.0.1:50051", "worker-01")
+///     .max_streams(50)
+///     .circuit_failure_threshold(3)
+///     .circuit_recovery_timeout(Duration::from_secs(30))
+///     .retry_max_attempts(5)
+///     .retry_base_delay(Duration::from_millis(500))
+///     .build()
+///     .await?;
+/// client.start().await?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct ClientBuilder {
+    orchestrator_url: String,
+    server_id: String,
+    max_streams: u32,
+    failure_threshold: u32,
+    recovery_timeout: Duration,
+    success_threshold: u32,
+    call_timeout: Duration,
+    retry_max_attempts: u32,
+    retry_base_delay: Duration,
+    retry_max_delay: Duration,
+    retry_exponential_base: f64,
+    retry_jitter: bool,
+    state_path: Option<PathBuf>,
+    state_sync_full: bool,
+    heartbeat_interval: Option<Duration>,
+    local_mode_after: Duration,
+    local_mode_limit: Option<Duration>,
+    reconnect_base_delay: Duration,
+    reconnect_max_delay: Duration,
+    connect_timeout: Duration,
+    client_version: String,
+}
+
+impl ClientBuilder {
+    pub(crate) fn new(orchestrator_url: impl Into<String>, server_id: impl Into<String>) -> Self {
+        Self {
+            orchestrator_url: orchestrator_url.into(),
+            server_id: server_id.into(),
+            max_streams: 10,
+            failure_threshold: 5,
+            recovery_timeout: Duration::from_secs(60),
+            success_threshold: 3,
+            call_timeout: Duration::from_secs(30),
+            retry_max_attempts: 3,
+            retry_base_delay: Duration::from_secs(1),
+            retry_max_delay: Duration::from_secs(60),
+            retry_exponential_base: 2.0,
+            retry_jitter: true,
+            state_path: None,
+            state_sync_full: false,
+            heartbeat_interval: None,
+            local_mode_after: Duration::from_secs(30),
+            local_mode_limit: None,
+            reconnect_base_delay: Duration::from_secs(1),
+            reconnect_max_delay: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(5),
+            client_version: concat!("worker-client/", env!("CARGO_PKG_VERSION")).to_owned(),
+        }
+    }
+
+    /// Most streams this worker processes at once (default 10).
+    pub fn max_streams(mut self, n: u32) -> Self {
+        self.max_streams = n;
+        self
+    }
+
+    /// Consecutive failures that open the circuit breaker (default 5).
+    pub fn circuit_failure_threshold(mut self, n: u32) -> Self {
+        self.failure_threshold = n;
+        self
+    }
+
+    /// How long the breaker stays open before probing (default 60 s).
+    pub fn circuit_recovery_timeout(mut self, d: Duration) -> Self {
+        self.recovery_timeout = d;
+        self
+    }
+
+    /// Successful probes that close the breaker (default 3).
+    pub fn circuit_success_threshold(mut self, n: u32) -> Self {
+        self.success_threshold = n;
+        self
+    }
+
+    /// Time after which one call counts as failed (default 30 s).
+    pub fn circuit_timeout(mut self, d: Duration) -> Self {
+        self.call_timeout = d;
+        self
+    }
+
+    /// Attempts per call, the first included (default 3).
+    pub fn retry_max_attempts(mut self, n: u32) -> Self {
+        self.retry_max_attempts = n;
+        self
+    }
+
+    /// Delay before the first retry (default 1 s).
+    pub fn retry_base_delay(mut self, d: Duration) -> Self {
+        self.retry_base_delay = d;
+        self
+    }
+
+    /// Longest delay between retries (default 60 s).
+    pub fn retry_max_delay(mut self, d: Duration) -> Self {
+        self.retry_max_delay = d;
+        self
+    }
+
+    /// Growth of the retry delay (default 2.0).
+    pub fn retry_exponential_base(mut self, f: f64) -> Self {
+        self.retry_exponential_base = f;
+        self
+    }
+
+    /// Randomise retry delays (default true: full jitter).
+    pub fn retry_jitter(mut self, on: bool) -> Self {
+        self.retry_jitter = on;
+        self
+    }
+
+    /// The SQLite state file (default `./worker-state-<server_id>.db`).
+    pub fn state_path(mut self, path: impl Into<PathBuf>) -> Self {
+        self.state_path = Some(path.into());
+        self
+    }
+
+    /// Also survive a power loss (an fsync per group of writes; default off:
+    /// writes survive a crash of the worker process).
+    pub fn state_sync_full(mut self, on: bool) -> Self {
+        self.state_sync_full = on;
+        self
+    }
+
+    /// Heartbeat interval; by default the orchestrator's suggestion.
+    pub fn heartbeat_interval(mut self, d: Duration) -> Self {
+        self.heartbeat_interval = Some(d);
+        self
+    }
+
+    /// Enter local mode after this long without a successful call, even if
+    /// the breaker is still closed (default 30 s).
+    pub fn local_mode_after(mut self, d: Duration) -> Self {
+        self.local_mode_after = d;
+        self
+    }
+
+    /// Stop processing after this long in local mode (default: never).
+    ///
+    /// With a limit below the orchestrator's `session_timeout`, no stream is
+    /// ever processed by two workers at once: this worker stops before the
+    /// orchestrator can give its streams to anyone else. Without a limit the
+    /// worker keeps processing through any outage, and a long partition can
+    /// have a stream processed twice (the lease epoch lets sinks reject the
+    /// stale writer).
+    pub fn local_mode_limit(mut self, d: Duration) -> Self {
+        self.local_mode_limit = Some(d);
+        self
+    }
+
+    /// Backoff of the reconnect probe in local mode (defaults 1 s .. 30 s,
+    /// full jitter).
+    pub fn reconnect_backoff(mut self, base: Duration, max: Duration) -> Self {
+        self.reconnect_base_delay = base;
+        self.reconnect_max_delay = max;
+        self
+    }
+
+    /// Time allowed to open a connection (default 5 s).
+    pub fn connect_timeout(mut self, d: Duration) -> Self {
+        self.connect_timeout = d;
+        self
+    }
+
+    /// Free text sent at registration, for the orchestrator's logs.
+    pub fn client_version(mut self, v: impl Into<String>) -> Self {
+        self.client_version = v.into();
+        self
+    }
+
+    /// Validates the configuration.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] naming the setting.
+    pub fn config(self) -> Result<ClientConfig, Error> {
+        let bad = |setting: &'static str, problem: String| Error::Config { setting, problem };
+        if !(self.orchestrator_url.starts_with("http://") || self.orchestrator_url.starts_with("https://")) {
+            return Err(bad(
+                "orchestrator_url",
+                format!("{:?} must start with http:// or https://", self.orchestrator_url),
+            ));
+        }
+        if self.server_id.is_empty()
+            || self.server_id.len() > 128
+            || !self.server_id.bytes().all(|b| (0x21..=0x7e).contains(&b))
+        {
+            return Err(bad("server_id", "must be 1..=128 printable ASCII bytes without spaces".into()));
+        }
+        if self.max_streams == 0 {
+            return Err(bad("max_streams", "must be at least 1".into()));
+        }
+        if self.local_mode_after.is_zero() {
+            return Err(bad("local_mode_after", "must be greater than zero".into()));
+        }
+        if self.heartbeat_interval.is_some_and(|d| d.is_zero()) {
+            return Err(bad("heartbeat_interval", "must be greater than zero".into()));
+        }
+        let breaker_err = |e: ConfigError| bad("circuit breaker", e.to_string());
+        let breaker = CircuitBreakerConfig::builder()
+            .failure_threshold(self.failure_threshold)
+            .recovery_timeout(self.recovery_timeout)
+            .success_threshold(self.success_threshold)
+            .timeout(self.call_timeout)
+            .build()
+            .map_err(breaker_err)?;
+        let retry = RetryConfig::builder()
+            .max_attempts(self.retry_max_attempts)
+            .base_delay(self.retry_base_delay)
+            .max_delay(self.retry_max_delay)
+            .exponential_base(self.retry_exponential_base)
+            .jitter(self.retry_jitter)
+            .build()
+            .map_err(|e| bad("retry", e.to_string()))?;
+        let reconnect = RetryConfig::builder()
+            .max_attempts(u32::MAX)
+            .base_delay(self.reconnect_base_delay)
+            .max_delay(self.reconnect_max_delay)
+            .no_budget()
+            .build()
+            .map_err(|e| bad("reconnect_backoff", e.to_string()))?;
+        let state_path =
+            self.state_path.unwrap_or_else(|| PathBuf::from(format!("./worker-state-{}.db", self.server_id)));
+        Ok(ClientConfig {
+            orchestrator_url: self.orchestrator_url,
+            server_id: self.server_id,
+            max_streams: self.max_streams,
+            breaker,
+            retry,
+            state_path,
+            state_sync_full: self.state_sync_full,
+            heartbeat_interval: self.heartbeat_interval,
+            local_mode_after: self.local_mode_after,
+            local_mode_limit: self.local_mode_limit,
+            reconnect,
+            connect_timeout: self.connect_timeout,
+            client_version: self.client_version,
+        })
+    }
+
+    /// Validates the configuration, opens the state file and creates the
+    /// client (it does not contact the orchestrator yet: call
+    /// [`start`](crate::ResilientWorkerClient::start) or
+    /// [`register`](crate::ResilientWorkerClient::register)).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for a bad setting, [`Error::State`] for a state
+    /// file that cannot be used (the message says how to recover).
+    pub async fn build(self) -> Result<crate::ResilientWorkerClient, Error> {
+        crate::ResilientWorkerClient::from_config(self.config()?).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b() -> ClientBuilder {
+        ClientBuilder::new("http://127.0.0.1:50051", "w1")
+    }
+
+    #[test]
+    fn defaults_are_the_seed_defaults() {
+        let c = b().config().unwrap();
+        assert_eq!(c.breaker.failure_threshold(), 5);
+        assert_eq!(c.breaker.recovery_timeout(), Duration::from_secs(60));
+        assert_eq!(c.breaker.success_threshold(), 3);
+        assert_eq!(c.breaker.timeout(), Some(Duration::from_secs(30)));
+        assert_eq!(c.retry.max_attempts(), 3);
+        assert_eq!(c.retry.base_delay(), Duration::from_secs(1));
+        assert_eq!(c.retry.max_delay(), Duration::from_secs(60));
+        assert_eq!(c.retry.exponential_base(), 2.0);
+        assert_eq!(c.state_path, PathBuf::from("./worker-state-w1.db"));
+    }
+
+    #[test]
+    fn invalid_settings_are_errors_naming_them() {
+        let setting = |r: Result<ClientConfig, Error>| match r {
+            Err(Error::Config { setting, .. }) => setting,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(setting(ClientBuilder::new("127.0.0.1:50051", "w").config()), "orchestrator_url");
+        assert_eq!(setting(ClientBuilder::new("http://x", "").config()), "server_id");
+        assert_eq!(setting(ClientBuilder::new("http://x", "a b").config()), "server_id");
+        assert_eq!(setting(b().max_streams(0).config()), "max_streams");
+        assert_eq!(setting(b().circuit_failure_threshold(0).config()), "circuit breaker");
+        assert_eq!(setting(b().retry_max_attempts(0).config()), "retry");
+        assert_eq!(setting(b().retry_base_delay(Duration::from_secs(100)).config()), "retry");
+        assert_eq!(setting(b().local_mode_after(Duration::ZERO).config()), "local_mode_after");
+    }
+}

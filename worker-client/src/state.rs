@@ -1,0 +1,416 @@
+//! The worker's local state: one SQLite file (WAL), written by a dedicated
+//! thread so that no SQLite call runs on the async runtime.
+//!
+//! It holds the server id and last session, the leases with their epochs,
+//! the processing records with their per-worker sequence numbers and a
+//! synced flag, releases made while the orchestrator was unreachable, the
+//! last orchestrator contact and the mode transitions.
+//!
+//! **Durability rule.** Writes are queued and committed by the state thread
+//! in groups (everything waiting in the queue, one transaction). A write's
+//! future completes once its transaction is committed; from then on it
+//! survives a SIGKILL of the worker at any moment (WAL with
+//! `synchronous = NORMAL`; with [`sync_full`](crate::ClientBuilder::state_sync_full)
+//! it also survives a power loss, at the cost of an fsync per group).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::thread;
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use tokio::sync::oneshot;
+
+use crate::Error;
+
+const MIGRATIONS: &[&str] = &["
+    CREATE TABLE meta (
+        key    TEXT PRIMARY KEY,
+        value  TEXT NOT NULL
+    );
+    CREATE TABLE leases (
+        stream_id    INTEGER PRIMARY KEY,
+        lease_epoch  INTEGER NOT NULL
+    );
+    CREATE TABLE records (
+        sequence         INTEGER PRIMARY KEY,
+        stream_id        INTEGER NOT NULL,
+        lease_epoch      INTEGER NOT NULL,
+        processed_at_ms  INTEGER NOT NULL,
+        local_mode       INTEGER NOT NULL,
+        synced           INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX records_unsynced ON records (synced, sequence);
+    CREATE TABLE pending_releases (
+        stream_id    INTEGER PRIMARY KEY,
+        lease_epoch  INTEGER NOT NULL
+    );
+    CREATE TABLE mode_transitions (
+        id      INTEGER PRIMARY KEY AUTOINCREMENT,
+        at_ms   INTEGER NOT NULL,
+        mode    TEXT NOT NULL,
+        reason  TEXT NOT NULL
+    );
+"];
+
+/// How to recover from an unusable state file; part of every such error.
+pub(crate) const RECOVERY: &str = "move the file aside and start the worker again: it registers with an empty \
+     state and the orchestrator assigns it streams anew (processing records not yet synced stay in the \
+     moved file; `sqlite3 FILE .recover` can salvage them)";
+
+/// A processing record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Record {
+    pub(crate) sequence: u64,
+    pub(crate) stream_id: i64,
+    pub(crate) lease_epoch: u64,
+    pub(crate) processed_at_ms: i64,
+    pub(crate) local_mode: bool,
+}
+
+/// One write.
+#[derive(Debug, Clone)]
+pub(crate) enum Op {
+    Session {
+        session_id: String,
+        worker_epoch: u64,
+    },
+    Contact {
+        at_ms: i64,
+    },
+    /// Replaces the whole lease set.
+    Leases(BTreeMap<i64, u64>),
+    Record(Record),
+    SyncedThrough(u64),
+    PendingRelease {
+        stream_id: i64,
+        lease_epoch: u64,
+    },
+    ReleasesDone(Vec<i64>),
+    Transition {
+        at_ms: i64,
+        mode: &'static str,
+        reason: String,
+    },
+}
+
+/// What the file held when it was opened.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Snapshot {
+    pub(crate) session: Option<(String, u64)>,
+    pub(crate) leases: BTreeMap<i64, u64>,
+    pub(crate) next_sequence: u64,
+    pub(crate) last_contact_ms: Option<i64>,
+    pub(crate) unsynced: u64,
+    pub(crate) pending_releases: BTreeMap<i64, u64>,
+    /// Whether the file existed with content from an earlier run.
+    pub(crate) from_earlier_run: bool,
+}
+
+struct StateFile {
+    conn: Connection,
+}
+
+fn err(path: &Path, e: impl std::fmt::Display) -> Error {
+    Error::State { path: path.to_path_buf(), reason: e.to_string() }
+}
+
+impl StateFile {
+    fn open(path: &Path, server_id: &str, sync_full: bool) -> Result<(Self, Snapshot), Error> {
+        let unusable = |why: String| Error::State { path: path.to_path_buf(), reason: format!("{why}; {RECOVERY}") };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+            && !dir.is_dir()
+        {
+            return Err(err(path, format!("directory {} does not exist", dir.display())));
+        }
+        let existed = path.exists() && std::fs::metadata(path).is_ok_and(|m| m.len() > 0);
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(path, flags).map_err(|e| err(path, format!("cannot open: {e}")))?;
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(|e| unusable(format!("not a worker state file or damaged ({e}); it was not modified")))?;
+        if version > MIGRATIONS.len() as i64 {
+            return Err(unusable(format!("schema version {version} is newer than this library supports")));
+        }
+        if version == 0 {
+            let tables: i64 = conn
+                .query_row("SELECT count(*) FROM sqlite_master WHERE type = 'table'", [], |r| r.get(0))
+                .map_err(|e| unusable(e.to_string()))?;
+            if tables > 0 {
+                return Err(unusable("it holds tables of something else; it was not modified".into()));
+            }
+        }
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(|e| err(path, e))?;
+        conn.pragma_update(None, "synchronous", if sync_full { "FULL" } else { "NORMAL" }).map_err(|e| err(path, e))?;
+        let mut file = Self { conn };
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            let tx = file.conn.transaction().map_err(|e| err(path, e))?;
+            tx.execute_batch(sql).map_err(|e| err(path, e))?;
+            tx.pragma_update(None, "user_version", (i + 1) as i64).map_err(|e| err(path, e))?;
+            tx.commit().map_err(|e| err(path, e))?;
+        }
+        let stored_id: Option<String> = file.meta("server_id").map_err(|e| err(path, e))?;
+        match stored_id {
+            Some(id) if id != server_id => {
+                return Err(err(
+                    path,
+                    format!("it belongs to server_id {id:?}, not {server_id:?}; use one state file per worker"),
+                ));
+            }
+            Some(_) => {}
+            None => {
+                file.conn
+                    .execute("INSERT INTO meta (key, value) VALUES ('server_id', ?1)", params![server_id])
+                    .map_err(|e| err(path, e))?;
+            }
+        }
+        let snapshot = file.snapshot(existed).map_err(|e| err(path, e))?;
+        Ok((file, snapshot))
+    }
+
+    fn meta(&self, key: &str) -> rusqlite::Result<Option<String>> {
+        self.conn.query_row("SELECT value FROM meta WHERE key = ?1", params![key], |r| r.get(0)).optional()
+    }
+
+    fn snapshot(&self, existed: bool) -> rusqlite::Result<Snapshot> {
+        let session = match (self.meta("session_id")?, self.meta("worker_epoch")?) {
+            (Some(id), Some(epoch)) => epoch.parse().ok().map(|e| (id, e)),
+            _ => None,
+        };
+        let pairs = |sql: &str| -> rusqlite::Result<BTreeMap<i64, u64>> {
+            let mut stmt = self.conn.prepare(sql)?;
+            let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)? as u64)))?;
+            rows.collect()
+        };
+        let leases = pairs("SELECT stream_id, lease_epoch FROM leases")?;
+        let pending_releases = pairs("SELECT stream_id, lease_epoch FROM pending_releases")?;
+        let max: Option<i64> = self.conn.query_row("SELECT max(sequence) FROM records", [], |r| r.get(0))?;
+        let stored_next: u64 = self.meta("next_sequence")?.and_then(|v| v.parse().ok()).unwrap_or(1);
+        let unsynced: i64 = self.conn.query_row("SELECT count(*) FROM records WHERE synced = 0", [], |r| r.get(0))?;
+        Ok(Snapshot {
+            session,
+            leases,
+            next_sequence: stored_next.max(max.map_or(1, |m| m as u64 + 1)),
+            last_contact_ms: self.meta("last_contact_ms")?.and_then(|v| v.parse().ok()),
+            unsynced: unsynced as u64,
+            pending_releases,
+            from_earlier_run: existed,
+        })
+    }
+
+    fn commit(&mut self, ops: &[Op]) -> rusqlite::Result<()> {
+        let tx = self.conn.transaction()?;
+        let set = |key: &str, value: String| {
+            tx.execute(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                params![key, value],
+            )
+        };
+        let mut max_sequence = None;
+        for op in ops {
+            match op {
+                Op::Session { session_id, worker_epoch } => {
+                    set("session_id", session_id.clone())?;
+                    set("worker_epoch", worker_epoch.to_string())?;
+                }
+                Op::Contact { at_ms } => {
+                    set("last_contact_ms", at_ms.to_string())?;
+                }
+                Op::Leases(leases) => {
+                    tx.execute("DELETE FROM leases", [])?;
+                    let mut insert =
+                        tx.prepare_cached("INSERT INTO leases (stream_id, lease_epoch) VALUES (?1, ?2)")?;
+                    for (stream, epoch) in leases {
+                        insert.execute(params![stream, *epoch as i64])?;
+                    }
+                }
+                Op::Record(r) => {
+                    let mut insert = tx.prepare_cached(
+                        "INSERT OR IGNORE INTO records (sequence, stream_id, lease_epoch, processed_at_ms, local_mode)
+                         VALUES (?1, ?2, ?3, ?4, ?5)",
+                    )?;
+                    insert.execute(params![
+                        r.sequence as i64,
+                        r.stream_id,
+                        r.lease_epoch as i64,
+                        r.processed_at_ms,
+                        r.local_mode
+                    ])?;
+                    max_sequence = Some(r.sequence);
+                }
+                Op::SyncedThrough(through) => {
+                    tx.execute(
+                        "UPDATE records SET synced = 1 WHERE synced = 0 AND sequence <= ?1",
+                        params![*through as i64],
+                    )?;
+                }
+                Op::PendingRelease { stream_id, lease_epoch } => {
+                    tx.execute(
+                        "INSERT OR REPLACE INTO pending_releases (stream_id, lease_epoch) VALUES (?1, ?2)",
+                        params![stream_id, *lease_epoch as i64],
+                    )?;
+                }
+                Op::ReleasesDone(ids) => {
+                    for id in ids {
+                        tx.execute("DELETE FROM pending_releases WHERE stream_id = ?1", params![id])?;
+                    }
+                }
+                Op::Transition { at_ms, mode, reason } => {
+                    tx.execute(
+                        "INSERT INTO mode_transitions (at_ms, mode, reason) VALUES (?1, ?2, ?3)",
+                        params![at_ms, mode, reason],
+                    )?;
+                }
+            }
+        }
+        if let Some(max) = max_sequence {
+            set("next_sequence", (max + 1).to_string())?;
+        }
+        tx.commit()
+    }
+
+    fn unsynced(&self, limit: usize) -> rusqlite::Result<Vec<Record>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT sequence, stream_id, lease_epoch, processed_at_ms, local_mode FROM records
+             WHERE synced = 0 ORDER BY sequence LIMIT ?1",
+        )?;
+        let rows = stmt.query_map(params![limit as i64], |r| {
+            Ok(Record {
+                sequence: r.get::<_, i64>(0)? as u64,
+                stream_id: r.get(1)?,
+                lease_epoch: r.get::<_, i64>(2)? as u64,
+                processed_at_ms: r.get(3)?,
+                local_mode: r.get(4)?,
+            })
+        })?;
+        rows.collect()
+    }
+
+    fn counts(&self) -> rusqlite::Result<(u64, u64)> {
+        self.conn.query_row("SELECT count(*), coalesce(sum(synced = 0), 0) FROM records", [], |r| {
+            Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
+        })
+    }
+}
+
+type Reply<T> = oneshot::Sender<Result<T, Error>>;
+
+enum Msg {
+    Write(Vec<Op>, Reply<()>),
+    Unsynced(usize, Reply<Vec<Record>>),
+    Counts(Reply<(u64, u64)>),
+    Close,
+}
+
+/// The async front of the state thread. Cheap to clone.
+#[derive(Debug, Clone)]
+pub(crate) struct StateHandle {
+    tx: mpsc::Sender<Msg>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Msg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Msg")
+    }
+}
+
+impl StateHandle {
+    /// Opens (or creates) the state file and starts its thread. Runs the
+    /// open on the calling thread: call it from `spawn_blocking`.
+    pub(crate) fn open(path: &Path, server_id: &str, sync_full: bool) -> Result<(Self, Snapshot), Error> {
+        let (mut file, snapshot) = StateFile::open(path, server_id, sync_full)?;
+        let (tx, rx) = mpsc::channel::<Msg>();
+        let thread_path = path.to_path_buf();
+        thread::Builder::new()
+            .name("worker-state".into())
+            .spawn(move || {
+                let fail = |e: rusqlite::Error| err(&thread_path, e);
+                while let Ok(msg) = rx.recv() {
+                    match msg {
+                        Msg::Write(ops, reply) => {
+                            // Group commit: every write waiting joins this transaction.
+                            let mut ops = ops;
+                            let mut replies = vec![reply];
+                            let mut after = Vec::new();
+                            while let Ok(next) = rx.try_recv() {
+                                match next {
+                                    Msg::Write(more, reply) => {
+                                        ops.extend(more);
+                                        replies.push(reply);
+                                    }
+                                    other => {
+                                        after.push(other);
+                                        break;
+                                    }
+                                }
+                            }
+                            let result = file.commit(&ops).map_err(fail);
+                            for reply in replies {
+                                let _ = reply.send(result.clone());
+                            }
+                            for msg in after {
+                                if !Self::serve_one(&mut file, msg, &fail) {
+                                    return;
+                                }
+                            }
+                        }
+                        other => {
+                            if !Self::serve_one(&mut file, other, &fail) {
+                                return;
+                            }
+                        }
+                    }
+                }
+            })
+            .map_err(|e| err(path, format!("cannot start the state thread: {e}")))?;
+        Ok((Self { tx, path: path.to_path_buf() }, snapshot))
+    }
+
+    /// Serves a non-write message; `false` to stop.
+    fn serve_one(file: &mut StateFile, msg: Msg, fail: &impl Fn(rusqlite::Error) -> Error) -> bool {
+        match msg {
+            Msg::Write(ops, reply) => {
+                let _ = reply.send(file.commit(&ops).map_err(fail));
+            }
+            Msg::Unsynced(limit, reply) => {
+                let _ = reply.send(file.unsynced(limit).map_err(fail));
+            }
+            Msg::Counts(reply) => {
+                let _ = reply.send(file.counts().map_err(fail));
+            }
+            Msg::Close => return false,
+        }
+        true
+    }
+
+    fn closed(&self) -> Error {
+        err(&self.path, "the state thread has stopped")
+    }
+
+    /// Queues writes; the future completes once they are committed.
+    pub(crate) async fn write(&self, ops: Vec<Op>) -> Result<(), Error> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Msg::Write(ops, reply)).map_err(|_| self.closed())?;
+        rx.await.map_err(|_| self.closed())?
+    }
+
+    /// Up to `limit` unsynced records, oldest first.
+    pub(crate) async fn unsynced(&self, limit: usize) -> Result<Vec<Record>, Error> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Msg::Unsynced(limit, reply)).map_err(|_| self.closed())?;
+        rx.await.map_err(|_| self.closed())?
+    }
+
+    /// `(records, unsynced records)`.
+    pub(crate) async fn counts(&self) -> Result<(u64, u64), Error> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Msg::Counts(reply)).map_err(|_| self.closed())?;
+        rx.await.map_err(|_| self.closed())?
+    }
+
+    /// Commits what is queued and stops the thread.
+    pub(crate) fn close(&self) {
+        let _ = self.tx.send(Msg::Close);
+    }
+}
