@@ -1,0 +1,152 @@
+//! An example worker: registers with the orchestrator, heartbeats, and
+//! "processes" each stream it is assigned (simulated work that records a
+//! processing record per chunk), following lease and mode changes. It logs
+//! every change, prints its health JSON on SIGUSR1 (and every
+//! `--health-every`), and on ctrl-c / SIGTERM releases its streams,
+//! deregisters and exits.
+//!
+//! ```sh
+//! cargo run -p worker-client --example worker -- --server-id worker-1
+//! ```
+#![allow(clippy::print_stdout)] // a demo that reports to its user
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use tokio::task::JoinHandle;
+use worker_client::ResilientWorkerClient;
+
+/// An example worker that processes the streams the orchestrator assigns it.
+#[derive(Debug, Parser)]
+#[command(name = "worker")]
+struct Args {
+    /// This worker's stable id (unique in the fleet).
+    #[arg(long, env = "WORKER_SERVER_ID")]
+    server_id: String,
+    /// The orchestrator's gRPC address.
+    #[arg(long, env = "WORKER_ORCHESTRATOR_URL", default_value = "http://127.0.0.1:50051")]
+    orchestrator_url: String,
+    /// Most streams processed at once.
+    #[arg(long, env = "WORKER_MAX_STREAMS", default_value_t = 10)]
+    max_streams: u32,
+    /// State file (default ./worker-state-<server-id>.db).
+    #[arg(long, env = "WORKER_STATE")]
+    state: Option<PathBuf>,
+    /// Simulated time to process one chunk of a stream.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    chunk_interval: Duration,
+    /// Stop processing after this long without the orchestrator (default: never).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    local_mode_limit: Option<Duration>,
+    /// Enter local mode after this long without a successful call.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    local_mode_after: Duration,
+    /// Circuit breaker recovery timeout.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    circuit_recovery_timeout: Duration,
+    /// Print the health JSON this often (0: only on SIGUSR1).
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    health_every: Duration,
+    /// Print "ack <sequence>" on stdout after each durable processing record
+    /// (for tests).
+    #[arg(long)]
+    print_acks: bool,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
+    let args = Args::parse();
+    match run(args).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<(), worker_client::Error> {
+    let mut builder = ResilientWorkerClient::builder(&args.orchestrator_url, &args.server_id)
+        .max_streams(args.max_streams)
+        .local_mode_after(args.local_mode_after)
+        .circuit_recovery_timeout(args.circuit_recovery_timeout)
+        .client_version("example-worker/0.1");
+    if let Some(path) = &args.state {
+        builder = builder.state_path(path);
+    }
+    if let Some(limit) = args.local_mode_limit {
+        builder = builder.local_mode_limit(limit);
+    }
+    let client = builder.build().await?;
+    client.start().await?;
+    tracing::info!(server_id = %args.server_id, orchestrator = %args.orchestrator_url, "worker started");
+
+    let mut leases = client.leases();
+    let mut running: BTreeMap<i64, JoinHandle<()>> = BTreeMap::new();
+    let mut usr1 = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1()).ok();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let mut health_tick = (!args.health_every.is_zero()).then(|| tokio::time::interval(args.health_every));
+    let mut local = false;
+    loop {
+        // Start what is new, stop what is gone.
+        let set = leases.borrow_and_update().clone();
+        if set.local_mode() != local {
+            local = set.local_mode();
+            tracing::warn!(local_mode = local, "mode changed");
+        }
+        running.retain(|stream_id, task| {
+            let keep = set.contains(*stream_id);
+            if !keep {
+                task.abort();
+                tracing::info!(stream_id, "stopped processing");
+            }
+            keep
+        });
+        for (stream_id, epoch) in set.iter() {
+            running.entry(stream_id).or_insert_with(|| {
+                tracing::info!(stream_id, lease_epoch = epoch, "started processing");
+                let client = client.clone();
+                let (every, print) = (args.chunk_interval, args.print_acks);
+                tokio::spawn(async move {
+                    loop {
+                        tokio::time::sleep(every).await;
+                        match client.record_stream_processing(stream_id).await {
+                            Ok(sequence) if print => println!("ack {sequence}"),
+                            Ok(_) => {}
+                            Err(e) => {
+                                tracing::debug!(stream_id, error = %e, "stopped recording");
+                                return;
+                            }
+                        }
+                    }
+                })
+            });
+        }
+        tokio::select! {
+            changed = leases.changed() => if changed.is_err() { break },
+            _ = tokio::signal::ctrl_c() => { tracing::info!("ctrl-c: shutting down"); break }
+            Some(()) = async { match term.as_mut() { Some(t) => t.recv().await, None => std::future::pending().await } } => {
+                tracing::info!("SIGTERM: shutting down");
+                break;
+            }
+            Some(()) = async { match usr1.as_mut() { Some(s) => s.recv().await, None => std::future::pending().await } } => {
+                println!("{}", client.health_check().await.to_json());
+            }
+            _ = async { match health_tick.as_mut() { Some(t) => t.tick().await, None => std::future::pending().await } } => {
+                println!("{}", client.health_check().await.to_json());
+            }
+        }
+    }
+    for (_, task) in running {
+        task.abort();
+    }
+    client.shutdown().await;
+    tracing::info!("worker stopped");
+    Ok(())
+}
