@@ -379,7 +379,7 @@ impl Sim {
                     let prev = self.worker_epochs.insert(server_id.clone(), *worker_epoch).unwrap_or(0);
                     assert!(*worker_epoch > prev, "worker epoch of {server_id} did not grow");
                 }
-                Change::WorkerExpired { .. } => self.generation += 1,
+                Change::WorkerExpired { .. } | Change::WorkerLeft { .. } => self.generation += 1,
                 _ => {}
             }
         }

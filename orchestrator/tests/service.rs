@@ -243,7 +243,7 @@ async fn a_worker_lifecycle_through_every_worker_rpc() {
     assert!(assignments(&mut admin, "w1").await.is_empty());
     let err = w.heartbeat(hb(vec![])).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
-    assert_eq!(reason(&err).as_deref(), Some("SESSION_EXPIRED"));
+    assert_eq!(reason(&err).as_deref(), Some("SESSION_UNKNOWN"), "a deregistered session is gone");
     f.stop().await;
 }
 

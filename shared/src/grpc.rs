@@ -8,7 +8,7 @@
 //! | `ABORTED` | success: a conflict, the server is healthy | yes |
 //! | `UNAVAILABLE`, `DEADLINE_EXCEEDED`, `RESOURCE_EXHAUSTED` | failure | yes |
 //! | `UNKNOWN`, `INTERNAL`, `UNIMPLEMENTED`, `DATA_LOSS` | failure | no |
-//! | transport error (connection refused, reset, ...) | failure | yes |
+//! | transport error (connection refused, reset, ...; also `UNKNOWN` whose source is one, see [`status_code`]) | failure | yes |
 //! | refused by a circuit breaker | - | no |
 //!
 //! A `grpc-retry-pushback-ms` value of a non-negative integer means "retry
@@ -78,6 +78,35 @@ pub fn pushback(headers: &HeaderMap) -> Option<Result<Duration, ()>> {
     })
 }
 
+/// The code a status stands for. A status the server sent carries no
+/// source error; one that a tonic client made from a local error does. When
+/// a connection breaks before any answer, tonic reports `UNKNOWN`
+/// ("transport error") or `CANCELLED` (the connection's stream was reset)
+/// with the transport error as the source: that is a connection error, so
+/// it counts as `UNAVAILABLE` here (a failure, and retryable), not as the
+/// caller's mistake.
+///
+/// ```
+/// use resilience::grpc;
+/// use tonic::{Code, Status};
+///
+/// // Statuses the server sent are taken as they are.
+/// assert_eq!(grpc::status_code(&Status::unknown("handler failed")), Code::Unknown);
+/// assert_eq!(grpc::status_code(&Status::cancelled("client went away")), Code::Cancelled);
+/// // A local transport failure is a connection error.
+/// let mut reset = Status::cancelled("operation was canceled");
+/// reset.set_source(std::sync::Arc::new(std::io::Error::from(std::io::ErrorKind::ConnectionReset)));
+/// assert_eq!(grpc::status_code(&reset), Code::Unavailable);
+/// ```
+pub fn status_code(status: &Status) -> Code {
+    match status.code() {
+        Code::Unknown | Code::Cancelled if status.source().is_some() && !is_circuit_rejection(status) => {
+            Code::Unavailable
+        }
+        code => code,
+    }
+}
+
 /// What to do after a call failed with `status`: the pushback if the server
 /// sent one, otherwise by code.
 ///
@@ -96,7 +125,7 @@ pub fn retry_action(status: &Status) -> RetryAction {
     if is_circuit_rejection(status) {
         return RetryAction::DoNotRetry;
     }
-    action_for(status.code(), status.metadata().as_ref())
+    action_for(status_code(status), status.metadata().as_ref())
 }
 
 fn action_for(code: Code, headers: &HeaderMap) -> RetryAction {
@@ -153,7 +182,7 @@ fn error_code<'a>(error: &'a (dyn StdError + 'static)) -> (Code, Option<&'a Stat
     let mut current = Some(error);
     while let Some(e) = current {
         if let Some(status) = e.downcast_ref::<Status>() {
-            return (status.code(), Some(status));
+            return (status_code(status), Some(status));
         }
         current = e.source();
     }

@@ -41,7 +41,11 @@ struct Inner {
     core: Mutex<Core>,
     leases: watch::Sender<LeaseSet>,
     next_sequence: AtomicU64,
+    /// Records written since the last upload.
+    records_waiting: AtomicBool,
     local: AtomicBool,
+    /// Processing stopped by the local-mode limit.
+    halted: AtomicBool,
     metrics: Metrics,
     last_contact: StdMutex<Option<SystemTime>>,
     started_at: tokio::time::Instant,
@@ -69,8 +73,6 @@ struct Core {
     pending_releases: BTreeMap<i64, u64>,
     heartbeat_interval: Duration,
     local_since: Option<tokio::time::Instant>,
-    /// Processing stopped by the local-mode limit.
-    halted: bool,
     stopped: bool,
 }
 
@@ -231,12 +233,13 @@ impl ResilientWorkerClient {
                     pending_releases: snapshot.pending_releases,
                     heartbeat_interval,
                     local_since: None,
-                    halted: false,
                     stopped: false,
                 }),
                 leases,
                 next_sequence: AtomicU64::new(snapshot.next_sequence),
+                records_waiting: AtomicBool::new(snapshot.unsynced > 0),
                 local: AtomicBool::new(false),
+                halted: AtomicBool::new(false),
                 metrics: Metrics::default(),
                 last_contact: StdMutex::new(last_contact),
                 started_at: tokio::time::Instant::now(),
@@ -265,7 +268,13 @@ impl ResilientWorkerClient {
         let mut task = self.inner.task.lock().unwrap_or_else(|p| p.into_inner());
         if task.is_none() {
             let client = self.clone();
-            *task = Some(tokio::spawn(async move { client.background().await }));
+            *task = Some(tokio::spawn(async move {
+                let watchdog = client.limit_watchdog();
+                tokio::select! {
+                    () = client.background() => {}
+                    () = watchdog => {}
+                }
+            }));
         }
         Ok(())
     }
@@ -403,6 +412,7 @@ impl ResilientWorkerClient {
         let sequence = self.inner.next_sequence.fetch_add(1, Ordering::Relaxed);
         let record = Record { sequence, stream_id, lease_epoch, processed_at_ms: now_ms(), local_mode: local };
         self.inner.state.write(vec![Op::Record(record)]).await?;
+        self.inner.records_waiting.store(true, Ordering::Release);
         Ok(sequence)
     }
 
@@ -459,7 +469,7 @@ impl ResilientWorkerClient {
                 "session": core.session.as_ref().map(|s| serde_json::json!({"session_id": s.session_id, "worker_epoch": s.worker_epoch})),
                 "leases": core.leases.iter().map(|(s, e)| serde_json::json!({"stream_id": s, "lease_epoch": e})).collect::<Vec<_>>(),
                 "pending_releases": core.pending_releases.keys().collect::<Vec<_>>(),
-                "processing_halted": core.halted,
+                "processing_halted": self.inner.halted.load(Ordering::Relaxed),
                 "records": counts.map(|c| c.0),
                 "unsynced_records": counts.map(|c| c.1),
                 "next_sequence": self.inner.next_sequence.load(Ordering::Relaxed),
@@ -495,6 +505,13 @@ impl ResilientWorkerClient {
         let mut core = self.inner.core.lock().await;
         if core.stopped {
             return;
+        }
+        // Upload what was recorded, while the leases are still ours.
+        if !self.is_local()
+            && core.session.is_some()
+            && let Err(e) = self.sync_records(&mut core).await
+        {
+            tracing::warn!(error = %e, "could not upload the last processing records; they stay in the state file");
         }
         let leases: Vec<v1::Lease> =
             core.leases.iter().map(|(&stream_id, &lease_epoch)| v1::Lease { stream_id, lease_epoch }).collect();
@@ -538,7 +555,8 @@ impl ResilientWorkerClient {
     /// Publishes the lease set the application may process.
     fn publish(&self, core: &Core) {
         let local = self.is_local();
-        let leases = if core.halted || core.stopped { BTreeMap::new() } else { core.leases.clone() };
+        let halted = self.inner.halted.load(Ordering::Acquire);
+        let leases = if halted || core.stopped { BTreeMap::new() } else { core.leases.clone() };
         self.inner.leases.send_if_modified(|set| {
             let next = LeaseSet { leases, local_mode: local };
             if *set == next {
@@ -563,7 +581,7 @@ impl ResilientWorkerClient {
         let m = &self.inner.metrics;
         m.total.fetch_add(1, Ordering::Relaxed);
         let breaker = &self.inner.breaker;
-        let is_failure = |s: &Status| grpc::breaker_outcome(s.code()) == Outcome::Failure;
+        let is_failure = |s: &Status| grpc::breaker_outcome(grpc::status_code(s)) == Outcome::Failure;
         let classify = CallError::retry_action(grpc::retry_action);
         let result = self.inner.retry.execute(&classify, None, || breaker.call_with(is_failure, &f)).await;
         match result {
@@ -576,7 +594,9 @@ impl ResilientWorkerClient {
                 m.failed.fetch_add(1, Ordering::Relaxed);
                 Err(match e {
                     CallError::Inner(status) if is_session_error(&status) => Failure::Session,
-                    CallError::Inner(status) if grpc::is_caller_error(status.code()) => Failure::Rejected(status),
+                    CallError::Inner(status) if grpc::is_caller_error(grpc::status_code(&status)) => {
+                        Failure::Rejected(status)
+                    }
                     other => Failure::Unreachable(other.to_string()),
                 })
             }
@@ -627,8 +647,8 @@ impl ResilientWorkerClient {
             return Ok(());
         }
         self.inner.local.store(false, Ordering::Release);
+        self.inner.halted.store(false, Ordering::Release);
         core.local_since = None;
-        core.halted = false;
         tracing::info!("orchestrator reachable again: back to normal mode");
         self.inner
             .state
@@ -683,9 +703,18 @@ impl ResilientWorkerClient {
             .filter(|l| core.leases.get(&l.stream_id) == Some(&l.lease_epoch))
             .map(|l| (l.stream_id, l.lease_epoch))
             .collect();
-        let dropped = core.leases.len() - kept.len();
-        if dropped > 0 {
-            tracing::info!(dropped, kept = kept.len(), "the orchestrator revoked leases held from before");
+        let dropped: Vec<v1::Lease> = core
+            .leases
+            .iter()
+            .filter(|(s, _)| !kept.contains_key(s))
+            .map(|(&stream_id, &lease_epoch)| v1::Lease { stream_id, lease_epoch })
+            .collect();
+        if !dropped.is_empty() {
+            tracing::info!(
+                dropped = dropped.len(),
+                kept = kept.len(),
+                "the orchestrator revoked leases held from before"
+            );
         }
         core.leases = kept;
         core.to_ack.clear();
@@ -710,14 +739,22 @@ impl ResilientWorkerClient {
             ])
             .await?;
         tracing::info!(worker_epoch = session.worker_epoch, leases = core.leases.len(), "registered");
+        self.inner.halted.store(false, Ordering::Release);
         self.leave_local(core).await?;
         self.publish(core);
+        // Revoked leases may still be reserved for us (over capacity, a
+        // removed stream): release them so they can move. For leases that
+        // moved already the orchestrator answers `not_held`.
+        if !dropped.is_empty() {
+            self.release_locked(core, dropped).await?;
+        }
         self.sync_records(core).await?;
         Ok(true)
     }
 
     /// Uploads unsynced records in batches; marks them synced once the
-    /// orchestrator acknowledged them.
+    /// orchestrator acknowledged them. Runs after every registration and,
+    /// in normal mode, once per heartbeat when something was recorded.
     async fn sync_records(&self, core: &mut Core) -> Result<(), Error> {
         loop {
             let batch = self.inner.state.unsynced(SYNC_BATCH).await?;
@@ -756,36 +793,51 @@ impl ResilientWorkerClient {
                 .await;
             match answer {
                 Ok(r) => {
-                    self.apply_decisions(core, &r.decisions);
+                    let revoked = self.apply_decisions(core, &r.decisions);
                     let through = r.acknowledged_through_sequence.min(last);
                     if r.stale_records > 0 {
                         tracing::info!(stale = r.stale_records, "uploaded records made under an old lease epoch");
                     }
                     self.inner.state.write(vec![Op::SyncedThrough(through), Op::Leases(core.leases.clone())]).await?;
+                    // Stop first (publish), then release: the orchestrator
+                    // waits for the release before it reassigns.
                     self.publish(core);
+                    if !revoked.is_empty() {
+                        self.release_locked(core, revoked).await?;
+                    }
                     if through < last {
                         tracing::warn!(
                             through,
                             last,
                             "the orchestrator acknowledged fewer records than sent; will retry"
                         );
+                        self.inner.records_waiting.store(true, Ordering::Release);
                         return Ok(());
                     }
                 }
-                Err(failure) => return self.on_failure(core, failure).await,
+                Err(failure) => {
+                    self.inner.records_waiting.store(true, Ordering::Release);
+                    return self.on_failure(core, failure).await;
+                }
             }
         }
     }
 
-    fn apply_decisions(&self, core: &mut Core, decisions: &[v1::LeaseDecision]) {
+    /// Drops the leases the orchestrator revoked; returns them, to be
+    /// released once the application has been told to stop.
+    fn apply_decisions(&self, core: &mut Core, decisions: &[v1::LeaseDecision]) -> Vec<v1::Lease> {
+        let mut revoked = Vec::new();
         for d in decisions {
             if d.kind != v1::LeaseDecisionKind::Keep as i32
                 && let Some(l) = d.lease
                 && core.leases.get(&l.stream_id) == Some(&l.lease_epoch)
             {
                 core.leases.remove(&l.stream_id);
+                core.to_ack.retain(|a| a.stream_id != l.stream_id);
+                revoked.push(l);
             }
         }
+        revoked
     }
 
     /// Adds valid grants, within `max_streams`; returns the ones added.
@@ -848,6 +900,8 @@ impl ResilientWorkerClient {
                 return Ok(false);
             }
         };
+        // The session is alive: processing may resume if the limit stopped it.
+        self.inner.halted.store(false, Ordering::Release);
         if let Some(next) = r.next_heartbeat_interval.and_then(|d| Duration::try_from(d).ok())
             && self.inner.config.heartbeat_interval.is_none()
         {
@@ -855,14 +909,17 @@ impl ResilientWorkerClient {
         }
         let before = core.leases.len();
         core.to_ack = self.accept_grants(core, &r.assign);
-        let revoked: Vec<v1::Lease> = r
-            .revoke
-            .iter()
-            .filter_map(|d| d.lease)
-            .filter(|l| core.leases.get(&l.stream_id) == Some(&l.lease_epoch))
-            .collect();
+        // Every revoke is released, also of a lease this worker never
+        // started (granted and revoked between two heartbeats): the
+        // orchestrator waits for that release before it moves the stream.
+        let mut revoked: Vec<v1::Lease> =
+            r.revoke.iter().filter_map(|d| d.lease).filter(|l| l.stream_id > 0 && l.lease_epoch > 0).collect();
+        revoked.sort_by_key(|l| l.stream_id);
+        revoked.dedup_by_key(|l| l.stream_id);
         for l in &revoked {
-            core.leases.remove(&l.stream_id);
+            if core.leases.get(&l.stream_id) == Some(&l.lease_epoch) {
+                core.leases.remove(&l.stream_id);
+            }
             core.to_ack.retain(|a| a.stream_id != l.stream_id);
         }
         if core.leases.len() != before || !revoked.is_empty() {
@@ -947,14 +1004,8 @@ impl ResilientWorkerClient {
         let mut backoff = resilience::retry::Backoff::new(self.inner.config.reconnect);
         loop {
             let wait = {
-                let mut core = self.inner.core.lock().await;
-                self.check_local_limit(&mut core);
-                let wait = if self.is_local() { backoff.next_delay() } else { core.heartbeat_interval };
-                // Wake up in time to enforce the local-mode limit.
-                match self.until_limit(&core) {
-                    Some(left) => wait.min(left),
-                    None => wait,
-                }
+                let core = self.inner.core.lock().await;
+                if self.is_local() { backoff.next_delay() } else { core.heartbeat_interval }
             };
             tokio::select! {
                 _ = stop.wait_for(|s| *s) => return,
@@ -964,7 +1015,6 @@ impl ResilientWorkerClient {
             if core.stopped {
                 return;
             }
-            self.check_local_limit(&mut core);
             let result = if self.is_local() {
                 let r = self.register_locked(&mut core).await;
                 if matches!(r, Ok(true)) {
@@ -972,7 +1022,13 @@ impl ResilientWorkerClient {
                 }
                 r.map(|_| ())
             } else {
-                self.heartbeat_locked(&mut core).await.map(|_| ())
+                match self.heartbeat_locked(&mut core).await {
+                    // Upload what was recorded since the last time, once per heartbeat.
+                    Ok(true) if !self.is_local() && self.inner.records_waiting.swap(false, Ordering::AcqRel) => {
+                        self.sync_records(&mut core).await
+                    }
+                    other => other.map(|_| ()),
+                }
             };
             if let Err(e) = result {
                 tracing::warn!(error = %e, "background call failed");
@@ -988,24 +1044,33 @@ impl ResilientWorkerClient {
         }
     }
 
-    /// Time left before the local-mode limit stops processing, if it applies.
-    fn until_limit(&self, core: &Core) -> Option<Duration> {
-        let limit = self.inner.config.local_mode_limit?;
-        if core.halted || core.leases.is_empty() {
-            return None;
-        }
-        Some(limit.saturating_sub(self.silent_for()).max(Duration::from_millis(1)))
-    }
-
-    /// The local-mode limit counts from the last successful call, the same
-    /// instant the orchestrator's session timeout counts from: with a limit
-    /// below `session_timeout` the worker stops before its streams can move.
-    fn check_local_limit(&self, core: &mut Core) {
-        let Some(limit) = self.inner.config.local_mode_limit else { return };
-        if !core.halted && !core.leases.is_empty() && self.silent_for() >= limit {
-            core.halted = true;
-            tracing::warn!(?limit, "local-mode limit reached: stopping processing until the orchestrator answers");
-            self.publish(core);
+    /// Enforces the local-mode limit on its own clock, so that a call stuck
+    /// on a dead link (holding the protocol lock) cannot delay it. The limit
+    /// counts from the last successful call, the same instant the
+    /// orchestrator's session timeout counts from: with a limit below
+    /// `session_timeout` the worker stops before its streams can move.
+    async fn limit_watchdog(&self) {
+        let Some(limit) = self.inner.config.local_mode_limit else {
+            return std::future::pending().await;
+        };
+        loop {
+            let silent = self.silent_for();
+            if silent >= limit {
+                if !self.inner.halted.swap(true, Ordering::AcqRel) {
+                    tracing::warn!(
+                        ?limit,
+                        "local-mode limit reached: stopping processing until the orchestrator answers"
+                    );
+                    self.inner.leases.send_if_modified(|set| {
+                        let changed = !set.leases.is_empty();
+                        set.leases.clear();
+                        changed
+                    });
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            } else {
+                tokio::time::sleep(limit - silent).await;
+            }
         }
     }
 }

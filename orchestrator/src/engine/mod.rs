@@ -606,9 +606,12 @@ impl Engine {
         if let Some(w) = self.workers.get_mut(&session.server_id) {
             w.state = WorkerState::Expired;
             w.unacknowledged.clear();
+            // The session is gone, not merely expired: later calls with it
+            // get `SessionUnknown`, as the contract says.
+            w.session_id.clear();
             w.answers.put(request_id, 0, Answer::Done);
         }
-        self.changes.push(Change::WorkerExpired { server_id: session.server_id.clone() });
+        self.changes.push(Change::WorkerLeft { server_id: session.server_id.clone() });
         self.dirty = true;
         self.rebalance(now);
         Ok(())

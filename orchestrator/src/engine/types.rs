@@ -177,8 +177,13 @@ pub enum Change {
         /// Its declared capacity.
         max_streams: u32,
     },
-    /// A worker's session ended (expiry or deregistration).
+    /// A worker's session expired (no heartbeat within the timeout).
     WorkerExpired {
+        /// The worker.
+        server_id: String,
+    },
+    /// A worker deregistered: it left cleanly.
+    WorkerLeft {
         /// The worker.
         server_id: String,
     },

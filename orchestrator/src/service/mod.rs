@@ -177,7 +177,8 @@ fn log_changes(changes: &[Change]) {
             Change::WorkerRegistered { server_id, worker_epoch, max_streams } => {
                 tracing::info!(%server_id, worker_epoch, max_streams, "worker registered");
             }
-            Change::WorkerExpired { server_id } => tracing::warn!(%server_id, "worker session ended"),
+            Change::WorkerExpired { server_id } => tracing::warn!(%server_id, "worker session expired"),
+            Change::WorkerLeft { server_id } => tracing::info!(%server_id, "worker deregistered"),
             Change::LeaseGranted { server_id, lease } => tracing::debug!(%server_id, %lease, "lease granted"),
             Change::LeaseRevoking { server_id, lease, reason } => {
                 tracing::debug!(%server_id, %lease, ?reason, "lease revoked, waiting for release");

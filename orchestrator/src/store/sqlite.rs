@@ -202,6 +202,9 @@ impl SqliteStore {
             Change::WorkerExpired { server_id } => {
                 audit("worker_expired", Some(server_id), None, None, None)?;
             }
+            Change::WorkerLeft { server_id } => {
+                audit("worker_deregistered", Some(server_id), None, None, None)?;
+            }
             Change::LeaseGranted { server_id, lease } => {
                 tx.execute(
                     "INSERT INTO leases (stream_id, server_id, lease_epoch, revoking) VALUES (?1, ?2, ?3, NULL)
