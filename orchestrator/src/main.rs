@@ -116,6 +116,9 @@ impl ServeArgs {
                 max_moves_per_round: (self.max_moves_per_round > 0).then_some(self.max_moves_per_round),
                 mass_failure_threshold: self.mass_failure_threshold,
                 instance_id: fastrand::u64(..),
+                // Batch placement rounds on busy fleets: a grant waits at
+                // most a twentieth of a heartbeat interval.
+                min_rebalance_interval: ms(self.heartbeat_interval) / 20,
                 ..EngineConfig::default()
             },
             max_concurrent_requests: self.max_concurrent_requests,

@@ -69,6 +69,11 @@ pub struct EngineConfig {
     pub mass_failure_min_sessions: usize,
     /// Distinguishes this engine's session ids from another instance's.
     pub instance_id: u64,
+    /// At most one placement round per this many milliseconds (0: after
+    /// every event). A round costs O(streams); on a large fleet, where
+    /// thousands of events arrive per second, the server batches them. The
+    /// ticker runs the deferred round; `request_streams` never waits.
+    pub min_rebalance_interval: Millis,
 }
 
 impl Default for EngineConfig {
@@ -83,6 +88,7 @@ impl Default for EngineConfig {
             mass_failure_threshold: 0.5,
             mass_failure_min_sessions: 3,
             instance_id: 0,
+            min_rebalance_interval: 0,
         }
     }
 }
@@ -265,6 +271,8 @@ pub struct Engine {
     changes: Vec<Change>,
     /// Something changed that may call for placements or moves.
     dirty: bool,
+    /// When the last placement round ran.
+    last_round: Option<Millis>,
 }
 
 fn invalid(field: &'static str, problem: impl Into<String>) -> EngineError {
@@ -310,6 +318,7 @@ impl Engine {
             expiries: VecDeque::new(),
             changes: Vec::new(),
             dirty: false,
+            last_round: None,
         }
     }
 
@@ -498,6 +507,7 @@ impl Engine {
             return Ok(g);
         }
         self.touch(session, now);
+        self.last_round = None; // a pull does not wait for the batching interval
         self.rebalance(now);
         let server_id = session.server_id.as_str();
         let granted: Vec<Lease> = self.pending_for(server_id).assign.into_iter().take(count as usize).collect();
@@ -1125,10 +1135,16 @@ impl Engine {
     }
 
     /// One round of placements and moves, when something changed.
-    fn rebalance(&mut self, _now: Millis) {
+    fn rebalance(&mut self, now: Millis) {
         if !self.dirty || self.grace_until.is_some() {
             return;
         }
+        if let Some(last) = self.last_round
+            && now < last.saturating_add(self.config.min_rebalance_interval)
+        {
+            return; // batched: the ticker runs it
+        }
+        self.last_round = Some(now);
         self.dirty = false;
 
         // Streams whose lease names an expired worker are orphaned: removed

@@ -556,3 +556,21 @@ fn deregister_frees_streams_at_once_and_a_retry_is_harmless() {
     f.settle();
     assert_eq!(f.loads(), [4]);
 }
+
+#[test]
+fn placement_rounds_can_be_batched_and_a_pull_does_not_wait() {
+    let mut e = Engine::new(EngineConfig { min_rebalance_interval: 100, ..EngineConfig::default() });
+    e.add_streams(0, &[1, 2, 3, 4], "add").unwrap(); // a round at t=0 (nobody to place on)
+    let a = e.register(200, "a", 10, "ra", &[]).unwrap().session;
+    assert_eq!(e.heartbeat(200, &a, &[]).unwrap().assign.len(), 4, "the interval has passed: the round runs");
+    e.add_streams(210, &[5, 6], "add2").unwrap();
+    assert_eq!(e.heartbeat(210, &a, &[]).unwrap().assign.len(), 4, "within the interval: no new round yet");
+    e.tick(250);
+    assert_eq!(e.heartbeat(250, &a, &[]).unwrap().assign.len(), 4);
+    e.tick(300);
+    assert_eq!(e.heartbeat(300, &a, &[]).unwrap().assign.len(), 6, "the ticker ran the deferred round");
+    e.add_streams(310, &[7], "add3").unwrap();
+    let b = e.register(310, "b", 10, "rb", &[]).unwrap().session;
+    let pulled = e.request_streams(320, &b, 1, "pull").unwrap();
+    assert_eq!(pulled.len(), 1, "a pull runs its round at once");
+}

@@ -1,0 +1,699 @@
+//! `orchestrator-load`: simulates many workers against an orchestrator and
+//! reports throughput and latency percentiles (HDR histograms).
+//!
+//! ```sh
+//! orchestrator-load heartbeat --target http://127.0.0.1:50051 --workers 1000
+//! orchestrator-load compare            # orchestrator vs a bare tonic echo server, same payload
+//! orchestrator-load scale --workers 10000 --streams 500000
+//! orchestrator-load storm --workers 1000
+//! ```
+#![allow(clippy::print_stdout, clippy::print_stderr)] // a command-line tool that reports
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::{Args, Parser, Subcommand};
+use hdrhistogram::Histogram;
+use orchestrator::engine::EngineConfig;
+use orchestrator::server::{OrchestratorServer, ServerConfig};
+use orchestrator_proto::v1;
+use orchestrator_proto::v1::admin_service_client::AdminServiceClient;
+use orchestrator_proto::v1::worker_service_client::WorkerServiceClient;
+use orchestrator_proto::v1::worker_service_server::{WorkerService, WorkerServiceServer};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status};
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// Load generator for the stream orchestrator.
+#[derive(Debug, Parser)]
+#[command(name = "orchestrator-load", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Register N workers on a running orchestrator, then send heartbeats as
+    /// fast as `--concurrency` in-flight calls allow, for `--duration`.
+    Heartbeat(HeartbeatArgs),
+    /// Side by side in one run: an in-process orchestrator and a bare tonic
+    /// echo server answering heartbeats with the same payload; serial and
+    /// concurrent; prints the ratios.
+    Compare(CompareArgs),
+    /// Scale: N workers heartbeating at their interval over S streams:
+    /// time to balanced, heartbeat p99, memory per stream, time to re-place
+    /// the streams of a share of workers that stop.
+    Scale(ScaleArgs),
+    /// Restart storm: N workers reconnect after an orchestrator restart,
+    /// with jittered backoff and without; attempts and time until all are
+    /// registered.
+    Storm(StormArgs),
+}
+
+#[derive(Debug, Args, Clone)]
+struct Load {
+    /// Simulated workers.
+    #[arg(long, default_value_t = 1000)]
+    workers: usize,
+    /// gRPC connections (HTTP/2) the workers share.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Calls in flight at once.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// How long to measure.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Warm-up before measuring.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    warmup: Duration,
+}
+
+#[derive(Debug, Args)]
+struct HeartbeatArgs {
+    /// The orchestrator to load.
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    target: String,
+    #[command(flatten)]
+    load: Load,
+}
+
+#[derive(Debug, Args)]
+struct CompareArgs {
+    #[command(flatten)]
+    load: Load,
+    /// Streams in the catalog (spread over the workers).
+    #[arg(long, default_value_t = 5000)]
+    streams: i64,
+}
+
+#[derive(Debug, Args)]
+struct ScaleArgs {
+    /// Simulated workers.
+    #[arg(long, default_value_t = 10_000)]
+    workers: usize,
+    /// Streams.
+    #[arg(long, default_value_t = 500_000)]
+    streams: i64,
+    /// gRPC connections the workers share.
+    #[arg(long, default_value_t = 16)]
+    connections: usize,
+    /// Heartbeat interval.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    heartbeat_interval: Duration,
+    /// Session timeout.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    session_timeout: Duration,
+    /// Share of workers that stop, for the re-placement measurement.
+    #[arg(long, default_value_t = 0.1)]
+    stop_share: f64,
+    /// Steady-state time over which heartbeat latency is measured.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    steady: Duration,
+}
+
+#[derive(Debug, Args)]
+struct StormArgs {
+    /// Workers reconnecting.
+    #[arg(long, default_value_t = 1000)]
+    workers: usize,
+    /// Requests the orchestrator handles at once (more are shed).
+    #[arg(long, default_value_t = 32)]
+    max_concurrent: usize,
+    /// First reconnect delay.
+    #[arg(long, default_value = "50ms", value_parser = humantime::parse_duration)]
+    base_delay: Duration,
+    /// Largest reconnect delay.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    max_delay: Duration,
+    /// gRPC connections the workers share.
+    #[arg(long, default_value_t = 8)]
+    connections: usize,
+}
+
+fn percentile(h: &Histogram<u64>, q: f64) -> Duration {
+    Duration::from_micros(h.value_at_quantile(q))
+}
+
+async fn channels(url: &str, n: usize) -> Result<Vec<Channel>, Error> {
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n.max(1) {
+        out.push(Endpoint::from_shared(url.to_owned())?.tcp_nodelay(true).connect().await?);
+    }
+    Ok(out)
+}
+
+async fn register_all(channels: &[Channel], workers: usize, max_streams: u32) -> Result<Vec<v1::SessionRef>, Error> {
+    let mut sessions = Vec::with_capacity(workers);
+    for i in 0..workers {
+        let mut c = WorkerServiceClient::new(channels[i % channels.len()].clone());
+        let r = c
+            .register(v1::RegisterRequest {
+                server_id: format!("load-{i}"),
+                max_streams,
+                request_id: format!("load-reg-{i}-{}", fastrand::u64(..)),
+                held_leases: vec![],
+                client_version: "orchestrator-load".into(),
+            })
+            .await?
+            .into_inner();
+        sessions.push(r.session.ok_or("register answered without a session")?);
+    }
+    Ok(sessions)
+}
+
+struct Report {
+    calls: u64,
+    errors: u64,
+    elapsed: Duration,
+    hist: Histogram<u64>,
+}
+
+impl Report {
+    fn throughput(&self) -> f64 {
+        self.calls as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn line(&self, label: &str) -> String {
+        format!(
+            "{label:<28} {:>10.0} calls/s  p50 {:>8.1?}  p99 {:>8.1?}  p99.9 {:>8.1?}  errors {}",
+            self.throughput(),
+            percentile(&self.hist, 0.5),
+            percentile(&self.hist, 0.99),
+            percentile(&self.hist, 0.999),
+            self.errors
+        )
+    }
+}
+
+/// Heartbeats from `sessions`, `concurrency` in flight, for `duration`
+/// after `warmup`; acknowledges grants so the payload stays steady.
+async fn drive(channels: &[Channel], sessions: Arc<Vec<v1::SessionRef>>, load: &Load, label: &str) -> Report {
+    let next = Arc::new(AtomicUsize::new(0));
+    let measuring = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let calls = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for k in 0..load.concurrency.max(1) {
+        let mut client = WorkerServiceClient::new(channels[k % channels.len()].clone());
+        let (next, measuring, stop, calls, errors, sessions) =
+            (next.clone(), measuring.clone(), stop.clone(), calls.clone(), errors.clone(), sessions.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
+            let mut acks: Vec<Vec<v1::Lease>> = vec![Vec::new(); sessions.len()];
+            while !stop.load(Ordering::Relaxed) {
+                let i = next.fetch_add(1, Ordering::Relaxed) % sessions.len();
+                let request = v1::HeartbeatRequest {
+                    session: Some(sessions[i].clone()),
+                    processing_count: 0,
+                    acknowledged: std::mem::take(&mut acks[i]),
+                };
+                let start = Instant::now();
+                let result = client.heartbeat(request).await;
+                let took = start.elapsed();
+                if measuring.load(Ordering::Relaxed) {
+                    calls.fetch_add(1, Ordering::Relaxed);
+                    let _ = hist.record(took.as_micros().max(1) as u64);
+                }
+                match result {
+                    Ok(r) => acks[i] = r.into_inner().assign,
+                    Err(_) => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            hist
+        }));
+    }
+    tokio::time::sleep(load.warmup).await;
+    measuring.store(true, Ordering::Relaxed);
+    let start = Instant::now();
+    let mut last = 0;
+    while start.elapsed() < load.duration {
+        tokio::time::sleep(Duration::from_secs(1).min(load.duration)).await;
+        let now = calls.load(Ordering::Relaxed);
+        eprintln!("  {label}: t={:>4.1}s  {:>8} calls/s", start.elapsed().as_secs_f64(), now - last);
+        last = now;
+    }
+    measuring.store(false, Ordering::Relaxed);
+    let elapsed = start.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
+    for t in tasks {
+        if let Ok(h) = t.await {
+            let _ = hist.add(h);
+        }
+    }
+    Report { calls: calls.load(Ordering::Relaxed), errors: errors.load(Ordering::Relaxed), elapsed, hist }
+}
+
+/// The transport's floor: answers heartbeats with the payload the
+/// orchestrator sends in steady state, doing nothing else.
+#[derive(Debug, Default)]
+struct Echo;
+
+#[tonic::async_trait]
+impl WorkerService for Echo {
+    async fn register(&self, r: Request<v1::RegisterRequest>) -> Result<Response<v1::RegisterResponse>, Status> {
+        let r = r.into_inner();
+        Ok(Response::new(v1::RegisterResponse {
+            session: Some(v1::SessionRef { server_id: r.server_id, session_id: "0.1".into(), worker_epoch: 1 }),
+            held_lease_decisions: vec![],
+            heartbeat_interval: Some(prost_types::Duration { seconds: 5, nanos: 0 }),
+            session_timeout: Some(prost_types::Duration { seconds: 30, nanos: 0 }),
+        }))
+    }
+
+    async fn heartbeat(&self, _: Request<v1::HeartbeatRequest>) -> Result<Response<v1::HeartbeatResponse>, Status> {
+        Ok(Response::new(v1::HeartbeatResponse {
+            assign: vec![],
+            revoke: vec![],
+            next_heartbeat_interval: Some(prost_types::Duration { seconds: 5, nanos: 0 }),
+            draining: false,
+        }))
+    }
+
+    async fn request_streams(
+        &self,
+        _: Request<v1::RequestStreamsRequest>,
+    ) -> Result<Response<v1::RequestStreamsResponse>, Status> {
+        Err(Status::unimplemented("echo"))
+    }
+
+    async fn release_streams(
+        &self,
+        _: Request<v1::ReleaseStreamsRequest>,
+    ) -> Result<Response<v1::ReleaseStreamsResponse>, Status> {
+        Err(Status::unimplemented("echo"))
+    }
+
+    async fn sync_local_state(
+        &self,
+        _: Request<v1::SyncLocalStateRequest>,
+    ) -> Result<Response<v1::SyncLocalStateResponse>, Status> {
+        Err(Status::unimplemented("echo"))
+    }
+
+    async fn deregister(&self, _: Request<v1::DeregisterRequest>) -> Result<Response<v1::DeregisterResponse>, Status> {
+        Err(Status::unimplemented("echo"))
+    }
+}
+
+async fn start_echo() -> Result<SocketAddr, Error> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(WorkerServiceServer::new(Echo))
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+    );
+    Ok(addr)
+}
+
+struct Local {
+    addr: SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    done: tokio::task::JoinHandle<()>,
+}
+
+/// A temp directory without a dev-dependency: removed on drop.
+mod tempfile_dir {
+    use std::path::{Path, PathBuf};
+
+    pub(crate) struct Dir(PathBuf);
+
+    impl Dir {
+        pub(crate) fn new() -> std::io::Result<Self> {
+            let path = std::env::temp_dir().join(format!("orchestrator-load-{:016x}", fastrand::u64(..)));
+            std::fs::create_dir_all(&path)?;
+            Ok(Self(path))
+        }
+
+        pub(crate) fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+async fn start_orchestrator(
+    engine: EngineConfig,
+    max_concurrent: usize,
+    dir: &tempfile_dir::Dir,
+    listen: SocketAddr,
+) -> Result<Local, Error> {
+    let config = ServerConfig {
+        listen,
+        database: dir.path().join("orchestrator.db"),
+        engine,
+        max_concurrent_requests: max_concurrent,
+        drain_timeout: Duration::from_millis(200),
+        ..ServerConfig::default()
+    };
+    let server = OrchestratorServer::bind(config).await?;
+    let addr = server.local_addr()?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let done = tokio::spawn(async move {
+        let _ = server
+            .serve(async {
+                let _ = stopped.await;
+            })
+            .await;
+    });
+    Ok(Local { addr, stop, done })
+}
+
+async fn add_streams(url: &str, count: i64) -> Result<(), Error> {
+    let mut admin = AdminServiceClient::connect(url.to_owned()).await?.max_decoding_message_size(64 << 20);
+    let mut first = 1;
+    while first <= count {
+        let last = (first + 9_999).min(count);
+        let streams = (first..=last).map(|stream_id| v1::StreamSpec {
+            stream_id,
+            name: String::new(),
+            source_url: String::new(),
+        });
+        admin
+            .add_streams(v1::AddStreamsRequest { streams: streams.collect(), request_id: format!("load-add-{first}") })
+            .await?;
+        first = last + 1;
+    }
+    Ok(())
+}
+
+async fn compare(args: CompareArgs) -> Result<(), Error> {
+    let load = args.load;
+    let per_worker = (args.streams as usize).div_ceil(load.workers.max(1)) as u32 + 1;
+    let engine = EngineConfig { max_streams_limit: per_worker.max(10_000), ..EngineConfig::default() };
+    let dir = tempfile_dir::Dir::new()?;
+    let orch = start_orchestrator(engine, 100_000, &dir, "127.0.0.1:0".parse()?).await?;
+    let orch_url = format!("http://{}", orch.addr);
+    add_streams(&orch_url, args.streams).await?;
+    let echo_url = format!("http://{}", start_echo().await?);
+
+    let mut rows = Vec::new();
+    for (label, url) in [("orchestrator", &orch_url), ("echo", &echo_url)] {
+        let ch = channels(url, load.connections).await?;
+        let sessions = Arc::new(register_all(&ch, load.workers, per_worker).await?);
+        let serial = Load { concurrency: 1, ..load.clone() };
+        let s = drive(&ch, Arc::clone(&sessions), &serial, &format!("{label} serial")).await;
+        let c = drive(&ch, sessions, &load, &format!("{label} x{}", load.concurrency)).await;
+        rows.push((label, s, c));
+    }
+    println!("\nheartbeat, {} workers, {} streams, {} connections", load.workers, args.streams, load.connections);
+    for (label, s, c) in &rows {
+        println!("{}", s.line(&format!("{label} serial")));
+        println!("{}", c.line(&format!("{label} concurrency {}", load.concurrency)));
+    }
+    let (o, e) = (&rows[0], &rows[1]);
+    println!(
+        "\nratios (orchestrator / echo): throughput x{}: {:.2}   serial p50: {:.2}   serial p99: {:.2}",
+        load.concurrency,
+        o.2.throughput() / e.2.throughput(),
+        percentile(&o.1.hist, 0.5).as_secs_f64() / percentile(&e.1.hist, 0.5).as_secs_f64(),
+        percentile(&o.1.hist, 0.99).as_secs_f64() / percentile(&e.1.hist, 0.99).as_secs_f64(),
+    );
+    let _ = orch.stop.send(());
+    let _ = orch.done.await;
+    Ok(())
+}
+
+async fn heartbeat(args: HeartbeatArgs) -> Result<(), Error> {
+    let ch = channels(&args.target, args.load.connections).await?;
+    let sessions = Arc::new(register_all(&ch, args.load.workers, 100).await?);
+    let r = drive(&ch, sessions, &args.load, "heartbeat").await;
+    println!("{}", r.line(&format!("heartbeat x{}", args.load.concurrency)));
+    Ok(())
+}
+
+fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// One simulated worker: heartbeats at its interval, acknowledges grants,
+/// releases revokes; records its heartbeat latencies while `measuring`.
+async fn paced_worker(
+    channel: Channel,
+    session: v1::SessionRef,
+    interval: Duration,
+    alive: Arc<AtomicBool>,
+    measuring: Arc<AtomicBool>,
+) -> Histogram<u64> {
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
+    let mut client = WorkerServiceClient::new(channel);
+    let mut ack = Vec::new();
+    tokio::time::sleep(interval.mul_f64(fastrand::f64())).await;
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while alive.load(Ordering::Relaxed) {
+        tick.tick().await;
+        if !alive.load(Ordering::Relaxed) {
+            break;
+        }
+        let start = Instant::now();
+        let r = client
+            .heartbeat(v1::HeartbeatRequest {
+                session: Some(session.clone()),
+                processing_count: 0,
+                acknowledged: std::mem::take(&mut ack),
+            })
+            .await;
+        if measuring.load(Ordering::Relaxed) {
+            let _ = hist.record(start.elapsed().as_micros().max(1) as u64);
+        }
+        let Ok(r) = r else { continue };
+        let r = r.into_inner();
+        ack = r.assign;
+        let revoked: Vec<v1::Lease> = r.revoke.iter().filter_map(|d| d.lease).collect();
+        if !revoked.is_empty() {
+            let _ = client
+                .release_streams(v1::ReleaseStreamsRequest {
+                    session: Some(session.clone()),
+                    leases: revoked,
+                    request_id: format!("rel-{}", fastrand::u64(..)),
+                })
+                .await;
+        }
+    }
+    hist
+}
+
+async fn status(admin: &mut AdminServiceClient<Channel>) -> Result<v1::GetClusterStatusResponse, Error> {
+    Ok(admin.get_cluster_status(v1::GetClusterStatusRequest {}).await?.into_inner())
+}
+
+async fn scale(args: ScaleArgs) -> Result<(), Error> {
+    let ms = |d: Duration| d.as_millis() as u64;
+    let per_worker = (args.streams as usize).div_ceil(args.workers.max(1)) as u32 * 2 + 1;
+    let engine = EngineConfig {
+        heartbeat_interval: ms(args.heartbeat_interval),
+        session_timeout: ms(args.session_timeout),
+        grace_period: ms(args.session_timeout),
+        max_streams_limit: per_worker.max(10_000),
+        min_rebalance_interval: ms(args.heartbeat_interval) / 20,
+        ..EngineConfig::default()
+    };
+    let rss0 = rss_bytes();
+    let dir = tempfile_dir::Dir::new()?;
+    let orch = start_orchestrator(engine, 1_000_000, &dir, "127.0.0.1:0".parse()?).await?;
+    let url = format!("http://{}", orch.addr);
+    let t = Instant::now();
+    add_streams(&url, args.streams).await?;
+    let rss_streams = rss_bytes();
+    eprintln!("added {} streams in {:?}", args.streams, t.elapsed());
+    let ch = channels(&url, args.connections).await?;
+    let cold = Instant::now();
+    let sessions = register_all(&ch, args.workers, per_worker).await?;
+    eprintln!("registered {} workers in {:?}", args.workers, cold.elapsed());
+    let measuring = Arc::new(AtomicBool::new(false));
+    let mut alive = Vec::new();
+    let mut tasks = Vec::new();
+    for (i, s) in sessions.into_iter().enumerate() {
+        let flag = Arc::new(AtomicBool::new(true));
+        alive.push(Arc::clone(&flag));
+        tasks.push(tokio::spawn(paced_worker(
+            ch[i % ch.len()].clone(),
+            s,
+            args.heartbeat_interval,
+            flag,
+            Arc::clone(&measuring),
+        )));
+    }
+    let mut admin = AdminServiceClient::new(ch[0].clone());
+    loop {
+        let s = status(&mut admin).await?;
+        if s.assigned_streams == s.total_streams {
+            break;
+        }
+        eprintln!("  {:>5.1}s  assigned {} of {}", cold.elapsed().as_secs_f64(), s.assigned_streams, s.total_streams);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let balanced = cold.elapsed();
+    eprintln!("balanced after {balanced:?}; measuring steady state for {:?}", args.steady);
+    measuring.store(true, Ordering::Relaxed);
+    tokio::time::sleep(args.steady).await;
+    measuring.store(false, Ordering::Relaxed);
+    let rss_steady = rss_bytes();
+    let stop_n = ((args.workers as f64) * args.stop_share).round() as usize;
+    for flag in alive.iter().take(stop_n) {
+        flag.store(false, Ordering::Relaxed);
+    }
+    let stopped = Instant::now();
+    // Wait until the expired workers' streams are all placed on live ones.
+    let mut seen_drop = false;
+    loop {
+        let s = status(&mut admin).await?;
+        if s.assigned_streams < s.total_streams {
+            seen_drop = true;
+        }
+        if seen_drop && s.assigned_streams == s.total_streams {
+            break;
+        }
+        if stopped.elapsed() > args.session_timeout * 4 {
+            eprintln!("re-placement did not finish in {:?}", stopped.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let replaced = stopped.elapsed();
+    for flag in &alive {
+        flag.store(false, Ordering::Relaxed);
+    }
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
+    for t in tasks {
+        if let Ok(h) = t.await {
+            let _ = hist.add(h);
+        }
+    }
+    println!(
+        "\nscale: {} workers, {} streams, heartbeat {:?}, session timeout {:?}",
+        args.workers, args.streams, args.heartbeat_interval, args.session_timeout
+    );
+    println!("cold start to balanced:        {balanced:?}");
+    println!(
+        "steady heartbeat latency:      p50 {:?}  p99 {:?}  p99.9 {:?}  ({} samples)",
+        percentile(&hist, 0.5),
+        percentile(&hist, 0.99),
+        percentile(&hist, 0.999),
+        hist.len()
+    );
+    println!(
+        "memory: +{:.1} MiB for the catalog ({:.0} B/stream), {:.1} MiB process total in steady state ({:.0} B/stream, load generator included)",
+        (rss_streams.saturating_sub(rss0)) as f64 / 1048576.0,
+        rss_streams.saturating_sub(rss0) as f64 / args.streams as f64,
+        rss_steady as f64 / 1048576.0,
+        rss_steady.saturating_sub(rss0) as f64 / args.streams as f64
+    );
+    println!(
+        "re-placing the streams of {stop_n} stopped workers: {replaced:?} (session timeout + one heartbeat = {:?})",
+        args.session_timeout + args.heartbeat_interval
+    );
+    let _ = orch.stop.send(());
+    let _ = orch.done.await;
+    Ok(())
+}
+
+async fn storm_once(args: &StormArgs, jitter: bool) -> Result<(u64, Duration), Error> {
+    let dir = tempfile_dir::Dir::new()?;
+    let engine = EngineConfig::default();
+    let orch = start_orchestrator(engine.clone(), 100_000, &dir, "127.0.0.1:0".parse()?).await?;
+    let addr = orch.addr;
+    let url = format!("http://{addr}");
+    let ch = channels(&url, args.connections).await?;
+    register_all(&ch, args.workers, 10).await?;
+    // Restart: same database and address, now shedding above max_concurrent.
+    let _ = orch.stop.send(());
+    let _ = orch.done.await;
+    let restarted = start_orchestrator(engine, args.max_concurrent, &dir, addr).await?;
+    let ch = channels(&url, args.connections).await?;
+    let attempts = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let config = resilience::RetryConfig::builder()
+        .base_delay(args.base_delay)
+        .max_delay(args.max_delay)
+        .jitter(jitter)
+        .max_attempts(u32::MAX)
+        .no_budget()
+        .build()?;
+    let mut tasks = Vec::new();
+    for i in 0..args.workers {
+        let mut client = WorkerServiceClient::new(ch[i % ch.len()].clone());
+        let attempts = Arc::clone(&attempts);
+        tasks.push(tokio::spawn(async move {
+            let mut backoff = resilience::retry::Backoff::with_seed(config, i as u64);
+            loop {
+                attempts.fetch_add(1, Ordering::Relaxed);
+                let r = client
+                    .register(v1::RegisterRequest {
+                        server_id: format!("load-{i}"),
+                        max_streams: 10,
+                        request_id: format!("storm-{i}-{}", attempts.load(Ordering::Relaxed)),
+                        held_leases: vec![],
+                        client_version: String::new(),
+                    })
+                    .await;
+                if r.is_ok() {
+                    return;
+                }
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let took = start.elapsed();
+    let _ = restarted.stop.send(());
+    let _ = restarted.done.await;
+    Ok((attempts.load(Ordering::Relaxed), took))
+}
+
+async fn storm(args: StormArgs) -> Result<(), Error> {
+    let (a_j, t_j) = storm_once(&args, true).await?;
+    let (a_n, t_n) = storm_once(&args, false).await?;
+    println!(
+        "\nrestart storm: {} workers, orchestrator sheds above {} concurrent requests",
+        args.workers, args.max_concurrent
+    );
+    println!("full jitter:  {a_j:>6} register attempts, all registered after {t_j:?}");
+    println!("no jitter:    {a_n:>6} register attempts, all registered after {t_n:?}");
+    println!(
+        "ratio jitter / no jitter: attempts {:.2}, time {:.2}",
+        a_j as f64 / a_n as f64,
+        t_j.as_secs_f64() / t_n.as_secs_f64()
+    );
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Heartbeat(a) => heartbeat(a).await,
+        Command::Compare(a) => compare(a).await,
+        Command::Scale(a) => scale(a).await,
+        Command::Storm(a) => storm(a).await,
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
