@@ -229,7 +229,7 @@ impl OrchestratorServer {
             .add_service(reflection_alpha)
             .add_service(worker)
             .add_service(admin)
-            .serve_with_incoming_shutdown(TcpIncoming::from(listener), signal);
+            .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), signal);
         // Graceful shutdown waits for clients to close their connections;
         // workers keep theirs open, so bound the wait.
         let drain = config.drain_timeout;

@@ -49,8 +49,9 @@ enum Command {
     /// the streams of a share of workers that stop.
     Scale(ScaleArgs),
     /// Restart storm: N workers reconnect after an orchestrator restart,
-    /// with jittered backoff and without; attempts and time until all are
-    /// registered.
+    /// each pacing itself as the worker client's reconnect probe does (wait
+    /// a backoff delay, then try), with full jitter and without; attempts
+    /// and time until all are registered.
     Storm(StormArgs),
 }
 
@@ -310,7 +311,7 @@ async fn start_echo() -> Result<SocketAddr, Error> {
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(WorkerServiceServer::new(Echo))
-            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))),
     );
     Ok(addr)
 }
@@ -517,23 +518,46 @@ async fn scale(args: ScaleArgs) -> Result<(), Error> {
     let rss_streams = rss_bytes();
     eprintln!("added {} streams in {:?}", args.streams, t.elapsed());
     let ch = channels(&url, args.connections).await?;
+    // Every worker registers (64 at a time, as a fleet starting up would)
+    // and starts heartbeating right away.
     let cold = Instant::now();
-    let sessions = register_all(&ch, args.workers, per_worker).await?;
-    eprintln!("registered {} workers in {:?}", args.workers, cold.elapsed());
     let measuring = Arc::new(AtomicBool::new(false));
+    let gate = Arc::new(tokio::sync::Semaphore::new(64));
+    let registered = Arc::new(AtomicUsize::new(0));
     let mut alive = Vec::new();
     let mut tasks = Vec::new();
-    for (i, s) in sessions.into_iter().enumerate() {
+    for i in 0..args.workers {
         let flag = Arc::new(AtomicBool::new(true));
         alive.push(Arc::clone(&flag));
-        tasks.push(tokio::spawn(paced_worker(
-            ch[i % ch.len()].clone(),
-            s,
-            args.heartbeat_interval,
-            flag,
-            Arc::clone(&measuring),
-        )));
+        let (channel, gate, registered, measuring) =
+            (ch[i % ch.len()].clone(), Arc::clone(&gate), Arc::clone(&registered), Arc::clone(&measuring));
+        let interval = args.heartbeat_interval;
+        tasks.push(tokio::spawn(async move {
+            let session = {
+                let _permit = gate.acquire().await;
+                let mut c = WorkerServiceClient::new(channel.clone());
+                let r = c
+                    .register(v1::RegisterRequest {
+                        server_id: format!("load-{i}"),
+                        max_streams: per_worker,
+                        request_id: format!("load-reg-{i}"),
+                        held_leases: vec![],
+                        client_version: "orchestrator-load".into(),
+                    })
+                    .await;
+                match r.ok().and_then(|r| r.into_inner().session) {
+                    Some(s) => s,
+                    None => return Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds"),
+                }
+            };
+            registered.fetch_add(1, Ordering::Relaxed);
+            paced_worker(channel, session, interval, flag, measuring).await
+        }));
     }
+    while registered.load(Ordering::Relaxed) < args.workers {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!("registered {} workers in {:?}", args.workers, cold.elapsed());
     let mut admin = AdminServiceClient::new(ch[0].clone());
     loop {
         let s = status(&mut admin).await?;
@@ -554,21 +578,25 @@ async fn scale(args: ScaleArgs) -> Result<(), Error> {
         flag.store(false, Ordering::Relaxed);
     }
     let stopped = Instant::now();
-    // Wait until the expired workers' streams are all placed on live ones.
-    let mut seen_drop = false;
+    // Wait until no stopped worker owns a stream any more (its session
+    // expired and every stream it had went to a live worker) and every
+    // stream is assigned.
+    let stopped_ids: std::collections::HashSet<String> = (0..stop_n).map(|i| format!("load-{i}")).collect();
     loop {
+        let workers = admin.list_workers(v1::ListWorkersRequest {}).await?.into_inner().workers;
+        let left: u32 = workers.iter().filter(|w| stopped_ids.contains(&w.server_id)).map(|w| w.assigned_streams).sum();
         let s = status(&mut admin).await?;
-        if s.assigned_streams < s.total_streams {
-            seen_drop = true;
-        }
-        if seen_drop && s.assigned_streams == s.total_streams {
+        if left == 0 && s.assigned_streams == s.total_streams {
             break;
         }
         if stopped.elapsed() > args.session_timeout * 4 {
-            eprintln!("re-placement did not finish in {:?}", stopped.elapsed());
+            eprintln!(
+                "re-placement did not finish in {:?}: {left} streams still on stopped workers; {s:?}",
+                stopped.elapsed()
+            );
             break;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let replaced = stopped.elapsed();
     for flag in &alive {
@@ -637,6 +665,8 @@ async fn storm_once(args: &StormArgs, jitter: bool) -> Result<(u64, Duration), E
         tasks.push(tokio::spawn(async move {
             let mut backoff = resilience::retry::Backoff::with_seed(config, i as u64);
             loop {
+                // As the worker client's reconnect probe: wait, then try.
+                tokio::time::sleep(backoff.next_delay()).await;
                 attempts.fetch_add(1, Ordering::Relaxed);
                 let r = client
                     .register(v1::RegisterRequest {
@@ -650,7 +680,6 @@ async fn storm_once(args: &StormArgs, jitter: bool) -> Result<(u64, Duration), E
                 if r.is_ok() {
                     return;
                 }
-                tokio::time::sleep(backoff.next_delay()).await;
             }
         }));
     }

@@ -143,6 +143,9 @@ struct Worker {
     last_heartbeat: Millis,
     /// Streams whose lease names this worker (active, revoking or orphaned).
     owned: BTreeSet<StreamId>,
+    /// The part of `owned` being revoked (kept so that a round need not
+    /// look at every lease).
+    revoking: BTreeSet<StreamId>,
     /// Granted leases the worker has not acknowledged yet.
     unacknowledged: BTreeSet<StreamId>,
     answers: Answers,
@@ -262,6 +265,8 @@ pub struct Engine {
     /// The last epoch of deleted streams, so that a stream added again
     /// continues from it: lease epochs never go down.
     retired: BTreeMap<StreamId, u64>,
+    /// Streams removed from the catalog whose lease has not ended yet.
+    removed: BTreeSet<StreamId>,
     admin_answers: Answers,
     rebalancing_paused: bool,
     grace_until: Option<Millis>,
@@ -311,6 +316,7 @@ impl Engine {
             streams: BTreeMap::new(),
             unassigned: BTreeSet::new(),
             retired: BTreeMap::new(),
+            removed: BTreeSet::new(),
             admin_answers: Answers::default(),
             rebalancing_paused: false,
             grace_until: None,
@@ -340,6 +346,7 @@ impl Engine {
                     state: WorkerState::AwaitingReregistration,
                     last_heartbeat: now,
                     owned: BTreeSet::new(),
+                    revoking: BTreeSet::new(),
                     unacknowledged: BTreeSet::new(),
                     answers: Answers::default(),
                 },
@@ -349,6 +356,9 @@ impl Engine {
             let lease = s.lease.and_then(|(owner, epoch, state)| {
                 let worker = engine.workers.get_mut(&owner)?;
                 worker.owned.insert(s.stream_id);
+                if matches!(state, LeaseState::Revoking(_)) {
+                    worker.revoking.insert(s.stream_id);
+                }
                 Some(LeaseRecord { owner, epoch, state })
             });
             if lease.is_none() {
@@ -411,6 +421,7 @@ impl Engine {
             state: WorkerState::Expired,
             last_heartbeat: now,
             owned: BTreeSet::new(),
+            revoking: BTreeSet::new(),
             unacknowledged: BTreeSet::new(),
             answers: Answers::default(),
         });
@@ -656,6 +667,7 @@ impl Engine {
                     if let Some(s) = self.streams.get_mut(&id) {
                         s.removed = false;
                     }
+                    self.removed.remove(&id);
                     added.push(id);
                 }
                 None => {
@@ -698,6 +710,7 @@ impl Engine {
                 continue;
             };
             stream.removed = true;
+            self.removed.insert(id);
             removed.push(id);
             match stream.lease.clone() {
                 None => self.delete_stream(id),
@@ -859,14 +872,18 @@ impl Engine {
     pub fn status(&self) -> ClusterStatus {
         let live = self.workers.values().filter(|w| self.is_live_state(w.state)).count();
         let capacity = self.workers.values().filter(|w| w.state == WorkerState::Live).map(|w| u64::from(w.max_streams));
+        // Through the workers and the few removed streams: O(workers).
+        let held_live: usize =
+            self.workers.values().filter(|w| self.is_live_state(w.state)).map(|w| w.owned.len()).sum();
+        let removed_live = self
+            .removed
+            .iter()
+            .filter(|id| self.streams.get(id).and_then(|s| s.lease.as_ref()).is_some_and(|l| self.is_live(&l.owner)))
+            .count();
         ClusterStatus {
             live_workers: u32::try_from(live).unwrap_or(u32::MAX),
-            total_streams: self.streams.values().filter(|s| !s.removed).count() as u64,
-            assigned_streams: self
-                .streams
-                .values()
-                .filter(|s| !s.removed && s.lease.as_ref().is_some_and(|l| self.is_live(&l.owner)))
-                .count() as u64,
+            total_streams: (self.streams.len() - self.removed.len()) as u64,
+            assigned_streams: (held_live - removed_live) as u64,
             total_capacity: capacity.sum(),
             rebalancing_paused: self.rebalancing_paused,
             brake_engaged: self.brake,
@@ -1070,6 +1087,7 @@ impl Engine {
             && let Some(w) = self.workers.get_mut(&old.owner)
         {
             w.owned.remove(&stream_id);
+            w.revoking.remove(&stream_id);
             w.unacknowledged.remove(&stream_id);
         }
         stream.epoch += 1;
@@ -1099,6 +1117,7 @@ impl Engine {
         let owner = l.owner.clone();
         if let Some(w) = self.workers.get_mut(&owner) {
             w.unacknowledged.remove(&stream_id);
+            w.revoking.insert(stream_id);
         }
         self.changes.push(change);
     }
@@ -1113,6 +1132,7 @@ impl Engine {
         let removed = stream.removed;
         if let Some(w) = self.workers.get_mut(&l.owner) {
             w.owned.remove(&stream_id);
+            w.revoking.remove(&stream_id);
             w.unacknowledged.remove(&stream_id);
         }
         self.changes.push(Change::LeaseEnded { server_id: l.owner, lease: Lease { stream_id, lease_epoch: l.epoch } });
@@ -1125,6 +1145,7 @@ impl Engine {
     }
 
     fn delete_stream(&mut self, stream_id: StreamId) {
+        self.removed.remove(&stream_id);
         if let Some(stream) = self.streams.remove(&stream_id)
             && stream.epoch > 0
         {
@@ -1132,6 +1153,23 @@ impl Engine {
         }
         self.unassigned.remove(&stream_id);
         self.changes.push(Change::StreamDeleted { stream_id });
+    }
+
+    /// Debug builds (and so every test) check that the per-worker caches
+    /// agree with the lease records.
+    #[cfg(debug_assertions)]
+    fn check_caches(&self) {
+        for (id, w) in &self.workers {
+            for sid in &w.owned {
+                let l = self.streams.get(sid).and_then(|s| s.lease.as_ref());
+                assert!(l.is_some_and(|l| &l.owner == id), "{id} owns {sid} without its lease");
+                let revoking = l.is_some_and(|l| matches!(l.state, LeaseState::Revoking(_)));
+                assert_eq!(w.revoking.contains(sid), revoking, "revoking cache of {id} wrong for {sid}");
+            }
+            assert!(w.revoking.is_subset(&w.owned));
+        }
+        let removed: BTreeSet<StreamId> = self.streams.iter().filter(|(_, s)| s.removed).map(|(&id, _)| id).collect();
+        assert_eq!(removed, self.removed, "removed cache wrong");
     }
 
     /// One round of placements and moves, when something changed.
@@ -1146,18 +1184,22 @@ impl Engine {
         }
         self.last_round = Some(now);
         self.dirty = false;
+        #[cfg(debug_assertions)]
+        self.check_caches();
 
-        // Streams whose lease names an expired worker are orphaned: removed
-        // ones end now; the others may be placed unless the brake holds them.
+        // Streams whose lease names a worker that is not live are orphaned:
+        // removed ones end now; the others may be placed unless the brake
+        // holds them. Found through the workers, not by scanning streams:
+        // a round costs O(workers + streams that move).
         let orphans: Vec<StreamId> = self
-            .streams
-            .iter()
-            .filter(|(_, s)| s.lease.as_ref().is_some_and(|l| !self.is_live(&l.owner)))
-            .map(|(&id, _)| id)
+            .workers
+            .values()
+            .filter(|w| !self.is_live_state(w.state))
+            .flat_map(|w| w.owned.iter().copied())
             .collect();
         let mut placeable: Vec<StreamId> = Vec::new();
         for id in orphans {
-            if self.streams[&id].removed {
+            if self.streams.get(&id).is_some_and(|s| s.removed) {
                 self.end_lease(id);
             } else if !self.brake {
                 placeable.push(id);
@@ -1170,20 +1212,14 @@ impl Engine {
         // Eligible workers and their targets.
         let eligible: Vec<String> =
             self.workers.iter().filter(|(_, w)| w.state == WorkerState::Live).map(|(id, _)| id.clone()).collect();
-        let active = |w: &Worker, streams: &BTreeMap<StreamId, Stream>| -> u32 {
-            w.owned
-                .iter()
-                .filter(|id| streams[id].lease.as_ref().is_some_and(|l| l.state == LeaseState::Active))
-                .count() as u32
-        };
         let slots: Vec<Slot> = eligible
             .iter()
             .map(|id| {
                 let w = &self.workers[id];
-                Slot { capacity: w.max_streams, current: active(w, &self.streams) }
+                Slot { capacity: w.max_streams, current: (w.owned.len() - w.revoking.len()) as u32 }
             })
             .collect();
-        let total = self.streams.values().filter(|s| !s.removed).count() as u64;
+        let total = (self.streams.len() - self.removed.len()) as u64;
         let targets = balance::targets(&slots, total);
         let mut moves_left = self.config.max_moves_per_round.unwrap_or(u32::MAX);
 
@@ -1191,7 +1227,8 @@ impl Engine {
         let draining: Vec<String> =
             self.workers.iter().filter(|(_, w)| w.state == WorkerState::Draining).map(|(id, _)| id.clone()).collect();
         for id in draining {
-            let owned: Vec<StreamId> = self.workers[&id].owned.iter().rev().copied().collect();
+            let w = &self.workers[&id];
+            let owned: Vec<StreamId> = w.owned.iter().rev().filter(|s| !w.revoking.contains(s)).copied().collect();
             for stream_id in owned {
                 if moves_left == 0 {
                     break;
