@@ -454,8 +454,10 @@ async fn paced_worker(
     interval: Duration,
     alive: Arc<AtomicBool>,
     measuring: Arc<AtomicBool>,
-) -> Histogram<u64> {
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
+) -> Vec<u64> {
+    // A few samples per worker: a Vec, not a histogram per task (10,000
+    // histograms would be the biggest thing in the process).
+    let mut samples = Vec::new();
     let mut client = WorkerServiceClient::new(channel);
     let mut ack = Vec::new();
     tokio::time::sleep(interval.mul_f64(fastrand::f64())).await;
@@ -475,7 +477,7 @@ async fn paced_worker(
             })
             .await;
         if measuring.load(Ordering::Relaxed) {
-            let _ = hist.record(start.elapsed().as_micros().max(1) as u64);
+            samples.push(start.elapsed().as_micros().max(1) as u64);
         }
         let Ok(r) = r else { continue };
         let r = r.into_inner();
@@ -491,7 +493,7 @@ async fn paced_worker(
                 .await;
         }
     }
-    hist
+    samples
 }
 
 async fn status(admin: &mut AdminServiceClient<Channel>) -> Result<v1::GetClusterStatusResponse, Error> {
@@ -547,7 +549,7 @@ async fn scale(args: ScaleArgs) -> Result<(), Error> {
                     .await;
                 match r.ok().and_then(|r| r.into_inner().session) {
                     Some(s) => s,
-                    None => return Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds"),
+                    None => return Vec::new(),
                 }
             };
             registered.fetch_add(1, Ordering::Relaxed);
@@ -568,7 +570,11 @@ async fn scale(args: ScaleArgs) -> Result<(), Error> {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let balanced = cold.elapsed();
-    eprintln!("balanced after {balanced:?}; measuring steady state for {:?}", args.steady);
+    // Let the moves of the cold start finish (revoked leases are released
+    // at the owners' next heartbeat) before measuring the steady state.
+    eprintln!("balanced after {balanced:?}; settling for two heartbeat intervals");
+    tokio::time::sleep(args.heartbeat_interval * 2).await;
+    eprintln!("measuring steady state for {:?}", args.steady);
     measuring.store(true, Ordering::Relaxed);
     tokio::time::sleep(args.steady).await;
     measuring.store(false, Ordering::Relaxed);
@@ -604,8 +610,8 @@ async fn scale(args: ScaleArgs) -> Result<(), Error> {
     }
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
     for t in tasks {
-        if let Ok(h) = t.await {
-            let _ = hist.add(h);
+        for sample in t.await.unwrap_or_default() {
+            let _ = hist.record(sample);
         }
     }
     println!(

@@ -147,7 +147,19 @@ impl Orchestrator {
         &self,
         event: impl FnOnce(&mut State, Millis) -> Result<(T, Batch), EngineError>,
     ) -> Result<(T, Option<RecordsOutcome>), Status> {
-        let (result, pending) = {
+        self.run_reporting(event, |_| true).await
+    }
+
+    /// As [`run`](Self::run); `reports_decisions` says whether the answer
+    /// carries decisions made by other calls. An event that changed nothing
+    /// and reports nothing (a heartbeat with no assignment or revocation,
+    /// the common case) does not wait for other calls' batches.
+    async fn run_reporting<T>(
+        &self,
+        event: impl FnOnce(&mut State, Millis) -> Result<(T, Batch), EngineError>,
+        reports_decisions: impl FnOnce(&T) -> bool,
+    ) -> Result<(T, Option<RecordsOutcome>), Status> {
+        let (result, pending, own_changes) = {
             let mut st = self.lock();
             let now = self.now_ms();
             let result = event(&mut st, now);
@@ -159,8 +171,13 @@ impl Orchestrator {
             };
             batch.changes = changes;
             batch.at_ms = self.wall_ms(now);
-            (result, self.shared.store.submit(batch))
+            let own_changes = !batch.is_empty();
+            (result, self.shared.store.submit(batch), own_changes)
         };
+        if !own_changes && result.as_ref().is_ok_and(|(value, _)| !reports_decisions(value)) {
+            let (value, _) = result.map_err(status::engine_error)?;
+            return Ok((value, None));
+        }
         let outcome = pending.wait().await.map_err(|e| {
             tracing::error!(error = %e, "storage failed; shutting down");
             self.shared.fatal.send_replace(Some(e.to_string()));
@@ -242,10 +259,13 @@ impl WorkerService for WorkerApi {
         let acknowledged = status::leases_in(&r.acknowledged);
         let ((reply, interval), _) = self
             .o
-            .run(|st, now| {
-                let reply = st.engine.heartbeat(now, &session, &acknowledged)?;
-                Ok(((reply, Orchestrator::heartbeat_interval(st)), Batch::default()))
-            })
+            .run_reporting(
+                |st, now| {
+                    let reply = st.engine.heartbeat(now, &session, &acknowledged)?;
+                    Ok(((reply, Orchestrator::heartbeat_interval(st)), Batch::default()))
+                },
+                |(reply, _)| !reply.assign.is_empty() || !reply.revoke.is_empty(),
+            )
             .await?;
         Ok(Response::new(v1::HeartbeatResponse {
             assign: reply.assign.into_iter().map(status::lease_out).collect(),

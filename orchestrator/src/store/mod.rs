@@ -115,7 +115,8 @@ pub struct Batch {
 }
 
 impl Batch {
-    fn is_empty(&self) -> bool {
+    /// Whether the batch writes nothing.
+    pub fn is_empty(&self) -> bool {
         self.changes.is_empty() && self.meta.is_empty() && self.client_version.is_none() && self.records.is_none()
     }
 }
