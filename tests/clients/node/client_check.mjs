@@ -289,9 +289,15 @@ function makeChecks(addr, v1) {
       expect(durationMs(reg.heartbeat_interval) > 0, `heartbeat_interval ${JSON.stringify(reg.heartbeat_interval)} not > 0`);
       expect(durationMs(reg.session_timeout) > durationMs(reg.heartbeat_interval), "session_timeout not above heartbeat_interval");
 
-      // Heartbeat: gets the new streams in `assign` (repeated until acknowledged).
+      // Heartbeat: gets the new streams in `assign` (repeated until
+      // acknowledged). The orchestrator may batch its placement rounds, so
+      // the grants can take a heartbeat or two to appear.
       let hb = await unary(worker, "Heartbeat", { session });
-      expect(hb.assign.length > 0, "first Heartbeat after Register assigned nothing");
+      for (const deadline = Date.now() + 5000; hb.assign.length === 0 && Date.now() < deadline; ) {
+        await new Promise((resolve) => setTimeout(resolve, 50));
+        hb = await unary(worker, "Heartbeat", { session });
+      }
+      expect(hb.assign.length > 0, "no Heartbeat within 5 s after Register assigned anything");
       const held = new Map();
       const until = Date.now() + 10_000;
       for (;;) {

@@ -337,9 +337,16 @@ class Checks:
             "session_timeout not above heartbeat_interval",
         )
 
-        # Heartbeat: gets the new streams in `assign` (repeated until acknowledged).
-        hb = self.worker.Heartbeat(w.HeartbeatRequest(session=session), timeout=RPC_TIMEOUT)
-        expect(len(hb.assign) > 0, "first Heartbeat after Register assigned nothing")
+        # Heartbeat: gets the new streams in `assign` (repeated until
+        # acknowledged). The orchestrator may batch its placement rounds, so
+        # the grants can take a heartbeat or two to appear.
+        deadline = time.monotonic() + 5
+        while True:
+            hb = self.worker.Heartbeat(w.HeartbeatRequest(session=session), timeout=RPC_TIMEOUT)
+            if len(hb.assign) > 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        expect(len(hb.assign) > 0, "no Heartbeat within 5 s after Register assigned anything")
         held: dict[int, int] = {}
         deadline = time.monotonic() + 10
         while True:
