@@ -72,7 +72,6 @@ struct Core {
     /// Releases made while the orchestrator was unreachable.
     pending_releases: BTreeMap<i64, u64>,
     heartbeat_interval: Duration,
-    local_since: Option<tokio::time::Instant>,
     stopped: bool,
 }
 
@@ -232,7 +231,6 @@ impl ResilientWorkerClient {
                     to_ack: Vec::new(),
                     pending_releases: snapshot.pending_releases,
                     heartbeat_interval,
-                    local_since: None,
                     stopped: false,
                 }),
                 leases,
@@ -339,11 +337,7 @@ impl ResilientWorkerClient {
     async fn request_streams_locked(&self, core: &mut Core, count: u32) -> Result<Vec<i64>, Error> {
         let Some(session) = core.session.clone() else { return Ok(Vec::new()) };
         let request = v1::RequestStreamsRequest { session: Some(session), count, request_id: request_id() };
-        let grpc = self.inner.grpc.clone();
-        let answer = self.call(|| {
-            let (mut grpc, request) = (grpc.clone(), request.clone());
-            async move { grpc.request_streams(request).await }
-        });
+        let answer = self.call(request, |mut grpc, request| async move { grpc.request_streams(request).await });
         match answer.await {
             Ok(r) => {
                 let granted = self.accept_grants(core, &r.granted);
@@ -530,13 +524,7 @@ impl ResilientWorkerClient {
             && let Some(session) = core.session.clone()
         {
             let request = v1::DeregisterRequest { session: Some(session), request_id: request_id() };
-            let grpc = self.inner.grpc.clone();
-            let result = self
-                .call(|| {
-                    let (mut grpc, request) = (grpc.clone(), request.clone());
-                    async move { grpc.deregister(request).await }
-                })
-                .await;
+            let result = self.call(request, |mut grpc, request| async move { grpc.deregister(request).await }).await;
             match result {
                 Ok(_) => tracing::info!("deregistered"),
                 Err(f) => tracing::warn!(failure = ?f, "could not deregister; the session will expire"),
@@ -572,12 +560,16 @@ impl ResilientWorkerClient {
         self.inner.state.write(vec![Op::Leases(core.leases.clone())]).await
     }
 
-    /// One call through retry and breaker, classified for gRPC.
-    async fn call<T, F, Fut>(&self, f: F) -> Result<T, Failure>
+    /// One RPC through retry and breaker, classified for gRPC. `rpc` makes
+    /// one attempt from a client handle and a copy of `request` (the same
+    /// request, so the same `request_id`, on every attempt).
+    async fn call<Req, T, F, Fut>(&self, request: Req, rpc: F) -> Result<T, Failure>
     where
-        F: Fn() -> Fut,
+        Req: Clone,
+        F: Fn(WorkerServiceClient<Channel>, Req) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
+        let f = || rpc(self.inner.grpc.clone(), request.clone());
         let m = &self.inner.metrics;
         m.total.fetch_add(1, Ordering::Relaxed);
         let breaker = &self.inner.breaker;
@@ -631,7 +623,6 @@ impl ResilientWorkerClient {
         if open || silent_for >= self.inner.config.local_mode_after || holding {
             self.inner.local.store(true, Ordering::Release);
             self.inner.metrics.local_mode_activations.fetch_add(1, Ordering::Relaxed);
-            core.local_since = Some(tokio::time::Instant::now());
             tracing::warn!(reason = %why, leases = core.leases.len(), "orchestrator unreachable: entering local mode");
             self.inner
                 .state
@@ -642,13 +633,12 @@ impl ResilientWorkerClient {
         Ok(())
     }
 
-    async fn leave_local(&self, core: &mut Core) -> Result<(), Error> {
+    async fn leave_local(&self) -> Result<(), Error> {
         if !self.is_local() {
             return Ok(());
         }
         self.inner.local.store(false, Ordering::Release);
         self.inner.halted.store(false, Ordering::Release);
-        core.local_since = None;
         tracing::info!("orchestrator reachable again: back to normal mode");
         self.inner
             .state
@@ -669,13 +659,7 @@ impl ResilientWorkerClient {
             held_leases: held.clone(),
             client_version: self.inner.config.client_version.clone(),
         };
-        let grpc = self.inner.grpc.clone();
-        let answer = self
-            .call(|| {
-                let (mut grpc, request) = (grpc.clone(), request.clone());
-                async move { grpc.register(request).await }
-            })
-            .await;
+        let answer = self.call(request, |mut grpc, request| async move { grpc.register(request).await }).await;
         let r = match answer {
             Ok(r) => r,
             Err(Failure::Session) => return Ok(false), // cannot happen for Register
@@ -740,7 +724,7 @@ impl ResilientWorkerClient {
             .await?;
         tracing::info!(worker_epoch = session.worker_epoch, leases = core.leases.len(), "registered");
         self.inner.halted.store(false, Ordering::Release);
-        self.leave_local(core).await?;
+        self.leave_local().await?;
         self.publish(core);
         // Revoked leases may still be reserved for us (over capacity, a
         // removed stream): release them so they can move. For leases that
@@ -784,13 +768,8 @@ impl ResilientWorkerClient {
                 records,
                 request_id: request_id(),
             };
-            let grpc = self.inner.grpc.clone();
-            let answer = self
-                .call(|| {
-                    let (mut grpc, request) = (grpc.clone(), request.clone());
-                    async move { grpc.sync_local_state(request).await }
-                })
-                .await;
+            let answer =
+                self.call(request, |mut grpc, request| async move { grpc.sync_local_state(request).await }).await;
             match answer {
                 Ok(r) => {
                     let revoked = self.apply_decisions(core, &r.decisions);
@@ -885,13 +864,7 @@ impl ResilientWorkerClient {
             processing_count: core.leases.len() as u32,
             acknowledged: acknowledged.clone(),
         };
-        let grpc = self.inner.grpc.clone();
-        let answer = self
-            .call(|| {
-                let (mut grpc, request) = (grpc.clone(), request.clone());
-                async move { grpc.heartbeat(request).await }
-            })
-            .await;
+        let answer = self.call(request, |mut grpc, request| async move { grpc.heartbeat(request).await }).await;
         let r = match answer {
             Ok(r) => r,
             Err(failure) => {
@@ -954,13 +927,8 @@ impl ResilientWorkerClient {
         if let Some(session) = session {
             let request =
                 v1::ReleaseStreamsRequest { session: Some(session), leases: leases.clone(), request_id: request_id() };
-            let grpc = self.inner.grpc.clone();
-            let answer = self
-                .call(|| {
-                    let (mut grpc, request) = (grpc.clone(), request.clone());
-                    async move { grpc.release_streams(request).await }
-                })
-                .await;
+            let answer =
+                self.call(request, |mut grpc, request| async move { grpc.release_streams(request).await }).await;
             match answer {
                 Ok(_) => {
                     let done: Vec<i64> = leases.iter().map(|l| l.stream_id).collect();

@@ -162,29 +162,27 @@ impl Orchestrator {
         let (result, pending, own_changes) = {
             let mut st = self.lock();
             let now = self.now_ms();
-            let result = event(&mut st, now);
-            let changes = st.engine.take_changes();
-            log_changes(&changes);
-            let mut batch = match &result {
-                Ok((_, batch)) => batch.clone(),
-                Err(_) => Batch::default(),
+            // The event's batch is moved, not copied: it may carry thousands
+            // of processing records, and this runs under the engine lock.
+            let (result, mut batch) = match event(&mut st, now) {
+                Ok((value, batch)) => (Ok(value), batch),
+                Err(e) => (Err(e), Batch::default()),
             };
-            batch.changes = changes;
+            batch.changes = st.engine.take_changes();
+            log_changes(&batch.changes);
             batch.at_ms = self.wall_ms(now);
             let own_changes = !batch.is_empty();
             (result, self.shared.store.submit(batch), own_changes)
         };
-        if !own_changes && result.as_ref().is_ok_and(|(value, _)| !reports_decisions(value)) {
-            let (value, _) = result.map_err(status::engine_error)?;
-            return Ok((value, None));
+        if !own_changes && result.as_ref().is_ok_and(|value| !reports_decisions(value)) {
+            return Ok((result.map_err(status::engine_error)?, None));
         }
         let outcome = pending.wait().await.map_err(|e| {
             tracing::error!(error = %e, "storage failed; shutting down");
             self.shared.fatal.send_replace(Some(e.to_string()));
             status::store_error(&e)
         })?;
-        let (value, _) = result.map_err(status::engine_error)?;
-        Ok((value, outcome))
+        Ok((result.map_err(status::engine_error)?, outcome))
     }
 }
 
@@ -317,16 +315,12 @@ impl WorkerService for WorkerApi {
         let session = status::session(r.session)?;
         let held = status::leases_in(&r.held_leases);
         let records = validate_records(&r.records, self.o.lock().engine.config().max_list_len)?;
+        let upload = (!records.is_empty()).then(|| RecordUpload { server_id: session.server_id.clone(), records });
         let (decisions, outcome) = self
             .o
             .run(|st, now| {
                 let decisions = st.engine.sync_local_state(now, &session, &held, &r.request_id)?;
-                let batch = Batch {
-                    records: (!records.is_empty())
-                        .then(|| RecordUpload { server_id: session.server_id.clone(), records: records.clone() }),
-                    ..Batch::default()
-                };
-                Ok((decisions, batch))
+                Ok((decisions, Batch { records: upload, ..Batch::default() }))
             })
             .await?;
         let outcome = outcome.unwrap_or_default();
