@@ -8,6 +8,14 @@
 //! field names are the proto fields, enums lower-case strings, timestamps
 //! RFC 3339).
 //!
+//! Every command prints once and exits: 0 on success, 1 when the command
+//! failed (unreachable server, an error status), 2 for a usage error (a bad
+//! argument, `--addr` included). With
+//! `--json` a failure is JSON too, on stdout: `{"error": "<message>",
+//! "address": "<url tried>", "code": "<gRPC status>"}` (`address` only when a
+//! connection was involved, `code` only when the server answered with an
+//! error); see [`AdminError::to_json`].
+//!
 //! ```text
 //! # the stream catalog; ids are N or an inclusive range A-B
 //! orchestrator streams add 1 5-9 12
@@ -91,22 +99,35 @@ pub enum AdminCommand {
     /// Add, remove or list streams in the catalog.
     #[command(subcommand)]
     Streams(StreamsCommand),
-    /// List the workers the orchestrator knows.
+    /// List the workers the orchestrator knows: state (live, draining,
+    /// expired, awaiting re-registration), streams held, capacity and last
+    /// heartbeat. Prints once and exits.
     Workers,
-    /// List current leases (who processes what).
+    /// List current leases (who processes what, at which lease epoch).
+    /// Prints once and exits.
     Assignments {
         /// Only this worker's leases.
         #[arg(long)]
         server_id: Option<String>,
     },
-    /// Show cluster-wide figures.
+    /// Show cluster-wide figures: streams assigned and unassigned, workers
+    /// by state, whether rebalancing is paused or held back. Prints once and
+    /// exits.
     Status,
     /// Move every stream away from a worker and give it no new ones.
+    ///
+    /// Returns at once with the number of streams to move; they move over the
+    /// worker's next heartbeats (watch them with `assignments --server-id
+    /// ID`). The drain lasts while the worker's session does, even if it
+    /// registers again, and ends when the worker deregisters (e.g. it is
+    /// stopped cleanly) or its session expires. Draining a draining worker
+    /// changes nothing.
     Drain {
         /// The worker to drain.
         server_id: String,
     },
-    /// Pause or resume moves for balance.
+    /// Pause or resume moves for balance (the setting is stored and
+    /// survives restarts).
     #[command(subcommand)]
     Rebalancing(RebalancingCommand),
 }
@@ -143,13 +164,18 @@ pub enum StreamsCommand {
 /// `rebalancing …`: pause or resume moves for balance.
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum RebalancingCommand {
-    /// Stop moving streams for balance (coverage still wins).
+    /// Stop moving streams for balance until `rebalancing resume`.
+    ///
+    /// Coverage still wins: unassigned streams and the streams of expired
+    /// workers are still placed, drains and removals still revoke. The pause
+    /// lasts until resumed, across orchestrator restarts.
     Pause {
-        /// Why, for the orchestrator's logs.
+        /// Why, written to the orchestrator's log (at most 1024 bytes).
         #[arg(long, default_value = "")]
         reason: String,
     },
-    /// Move streams for balance again.
+    /// Move streams for balance again: the orchestrator revokes and grants
+    /// over the next heartbeats until the load is balanced.
     Resume,
 }
 
@@ -281,6 +307,8 @@ pub enum AdminError {
     /// The orchestrator answered a call with an error status.
     #[error("{rpc} failed: {:?}: {}", .status.code(), one_line(.status.message()))]
     Rpc {
+        /// The address called.
+        addr: String,
         /// The RPC's name, e.g. "AddStreams".
         rpc: &'static str,
         /// The status returned (boxed: it is large).
@@ -292,6 +320,53 @@ pub enum AdminError {
     /// Writing the output failed.
     #[error("cannot write the output: {0}")]
     Io(#[from] std::io::Error),
+}
+
+impl AdminError {
+    /// The address the command tried to reach, when a connection was
+    /// involved.
+    pub fn address(&self) -> Option<&str> {
+        match self {
+            Self::InvalidAddr { addr, .. } | Self::Unreachable { addr, .. } | Self::Rpc { addr, .. } => Some(addr),
+            Self::Usage(_) | Self::Io(_) => None,
+        }
+    }
+
+    /// The process exit code for this error: 2 for a usage error (a bad
+    /// argument, as clap uses for its own), 1 when the command failed.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::Usage(_) | Self::InvalidAddr { .. } => 2,
+            Self::Unreachable { .. } | Self::Rpc { .. } | Self::Io(_) => 1,
+        }
+    }
+
+    /// The error as `--json` prints it: `{"error": message}`, plus `address`
+    /// when a connection was involved and `code` (the gRPC status name, e.g.
+    /// `NOT_FOUND`) when the server answered with an error.
+    pub fn to_json(&self) -> Value {
+        let mut doc = json!({ "error": self.to_string() });
+        if let Some(addr) = self.address() {
+            doc["address"] = json!(addr);
+        }
+        if let Self::Rpc { status, .. } = self {
+            doc["code"] = json!(code_name(status.code()));
+        }
+        doc
+    }
+}
+
+/// The canonical name of a gRPC status code, e.g. `DEADLINE_EXCEEDED`.
+fn code_name(code: tonic::Code) -> String {
+    let camel = format!("{code:?}");
+    let mut name = String::with_capacity(camel.len() + 4);
+    for (i, c) in camel.chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            name.push('_');
+        }
+        name.push(c.to_ascii_uppercase());
+    }
+    name
 }
 
 fn one_line(s: &str) -> String {
@@ -315,6 +390,7 @@ pub async fn run(args: &AdminArgs, command: AdminCommand, out: &mut dyn std::io:
 
 async fn execute(args: &AdminArgs, command: AdminCommand) -> Result<String, AdminError> {
     let json = args.json;
+    let addr = args.addr.as_str();
     match command {
         AdminCommand::Streams(StreamsCommand::Add { ids, name, source_url }) => {
             let ids = parse_ids(&ids)?;
@@ -336,7 +412,7 @@ async fn execute(args: &AdminArgs, command: AdminCommand) -> Result<String, Admi
                         .collect(),
                     request_id: request_id(),
                 };
-                let resp = client.add_streams(request).await.map_err(rpc_error("AddStreams"))?.into_inner();
+                let resp = client.add_streams(request).await.map_err(rpc_error(addr, "AddStreams"))?.into_inner();
                 merged.added.extend(resp.added);
                 merged.already_present.extend(resp.already_present);
             }
@@ -348,7 +424,7 @@ async fn execute(args: &AdminArgs, command: AdminCommand) -> Result<String, Admi
             let mut merged = RemoveStreamsResponse::default();
             for chunk in ids.chunks(MAX_IDS_PER_CALL) {
                 let request = RemoveStreamsRequest { stream_ids: chunk.to_vec(), request_id: request_id() };
-                let resp = client.remove_streams(request).await.map_err(rpc_error("RemoveStreams"))?.into_inner();
+                let resp = client.remove_streams(request).await.map_err(rpc_error(addr, "RemoveStreams"))?.into_inner();
                 merged.removed.extend(resp.removed);
                 merged.not_found.extend(resp.not_found);
             }
@@ -362,7 +438,7 @@ async fn execute(args: &AdminArgs, command: AdminCommand) -> Result<String, Admi
                 let resp = client
                     .list_streams(ListStreamsRequest { page_size, page_token: page_token.clone() })
                     .await
-                    .map_err(rpc_error("ListStreams"))?
+                    .map_err(rpc_error(addr, "ListStreams"))?
                     .into_inner();
                 streams.extend(resp.streams);
                 if resp.next_page_token.is_empty() || resp.next_page_token == page_token {
@@ -374,7 +450,7 @@ async fn execute(args: &AdminArgs, command: AdminCommand) -> Result<String, Admi
         }
         AdminCommand::Workers => {
             let mut client = connect(args).await?;
-            let resp = client.list_workers(ListWorkersRequest {}).await.map_err(rpc_error("ListWorkers"))?.into_inner();
+            let resp = client.list_workers(ListWorkersRequest {}).await.map_err(rpc_error(addr, "ListWorkers"))?.into_inner();
             Ok(render_workers(&resp, SystemTime::now(), json))
         }
         AdminCommand::Assignments { server_id } => {
@@ -389,7 +465,7 @@ async fn execute(args: &AdminArgs, command: AdminCommand) -> Result<String, Admi
                         page_token: page_token.clone(),
                     })
                     .await
-                    .map_err(rpc_error("ListAssignments"))?
+                    .map_err(rpc_error(addr, "ListAssignments"))?
                     .into_inner();
                 assignments.extend(resp.assignments);
                 if resp.next_page_token.is_empty() || resp.next_page_token == page_token {
@@ -404,7 +480,7 @@ async fn execute(args: &AdminArgs, command: AdminCommand) -> Result<String, Admi
             let resp = client
                 .get_cluster_status(GetClusterStatusRequest {})
                 .await
-                .map_err(rpc_error("GetClusterStatus"))?
+                .map_err(rpc_error(addr, "GetClusterStatus"))?
                 .into_inner();
             Ok(render_status(&resp, json))
         }
@@ -413,7 +489,7 @@ async fn execute(args: &AdminArgs, command: AdminCommand) -> Result<String, Admi
             let resp = client
                 .drain_worker(DrainWorkerRequest { server_id: server_id.clone(), request_id: request_id() })
                 .await
-                .map_err(rpc_error("DrainWorker"))?
+                .map_err(rpc_error(addr, "DrainWorker"))?
                 .into_inner();
             Ok(render_drain(&server_id, &resp, json))
         }
@@ -422,7 +498,7 @@ async fn execute(args: &AdminArgs, command: AdminCommand) -> Result<String, Admi
             let resp = client
                 .pause_rebalancing(PauseRebalancingRequest { reason, request_id: request_id() })
                 .await
-                .map_err(rpc_error("PauseRebalancing"))?
+                .map_err(rpc_error(addr, "PauseRebalancing"))?
                 .into_inner();
             Ok(render_rebalancing(resp.paused, json))
         }
@@ -431,7 +507,7 @@ async fn execute(args: &AdminArgs, command: AdminCommand) -> Result<String, Admi
             let resp = client
                 .resume_rebalancing(ResumeRebalancingRequest { request_id: request_id() })
                 .await
-                .map_err(rpc_error("ResumeRebalancing"))?
+                .map_err(rpc_error(addr, "ResumeRebalancing"))?
                 .into_inner();
             Ok(render_rebalancing(resp.paused, json))
         }
@@ -443,8 +519,8 @@ fn request_id() -> String {
     format!("cli-{:016x}", fastrand::u64(..))
 }
 
-fn rpc_error(rpc: &'static str) -> impl Fn(tonic::Status) -> AdminError {
-    move |status| AdminError::Rpc { rpc, status: Box::new(status) }
+fn rpc_error(addr: &str, rpc: &'static str) -> impl Fn(tonic::Status) -> AdminError {
+    move |status| AdminError::Rpc { addr: addr.to_owned(), rpc, status: Box::new(status) }
 }
 
 /// Connects to `args.addr` within `args.timeout`.
@@ -1162,8 +1238,30 @@ mod tests {
 
     #[test]
     fn rpc_error_is_one_line() {
-        let err = rpc_error("AddStreams")(tonic::Status::invalid_argument("stream_id 0\nmust be > 0"));
+        let err = rpc_error("http://h:1", "AddStreams")(tonic::Status::invalid_argument("stream_id 0\nmust be > 0"));
         assert_eq!(err.to_string(), "AddStreams failed: InvalidArgument: stream_id 0 must be > 0");
+    }
+
+    #[test]
+    fn errors_as_json_name_the_address_and_the_code() {
+        let err = rpc_error("http://h:1", "DrainWorker")(tonic::Status::not_found("server_id nobody: unknown"));
+        assert_eq!(
+            err.to_json(),
+            json!({
+                "error": "DrainWorker failed: NotFound: server_id nobody: unknown",
+                "address": "http://h:1",
+                "code": "NOT_FOUND",
+            })
+        );
+        assert_eq!(err.exit_code(), 1);
+        let err = AdminError::Unreachable { addr: "http://h:1".into(), cause: "refused".into() };
+        assert_eq!(err.to_json()["address"], "http://h:1");
+        assert_eq!(err.to_json().as_object().map(|o| o.len()), Some(2), "no code without an answer");
+        let err = AdminError::Usage("too many stream ids".into());
+        assert_eq!(err.to_json(), json!({ "error": "too many stream ids" }), "no address without a connection");
+        assert_eq!(err.exit_code(), 2);
+        assert_eq!(code_name(tonic::Code::DeadlineExceeded), "DEADLINE_EXCEEDED");
+        assert_eq!(code_name(tonic::Code::Ok), "OK");
     }
 
     fn args(addr: &str) -> AdminArgs {

@@ -193,8 +193,15 @@ async fn main() -> ExitCode {
             match admin_cli::run(&cli.admin, command, &mut out).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::FAILURE
+                    if cli.admin.json {
+                        // `--json` means JSON, failures included: on stdout,
+                        // where a script reads the answer.
+                        use std::io::Write as _;
+                        let _ = writeln!(out, "{:#}", e.to_json());
+                    } else {
+                        eprintln!("error: {e}");
+                    }
+                    ExitCode::from(e.exit_code())
                 }
             }
         }

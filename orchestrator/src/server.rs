@@ -131,6 +131,14 @@ impl OrchestratorServer {
         if config.demo_streams > 0 && streams == 0 {
             orchestrator.add_demo_streams(config.demo_streams).await.map_err(|s| ServeError::Demo(s.to_string()))?;
             tracing::info!(streams = config.demo_streams, "added demo streams 1..={}", config.demo_streams);
+        } else if config.demo_streams > 0 {
+            tracing::info!(
+                streams,
+                demo_streams = config.demo_streams,
+                "--demo-streams ignored: the catalog in {} already has {streams} stream(s); it only fills an empty \
+                 catalog (use `orchestrator streams add` / `streams remove`, or start with a fresh --database)",
+                config.database.display()
+            );
         }
         Ok(Self { config, listener, orchestrator, store_thread })
     }

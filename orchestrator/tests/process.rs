@@ -18,7 +18,25 @@ const BIN: &str = env!("CARGO_BIN_EXE_orchestrator");
 struct Proc {
     child: Child,
     addr: SocketAddr,
+    /// Log lines up to and including "orchestrator serving".
+    startup: Vec<String>,
     log: mpsc::Receiver<String>,
+}
+
+impl Proc {
+    /// Waits up to `limit` for a log line (after start-up) that `want`
+    /// accepts; the lines read meanwhile are returned on failure.
+    fn wait_log(&self, limit: Duration, want: impl Fn(&str) -> bool) -> Result<String, Vec<String>> {
+        let deadline = Instant::now() + limit;
+        let mut seen = Vec::new();
+        while let Ok(line) = self.log.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            if want(&line) {
+                return Ok(line);
+            }
+            seen.push(line);
+        }
+        Err(seen)
+    }
 }
 
 impl Drop for Proc {
@@ -52,13 +70,17 @@ fn start(db: &Path, extra: &[&str]) -> Proc {
         }
     });
     let deadline = Instant::now() + Duration::from_secs(20);
+    let mut startup = Vec::new();
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let line = log.recv_timeout(left).expect("the orchestrator did not report its address in time");
-        if line.contains("orchestrator serving")
-            && let Some(addr) = line.split_whitespace().find_map(|w| w.strip_prefix("addr="))
-        {
-            return Proc { child, addr: addr.parse().expect("address"), log };
+        let addr = line
+            .contains("orchestrator serving")
+            .then(|| line.split_whitespace().find_map(|w| w.strip_prefix("addr=")).map(str::to_owned))
+            .flatten();
+        startup.push(line);
+        if let Some(addr) = addr {
+            return Proc { child, addr: addr.parse().expect("address"), startup, log };
         }
     }
 }
@@ -272,12 +294,41 @@ async fn the_admin_cli_talks_to_a_running_server() {
     assert!(out.contains("demo-1") && out.lines().count() >= 9, "{out}");
     let (code, out, _) = run(&["--addr", &addr, "rebalancing", "pause", "--reason", "test"]);
     assert_eq!((code, out.trim()), (Some(0), "rebalancing paused"));
+    let logged = p.wait_log(Duration::from_secs(5), |l| l.contains("rebalancing paused:"));
+    assert!(logged.as_ref().is_ok_and(|l| l.contains("reason=test")), "{logged:?}");
     let (code, _, err) = run(&["--addr", &addr, "drain", "nobody"]);
     assert_eq!(code, Some(1));
     assert!(err.contains("NotFound"), "{err}");
+    // `--json` failures are JSON on stdout, with the address and the code.
+    let (code, out, _) = run(&["--addr", &addr, "--json", "drain", "nobody"]);
+    assert_eq!(code, Some(1));
+    let doc: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!((doc["code"].as_str(), doc["address"].as_str()), (Some("NOT_FOUND"), Some(addr.as_str())), "{doc}");
     p.child.kill().unwrap();
     p.child.wait().unwrap();
     let (code, _, err) = run(&["--addr", &addr, "status"]);
     assert_eq!(code, Some(1));
     assert!(err.contains(&format!("cannot reach the orchestrator at {addr}")), "{err}");
+    let (code, out, _) = run(&["--addr", &addr, "--json", "status"]);
+    assert_eq!(code, Some(1));
+    let doc: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert!(doc["error"].as_str().is_some_and(|e| e.contains("cannot reach")), "{doc}");
+    assert_eq!(doc["address"].as_str(), Some(addr.as_str()), "{doc}");
+    // Usage errors keep exit code 2, as clap's own.
+    let (code, out, _) = run(&["--addr", "nonsense", "--json", "status"]);
+    assert_eq!(code, Some(2));
+    let doc: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert!(doc["error"].as_str().is_some_and(|e| e.contains("invalid --addr")), "{doc}");
+    let (code, _, _) = run(&["--json", "streams", "add", "0"]);
+    assert_eq!(code, Some(2));
+}
+
+#[test]
+fn demo_streams_on_a_full_catalog_are_ignored_out_loud() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("o.db");
+    drop(start(&db, &["--demo-streams", "3"]));
+    let p = start(&db, &["--demo-streams", "10"]);
+    let line = p.startup.iter().find(|l| l.contains("--demo-streams ignored"));
+    assert!(line.is_some_and(|l| l.contains("already has 3 stream(s)")), "{:?}", p.startup);
 }

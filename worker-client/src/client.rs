@@ -973,7 +973,7 @@ impl ResilientWorkerClient {
         loop {
             let wait = {
                 let core = self.inner.core.lock().await;
-                if self.is_local() { backoff.next_delay() } else { core.heartbeat_interval }
+                if self.is_local() { self.next_probe(&mut backoff) } else { core.heartbeat_interval }
             };
             tokio::select! {
                 _ = stop.wait_for(|s| *s) => return,
@@ -1002,6 +1002,25 @@ impl ResilientWorkerClient {
                 tracing::warn!(error = %e, "background call failed");
             }
         }
+    }
+
+    /// How long to wait before the next reconnect probe in local mode: the
+    /// jittered backoff, but no earlier than the circuit breaker admits a
+    /// call (a probe it would refuse proves nothing). Logged at info, so an
+    /// operator sees the worker is trying, and when it tries next.
+    fn next_probe(&self, backoff: &mut resilience::retry::Backoff) -> Duration {
+        let delay = backoff.next_delay();
+        let open_for = self.inner.breaker.stats().open_remaining.unwrap_or_default();
+        let wait = delay.max(open_for);
+        let secs = wait.as_secs_f64();
+        if open_for > delay {
+            tracing::info!(
+                "orchestrator unreachable; next probe in {secs:.1} s, when the circuit breaker lets a call through"
+            );
+        } else {
+            tracing::info!("orchestrator unreachable; next probe in {secs:.1} s");
+        }
+        wait
     }
 
     /// Time since the last successful call (or since start, if none).

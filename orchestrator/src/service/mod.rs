@@ -606,7 +606,8 @@ impl AdminService for AdminApi {
             .o
             .run(|st, now| Ok((st.engine.set_rebalancing_paused(now, true, &r.request_id)?, Batch::default())))
             .await?;
-        tracing::info!(reason = %r.reason, "rebalancing paused");
+        let reason = if r.reason.is_empty() { "(none given)" } else { r.reason.as_str() };
+        tracing::info!(reason = %reason, "rebalancing paused: no moves for balance until resumed");
         Ok(Response::new(v1::PauseRebalancingResponse { paused }))
     }
 
