@@ -450,7 +450,8 @@ async fn execute(args: &AdminArgs, command: AdminCommand) -> Result<String, Admi
         }
         AdminCommand::Workers => {
             let mut client = connect(args).await?;
-            let resp = client.list_workers(ListWorkersRequest {}).await.map_err(rpc_error(addr, "ListWorkers"))?.into_inner();
+            let resp =
+                client.list_workers(ListWorkersRequest {}).await.map_err(rpc_error(addr, "ListWorkers"))?.into_inner();
             Ok(render_workers(&resp, SystemTime::now(), json))
         }
         AdminCommand::Assignments { server_id } => {
