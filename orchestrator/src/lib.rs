@@ -8,11 +8,13 @@
 //!   and make its decisions durable before answering.
 //! - [`server`]: binds the listener and serves the services with health,
 //!   reflection, load shedding, the liveness ticker and graceful shutdown.
-//! - [`admin_cli`]: the operator commands of the `orchestrator` binary.
+//!
+//! The `orchestrator` binary (serve and the admin CLI) is built with the
+//! default `cli` feature; a crate that links only the library can turn it off
+//! (`default-features = false`) and compiles no CLI dependencies.
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub, rust_2018_idioms)]
 
-pub mod admin_cli;
 pub mod engine;
 pub mod server;
 pub mod service;

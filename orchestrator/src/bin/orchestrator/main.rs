@@ -1,13 +1,16 @@
 //! The `orchestrator` binary: `serve` runs the orchestrator; the other
-//! subcommands talk to a running one through its admin service.
+//! subcommands talk to a running one through its admin service
+//! ([`admin`]: arguments, connecting, errors, rendering).
+
+mod admin;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use admin::{AdminArgs, AdminCommand};
 use clap::{Args, Parser, Subcommand};
-use orchestrator::admin_cli::{self, AdminArgs, AdminCommand};
 use orchestrator::engine::EngineConfig;
 use orchestrator::server::{OrchestratorServer, ServerConfig};
 
@@ -190,7 +193,7 @@ async fn main() -> ExitCode {
         Command::Serve(args) => serve(args).await,
         Command::Admin(command) => {
             let mut out = std::io::stdout().lock();
-            match admin_cli::run(&cli.admin, command, &mut out).await {
+            match admin::run(&cli.admin, command, &mut out).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     if cli.admin.json {

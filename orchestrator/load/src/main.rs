@@ -322,35 +322,10 @@ struct Local {
     done: tokio::task::JoinHandle<()>,
 }
 
-/// A temp directory without a dev-dependency: removed on drop.
-mod tempfile_dir {
-    use std::path::{Path, PathBuf};
-
-    pub(crate) struct Dir(PathBuf);
-
-    impl Dir {
-        pub(crate) fn new() -> std::io::Result<Self> {
-            let path = std::env::temp_dir().join(format!("orchestrator-load-{:016x}", fastrand::u64(..)));
-            std::fs::create_dir_all(&path)?;
-            Ok(Self(path))
-        }
-
-        pub(crate) fn path(&self) -> &Path {
-            &self.0
-        }
-    }
-
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
-
 async fn start_orchestrator(
     engine: EngineConfig,
     max_concurrent: usize,
-    dir: &tempfile_dir::Dir,
+    dir: &tempfile::TempDir,
     listen: SocketAddr,
 ) -> Result<Local, Error> {
     let config = ServerConfig {
@@ -396,7 +371,7 @@ async fn compare(args: CompareArgs) -> Result<(), Error> {
     let load = args.load;
     let per_worker = (args.streams as usize).div_ceil(load.workers.max(1)) as u32 + 1;
     let engine = EngineConfig { max_streams_limit: per_worker.max(10_000), ..EngineConfig::default() };
-    let dir = tempfile_dir::Dir::new()?;
+    let dir = tempfile::Builder::new().prefix("orchestrator-load-").tempdir()?;
     let orch = start_orchestrator(engine, 100_000, &dir, "127.0.0.1:0".parse()?).await?;
     let orch_url = format!("http://{}", orch.addr);
     add_streams(&orch_url, args.streams).await?;
@@ -512,7 +487,7 @@ async fn scale(args: ScaleArgs) -> Result<(), Error> {
         ..EngineConfig::default()
     };
     let rss0 = rss_bytes();
-    let dir = tempfile_dir::Dir::new()?;
+    let dir = tempfile::Builder::new().prefix("orchestrator-load-").tempdir()?;
     let orch = start_orchestrator(engine, 1_000_000, &dir, "127.0.0.1:0".parse()?).await?;
     let url = format!("http://{}", orch.addr);
     let t = Instant::now();
@@ -643,7 +618,7 @@ async fn scale(args: ScaleArgs) -> Result<(), Error> {
 }
 
 async fn storm_once(args: &StormArgs, jitter: bool) -> Result<(u64, Duration), Error> {
-    let dir = tempfile_dir::Dir::new()?;
+    let dir = tempfile::Builder::new().prefix("orchestrator-load-").tempdir()?;
     let engine = EngineConfig::default();
     let orch = start_orchestrator(engine.clone(), 100_000, &dir, "127.0.0.1:0".parse()?).await?;
     let addr = orch.addr;
