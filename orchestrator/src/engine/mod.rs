@@ -33,106 +33,38 @@
 //! * **Restart.** [`Engine::restore`] rebuilds the engine from persisted
 //!   state and opens a grace period in which nothing moves and known workers
 //!   re-register, presenting their leases, and keep them.
+//!
+//! # Where each concern lives
+//!
+//! This file holds [`Engine`], its events (worker calls, admin calls) and
+//! its queries. `config.rs`: [`EngineConfig`]. `memory.rs`: the idempotence
+//! memory (answers by `request_id`). `views.rs`: the persisted and admin
+//! views. `validate.rs`: argument checks. `liveness.rs`: [`Engine::tick`],
+//! session checks, expiry, the brake, the grace period. `placement.rs`:
+//! grant, revoke, end a lease, and the placement round; `balance.rs`: the
+//! water-filling targets. `types.rs`: the vocabulary (leases, decisions,
+//! changes, errors).
 
 mod balance;
+mod config;
+mod liveness;
+mod memory;
+mod placement;
 mod types;
+mod validate;
+mod views;
 
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 pub use types::{
     Change, EngineError, HeartbeatReply, Lease, LeaseDecision, LeaseState, Millis, Registered, Released, RevokeReason,
     SessionRef, StreamId, WorkerState,
 };
 
-use balance::Slot;
-
-/// Limits and timings of the engine.
-#[derive(Debug, Clone, PartialEq)]
-pub struct EngineConfig {
-    /// A session without a heartbeat for this long expires (default 30 s).
-    pub session_timeout: Millis,
-    /// How often workers should heartbeat (default 5 s); told to them.
-    pub heartbeat_interval: Millis,
-    /// Length of the grace period after a restart (default: `session_timeout`).
-    pub grace_period: Millis,
-    /// Largest `max_streams` a worker may declare (default 10,000).
-    pub max_streams_limit: u32,
-    /// Longest list in one call (default 10,000).
-    pub max_list_len: usize,
-    /// Revocations for balance or drain per round; `None`: no cap.
-    pub max_moves_per_round: Option<u32>,
-    /// Share of sessions that may expire within one `session_timeout`
-    /// window before the brake stops reassigning their streams (default 0.5).
-    pub mass_failure_threshold: f64,
-    /// The brake needs at least this many sessions in the window (default 3).
-    pub mass_failure_min_sessions: usize,
-    /// Distinguishes this engine's session ids from another instance's.
-    pub instance_id: u64,
-    /// At most one placement round per this many milliseconds (0: after
-    /// every event). A round costs O(streams); on a large fleet, where
-    /// thousands of events arrive per second, the server batches them. The
-    /// ticker runs the deferred round; `request_streams` never waits.
-    pub min_rebalance_interval: Millis,
-}
-
-impl Default for EngineConfig {
-    fn default() -> Self {
-        Self {
-            session_timeout: 30_000,
-            heartbeat_interval: 5_000,
-            grace_period: 30_000,
-            max_streams_limit: 10_000,
-            max_list_len: 10_000,
-            max_moves_per_round: None,
-            mass_failure_threshold: 0.5,
-            mass_failure_min_sessions: 3,
-            instance_id: 0,
-            min_rebalance_interval: 0,
-        }
-    }
-}
-
-/// How many answers to mutating calls each worker (and the admin side)
-/// remembers for `request_id` idempotence.
-const REMEMBERED_REQUESTS: usize = 64;
-
-/// A remembered answer, keyed by request id with a fingerprint of the
-/// request it answered.
-#[derive(Debug, Clone)]
-enum Answer {
-    Registered(Registered),
-    Granted(Vec<Lease>),
-    Released(Released),
-    Synced(Vec<LeaseDecision>),
-    Done,
-    Added(Vec<StreamId>, Vec<StreamId>),
-    Removed(Vec<StreamId>, Vec<StreamId>),
-    Drained(u32),
-    Paused(bool),
-}
-
-#[derive(Debug, Default, Clone)]
-struct Answers {
-    recent: VecDeque<(String, u64, Answer)>,
-}
-
-impl Answers {
-    fn get(&self, request_id: &str, fingerprint: u64) -> Result<Option<Answer>, EngineError> {
-        match self.recent.iter().find(|(id, _, _)| id == request_id) {
-            Some((_, f, answer)) if *f == fingerprint => Ok(Some(answer.clone())),
-            Some(_) => Err(invalid("request_id", "already used for a different request")),
-            None => Ok(None),
-        }
-    }
-
-    fn put(&mut self, request_id: &str, fingerprint: u64, answer: Answer) {
-        if self.recent.len() == REMEMBERED_REQUESTS {
-            self.recent.pop_front();
-        }
-        self.recent.push_back((request_id.to_owned(), fingerprint, answer));
-    }
-}
+pub use config::EngineConfig;
+use memory::{Answer, Answers, fingerprint};
+use validate::{invalid, validate_request_id, validate_server_id};
+pub use views::{ClusterStatus, LeaseView, PersistedState, PersistedStream, PersistedWorker, WorkerView};
 
 #[derive(Debug, Clone)]
 struct Worker {
@@ -170,90 +102,6 @@ struct Stream {
     left: Option<String>,
 }
 
-/// A worker as persisted by the store.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PersistedWorker {
-    /// The worker.
-    pub server_id: String,
-    /// Its latest epoch.
-    pub worker_epoch: u64,
-    /// Its declared capacity.
-    pub max_streams: u32,
-}
-
-/// A stream as persisted by the store.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PersistedStream {
-    /// The stream.
-    pub stream_id: StreamId,
-    /// The highest lease epoch issued.
-    pub epoch: u64,
-    /// Its current lease: owner, epoch, state.
-    pub lease: Option<(String, u64, LeaseState)>,
-}
-
-/// Everything the engine needs to restart.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct PersistedState {
-    /// Known workers.
-    pub workers: Vec<PersistedWorker>,
-    /// The catalog with leases.
-    pub streams: Vec<PersistedStream>,
-    /// Whether an operator paused rebalancing.
-    pub rebalancing_paused: bool,
-    /// The last lease epoch of each deleted stream that ever had one.
-    pub retired_epochs: Vec<(StreamId, u64)>,
-}
-
-/// A worker as the admin API shows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WorkerView {
-    /// The worker.
-    pub server_id: String,
-    /// Its current epoch.
-    pub worker_epoch: u64,
-    /// Its state.
-    pub state: WorkerState,
-    /// Its declared capacity.
-    pub max_streams: u32,
-    /// Leases naming it.
-    pub owned: u32,
-    /// Time of its last heartbeat.
-    pub last_heartbeat: Millis,
-}
-
-/// A lease as the admin API shows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LeaseView {
-    /// The owner.
-    pub server_id: String,
-    /// The lease.
-    pub lease: Lease,
-    /// Its state.
-    pub state: LeaseState,
-    /// Whether the owner's session is live (false: orphaned, assignable).
-    pub owner_live: bool,
-}
-
-/// Cluster-wide figures.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClusterStatus {
-    /// Live (or draining) sessions.
-    pub live_workers: u32,
-    /// Streams in the catalog.
-    pub total_streams: u64,
-    /// Streams with a lease held by a live session.
-    pub assigned_streams: u64,
-    /// Sum of live, non-draining workers' capacities.
-    pub total_capacity: u64,
-    /// Paused by an operator.
-    pub rebalancing_paused: bool,
-    /// The mass-failure brake is on.
-    pub brake_engaged: bool,
-    /// End of the restart grace period, if in it.
-    pub grace_until: Option<Millis>,
-}
-
 /// The assignment engine. See the [module documentation](self).
 #[derive(Debug, Clone)]
 pub struct Engine {
@@ -278,33 +126,6 @@ pub struct Engine {
     dirty: bool,
     /// When the last placement round ran.
     last_round: Option<Millis>,
-}
-
-fn invalid(field: &'static str, problem: impl Into<String>) -> EngineError {
-    EngineError::InvalidArgument { field, problem: problem.into() }
-}
-
-fn fingerprint(parts: &impl std::hash::Hash) -> u64 {
-    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
-    BuildHasherDefault::<DefaultHasher>::default().hash_one(parts)
-}
-
-fn is_printable(s: &str) -> bool {
-    s.bytes().all(|b| (0x21..=0x7e).contains(&b))
-}
-
-fn validate_server_id(server_id: &str) -> Result<(), EngineError> {
-    if server_id.is_empty() || server_id.len() > 128 || !is_printable(server_id) {
-        return Err(invalid("server_id", "must be 1..=128 printable ASCII bytes"));
-    }
-    Ok(())
-}
-
-fn validate_request_id(request_id: &str) -> Result<(), EngineError> {
-    if request_id.is_empty() || request_id.len() > 64 || !is_printable(request_id) {
-        return Err(invalid("request_id", "must be 1..=64 printable ASCII bytes"));
-    }
-    Ok(())
 }
 
 impl Engine {
@@ -778,49 +599,6 @@ impl Engine {
         Ok(paused)
     }
 
-    // ------------------------------------------------------------ the clock
-
-    /// Advances the engine's view of time: expires silent sessions, engages
-    /// or releases the mass-failure brake, ends the grace period, places and
-    /// moves streams.
-    pub fn tick(&mut self, now: Millis) {
-        let timeout = self.config.session_timeout;
-        if let Some(until) = self.grace_until
-            && now >= until
-        {
-            self.end_grace();
-        }
-        let silent: Vec<String> = self
-            .workers
-            .iter()
-            .filter(|(_, w)| matches!(w.state, WorkerState::Live | WorkerState::Draining))
-            .filter(|(_, w)| now.saturating_sub(w.last_heartbeat) >= timeout)
-            .map(|(id, _)| id.clone())
-            .collect();
-        if !silent.is_empty() {
-            while self.expiries.front().is_some_and(|&t| now.saturating_sub(t) >= timeout) {
-                self.expiries.pop_front();
-            }
-            let live = self.workers.values().filter(|w| self.is_live_state(w.state)).count();
-            let window = self.expiries.len() + live;
-            let expiring = self.expiries.len() + silent.len();
-            if window >= self.config.mass_failure_min_sessions
-                && expiring as f64 > self.config.mass_failure_threshold * window as f64
-                && !self.brake
-            {
-                self.brake = true;
-            }
-            for id in silent {
-                self.expire(&id, now);
-            }
-        }
-        if self.brake && !self.brake_still_needed() {
-            self.brake = false;
-            self.dirty = true;
-        }
-        self.rebalance(now);
-    }
-
     // ------------------------------------------------------------ queries
 
     /// The workers the engine knows.
@@ -920,61 +698,6 @@ impl Engine {
 
     // ------------------------------------------------------------ internals
 
-    fn is_live_state(&self, state: WorkerState) -> bool {
-        matches!(state, WorkerState::Live | WorkerState::Draining)
-    }
-
-    fn is_live(&self, server_id: &str) -> bool {
-        self.workers.get(server_id).is_some_and(|w| self.is_live_state(w.state))
-    }
-
-    fn check_session(&self, session: &SessionRef) -> Result<(), EngineError> {
-        let server_id = session.server_id.clone();
-        let Some(w) = self.workers.get(&session.server_id) else {
-            return Err(EngineError::SessionUnknown { server_id });
-        };
-        if session.worker_epoch < w.worker_epoch {
-            return Err(EngineError::SessionFenced { server_id, current_epoch: w.worker_epoch });
-        }
-        if session.worker_epoch > w.worker_epoch || session.session_id != w.session_id {
-            return Err(EngineError::SessionUnknown { server_id });
-        }
-        if !self.is_live_state(w.state) {
-            return Err(EngineError::SessionExpired { server_id });
-        }
-        Ok(())
-    }
-
-    fn touch(&mut self, session: &SessionRef, now: Millis) {
-        if let Some(w) = self.workers.get_mut(&session.server_id) {
-            w.last_heartbeat = now;
-        }
-    }
-
-    fn validate_ids(&self, field: &'static str, ids: &[StreamId]) -> Result<(), EngineError> {
-        if ids.len() > self.config.max_list_len {
-            return Err(invalid(field, format!("at most {} entries", self.config.max_list_len)));
-        }
-        let mut seen = BTreeSet::new();
-        for &id in ids {
-            if id <= 0 {
-                return Err(invalid(field, format!("stream id {id} must be greater than 0")));
-            }
-            if !seen.insert(id) {
-                return Err(invalid(field, format!("stream id {id} appears twice")));
-            }
-        }
-        Ok(())
-    }
-
-    fn validate_leases(&self, field: &'static str, leases: &[Lease]) -> Result<(), EngineError> {
-        if let Some(l) = leases.iter().find(|l| l.lease_epoch == 0) {
-            return Err(invalid(field, format!("stream {}: lease_epoch must be at least 1", l.stream_id)));
-        }
-        let ids: Vec<StreamId> = leases.iter().map(|l| l.stream_id).collect();
-        self.validate_ids(field, &ids)
-    }
-
     /// Keep or revoke for each presented lease. Beyond the worker's
     /// `max_streams` the first leases in the order given are kept and the
     /// rest revoked as over capacity (reserved until released).
@@ -1029,280 +752,6 @@ impl Engine {
             }
         }
         reply
-    }
-
-    fn expire(&mut self, server_id: &str, now: Millis) {
-        if let Some(w) = self.workers.get_mut(server_id) {
-            w.state = WorkerState::Expired;
-            w.unacknowledged.clear();
-            self.expiries.push_back(now);
-            self.changes.push(Change::WorkerExpired { server_id: server_id.to_owned() });
-            self.dirty = true;
-        }
-    }
-
-    /// The brake stays on while the workers whose streams it holds back are
-    /// more than the threshold share of the sessions.
-    fn brake_still_needed(&self) -> bool {
-        let orphaned = self.workers.values().filter(|w| w.state == WorkerState::Expired && !w.owned.is_empty()).count();
-        let live = self.workers.values().filter(|w| self.is_live_state(w.state)).count();
-        let total = orphaned + live;
-        total >= self.config.mass_failure_min_sessions
-            && orphaned as f64 > self.config.mass_failure_threshold * total as f64
-    }
-
-    fn end_grace_if_everyone_is_back(&mut self) {
-        if self.grace_until.is_some() && !self.workers.values().any(|w| w.state == WorkerState::AwaitingReregistration)
-        {
-            self.end_grace();
-        }
-    }
-
-    fn end_grace(&mut self) {
-        self.grace_until = None;
-        let missing: Vec<String> = self
-            .workers
-            .iter()
-            .filter(|(_, w)| w.state == WorkerState::AwaitingReregistration)
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in &missing {
-            if let Some(w) = self.workers.get_mut(id) {
-                w.state = WorkerState::Expired;
-            }
-        }
-        let live = self.workers.values().filter(|w| self.is_live_state(w.state)).count();
-        let window = missing.len() + live;
-        if window >= self.config.mass_failure_min_sessions
-            && missing.len() as f64 > self.config.mass_failure_threshold * window as f64
-        {
-            self.brake = true;
-        }
-        self.dirty = true;
-    }
-
-    fn grant(&mut self, stream_id: StreamId, server_id: &str) {
-        let Some(stream) = self.streams.get_mut(&stream_id) else { return };
-        if let Some(old) = stream.lease.take()
-            && let Some(w) = self.workers.get_mut(&old.owner)
-        {
-            w.owned.remove(&stream_id);
-            w.revoking.remove(&stream_id);
-            w.unacknowledged.remove(&stream_id);
-        }
-        stream.epoch += 1;
-        stream.left = None;
-        let lease = Lease { stream_id, lease_epoch: stream.epoch };
-        stream.lease =
-            Some(LeaseRecord { owner: server_id.to_owned(), epoch: stream.epoch, state: LeaseState::Active });
-        self.unassigned.remove(&stream_id);
-        if let Some(w) = self.workers.get_mut(server_id) {
-            w.owned.insert(stream_id);
-            w.unacknowledged.insert(stream_id);
-        }
-        self.changes.push(Change::LeaseGranted { server_id: server_id.to_owned(), lease });
-    }
-
-    fn revoke(&mut self, stream_id: StreamId, reason: RevokeReason) {
-        let Some(l) = self.streams.get_mut(&stream_id).and_then(|s| s.lease.as_mut()) else { return };
-        if l.state != LeaseState::Active {
-            return;
-        }
-        l.state = LeaseState::Revoking(reason);
-        let change = Change::LeaseRevoking {
-            server_id: l.owner.clone(),
-            lease: Lease { stream_id, lease_epoch: l.epoch },
-            reason,
-        };
-        let owner = l.owner.clone();
-        if let Some(w) = self.workers.get_mut(&owner) {
-            w.unacknowledged.remove(&stream_id);
-            w.revoking.insert(stream_id);
-        }
-        self.changes.push(change);
-    }
-
-    /// The lease ends: released, forgotten, or its owner deregistered.
-    fn end_lease(&mut self, stream_id: StreamId) {
-        let Some(stream) = self.streams.get_mut(&stream_id) else { return };
-        let Some(l) = stream.lease.take() else { return };
-        if matches!(l.state, LeaseState::Revoking(RevokeReason::Rebalance | RevokeReason::Drain)) {
-            stream.left = Some(l.owner.clone());
-        }
-        let removed = stream.removed;
-        if let Some(w) = self.workers.get_mut(&l.owner) {
-            w.owned.remove(&stream_id);
-            w.revoking.remove(&stream_id);
-            w.unacknowledged.remove(&stream_id);
-        }
-        self.changes.push(Change::LeaseEnded { server_id: l.owner, lease: Lease { stream_id, lease_epoch: l.epoch } });
-        if removed {
-            self.delete_stream(stream_id);
-        } else {
-            self.unassigned.insert(stream_id);
-        }
-        self.dirty = true;
-    }
-
-    fn delete_stream(&mut self, stream_id: StreamId) {
-        self.removed.remove(&stream_id);
-        if let Some(stream) = self.streams.remove(&stream_id)
-            && stream.epoch > 0
-        {
-            self.retired.insert(stream_id, stream.epoch);
-        }
-        self.unassigned.remove(&stream_id);
-        self.changes.push(Change::StreamDeleted { stream_id });
-    }
-
-    /// Debug builds (and so every test) check that the per-worker caches
-    /// agree with the lease records.
-    #[cfg(debug_assertions)]
-    fn check_caches(&self) {
-        for (id, w) in &self.workers {
-            for sid in &w.owned {
-                let l = self.streams.get(sid).and_then(|s| s.lease.as_ref());
-                assert!(l.is_some_and(|l| &l.owner == id), "{id} owns {sid} without its lease");
-                let revoking = l.is_some_and(|l| matches!(l.state, LeaseState::Revoking(_)));
-                assert_eq!(w.revoking.contains(sid), revoking, "revoking cache of {id} wrong for {sid}");
-            }
-            assert!(w.revoking.is_subset(&w.owned));
-        }
-        let removed: BTreeSet<StreamId> = self.streams.iter().filter(|(_, s)| s.removed).map(|(&id, _)| id).collect();
-        assert_eq!(removed, self.removed, "removed cache wrong");
-    }
-
-    /// One round of placements and moves, when something changed.
-    fn rebalance(&mut self, now: Millis) {
-        if !self.dirty || self.grace_until.is_some() {
-            return;
-        }
-        if let Some(last) = self.last_round
-            && now < last.saturating_add(self.config.min_rebalance_interval)
-        {
-            return; // batched: the ticker runs it
-        }
-        self.last_round = Some(now);
-        self.dirty = false;
-        #[cfg(debug_assertions)]
-        self.check_caches();
-
-        // Streams whose lease names a worker that is not live are orphaned:
-        // removed ones end now; the others may be placed unless the brake
-        // holds them. Found through the workers, not by scanning streams:
-        // a round costs O(workers + streams that move).
-        let orphans: Vec<StreamId> = self
-            .workers
-            .values()
-            .filter(|w| !self.is_live_state(w.state))
-            .flat_map(|w| w.owned.iter().copied())
-            .collect();
-        let mut placeable: Vec<StreamId> = Vec::new();
-        for id in orphans {
-            if self.streams.get(&id).is_some_and(|s| s.removed) {
-                self.end_lease(id);
-            } else if !self.brake {
-                placeable.push(id);
-            }
-        }
-        placeable.extend(self.unassigned.iter().copied());
-        placeable.sort_unstable();
-        placeable.dedup();
-
-        // Eligible workers and their targets.
-        let eligible: Vec<String> =
-            self.workers.iter().filter(|(_, w)| w.state == WorkerState::Live).map(|(id, _)| id.clone()).collect();
-        let slots: Vec<Slot> = eligible
-            .iter()
-            .map(|id| {
-                let w = &self.workers[id];
-                Slot { capacity: w.max_streams, current: (w.owned.len() - w.revoking.len()) as u32 }
-            })
-            .collect();
-        let total = (self.streams.len() - self.removed.len()) as u64;
-        let targets = balance::targets(&slots, total);
-        let mut moves_left = self.config.max_moves_per_round.unwrap_or(u32::MAX);
-
-        // Drains: every active lease of a draining worker goes.
-        let draining: Vec<String> =
-            self.workers.iter().filter(|(_, w)| w.state == WorkerState::Draining).map(|(id, _)| id.clone()).collect();
-        for id in draining {
-            let w = &self.workers[&id];
-            let owned: Vec<StreamId> = w.owned.iter().rev().filter(|s| !w.revoking.contains(s)).copied().collect();
-            for stream_id in owned {
-                if moves_left == 0 {
-                    break;
-                }
-                if self.streams[&stream_id].lease.as_ref().is_some_and(|l| l.state == LeaseState::Active) {
-                    self.revoke(stream_id, RevokeReason::Drain);
-                    moves_left -= 1;
-                }
-            }
-        }
-
-        // Excess: above capacity always, above target unless paused.
-        for (i, id) in eligible.iter().enumerate() {
-            let w = &self.workers[id];
-            // Leases already being revoked are on their way out.
-            let over_capacity = slots[i].current.saturating_sub(w.max_streams);
-            let over_target = if self.rebalancing_paused { 0 } else { slots[i].current.saturating_sub(targets[i]) };
-            let excess = over_capacity.max(over_target);
-            if excess == 0 {
-                continue;
-            }
-            let reason =
-                if over_capacity >= over_target { RevokeReason::OverCapacity } else { RevokeReason::Rebalance };
-            // Give up the most recently granted first (highest epochs), so
-            // long-held streams stay put.
-            let mut candidates: Vec<(u64, StreamId)> = w
-                .owned
-                .iter()
-                .filter_map(|&sid| {
-                    let l = self.streams[&sid].lease.as_ref()?;
-                    (l.state == LeaseState::Active).then_some((l.epoch, sid))
-                })
-                .collect();
-            candidates.sort_unstable_by(|a, b| b.cmp(a));
-            for (_, sid) in candidates.into_iter().take(excess as usize) {
-                if reason == RevokeReason::Rebalance && moves_left == 0 {
-                    break;
-                }
-                self.revoke(sid, reason);
-                if reason == RevokeReason::Rebalance {
-                    moves_left -= 1;
-                }
-            }
-        }
-
-        // Placements: fill the workers furthest below their targets. A heap
-        // keeps this O(streams × log workers).
-        let mut room: BinaryHeap<(u32, Reverse<u32>, Reverse<String>)> = eligible
-            .iter()
-            .enumerate()
-            .filter_map(|(i, id)| {
-                let w = &self.workers[id];
-                let by_target = targets[i].saturating_sub(slots[i].current);
-                let by_capacity = w.max_streams.saturating_sub(w.owned.len() as u32);
-                let room = by_target.min(by_capacity);
-                (room > 0).then(|| (room, Reverse(slots[i].current), Reverse(id.clone())))
-            })
-            .collect();
-        for stream_id in placeable {
-            // The most room first; then the least loaded; then by id. Not back
-            // to the worker the stream just left, if anyone else can take it.
-            let Some(mut pick) = room.pop() else { break };
-            if self.streams[&stream_id].left.as_deref() == Some(pick.2.0.as_str())
-                && let Some(other) = room.pop()
-            {
-                room.push(pick);
-                pick = other;
-            }
-            let (space, Reverse(current), Reverse(server_id)) = pick;
-            self.grant(stream_id, &server_id);
-            if space > 1 {
-                room.push((space - 1, Reverse(current + 1), Reverse(server_id)));
-            }
-        }
     }
 }
 

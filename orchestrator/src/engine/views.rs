@@ -1,0 +1,88 @@
+//! The engine's state as the store persists it and as the admin API shows
+//! it.
+
+use super::{Lease, LeaseState, Millis, StreamId, WorkerState};
+
+/// A worker as persisted by the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PersistedWorker {
+    /// The worker.
+    pub server_id: String,
+    /// Its latest epoch.
+    pub worker_epoch: u64,
+    /// Its declared capacity.
+    pub max_streams: u32,
+}
+
+/// A stream as persisted by the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PersistedStream {
+    /// The stream.
+    pub stream_id: StreamId,
+    /// The highest lease epoch issued.
+    pub epoch: u64,
+    /// Its current lease: owner, epoch, state.
+    pub lease: Option<(String, u64, LeaseState)>,
+}
+
+/// Everything the engine needs to restart.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct PersistedState {
+    /// Known workers.
+    pub workers: Vec<PersistedWorker>,
+    /// The catalog with leases.
+    pub streams: Vec<PersistedStream>,
+    /// Whether an operator paused rebalancing.
+    pub rebalancing_paused: bool,
+    /// The last lease epoch of each deleted stream that ever had one.
+    pub retired_epochs: Vec<(StreamId, u64)>,
+}
+
+/// A worker as the admin API shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerView {
+    /// The worker.
+    pub server_id: String,
+    /// Its current epoch.
+    pub worker_epoch: u64,
+    /// Its state.
+    pub state: WorkerState,
+    /// Its declared capacity.
+    pub max_streams: u32,
+    /// Leases naming it.
+    pub owned: u32,
+    /// Time of its last heartbeat.
+    pub last_heartbeat: Millis,
+}
+
+/// A lease as the admin API shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseView {
+    /// The owner.
+    pub server_id: String,
+    /// The lease.
+    pub lease: Lease,
+    /// Its state.
+    pub state: LeaseState,
+    /// Whether the owner's session is live (false: orphaned, assignable).
+    pub owner_live: bool,
+}
+
+/// Cluster-wide figures.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterStatus {
+    /// Live (or draining) sessions.
+    pub live_workers: u32,
+    /// Streams in the catalog.
+    pub total_streams: u64,
+    /// Streams with a lease held by a live session.
+    pub assigned_streams: u64,
+    /// Sum of live, non-draining workers' capacities.
+    pub total_capacity: u64,
+    /// Paused by an operator.
+    pub rebalancing_paused: bool,
+    /// The mass-failure brake is on.
+    pub brake_engaged: bool,
+    /// End of the restart grace period, if in it.
+    pub grace_until: Option<Millis>,
+}
