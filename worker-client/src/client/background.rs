@@ -1,0 +1,105 @@
+//! The task the client owns: heartbeats in normal mode, a jittered
+//! reconnect probe in local mode, and the local-mode limit's watchdog.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use super::ResilientWorkerClient;
+
+impl ResilientWorkerClient {
+    /// The background task: heartbeats in normal mode, a reconnect probe
+    /// with jittered backoff in local mode, the local-mode limit.
+    pub(super) async fn background(&self) {
+        let mut stop = self.inner.stop.subscribe();
+        let mut backoff = resilience::retry::Backoff::new(self.inner.config.reconnect);
+        loop {
+            let wait = {
+                let core = self.inner.core.lock().await;
+                if self.is_local() { self.next_probe(&mut backoff) } else { core.heartbeat_interval }
+            };
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => return,
+                () = tokio::time::sleep(wait) => {}
+            }
+            let mut core = self.inner.core.lock().await;
+            if core.stopped {
+                return;
+            }
+            let result = if self.is_local() {
+                let r = self.register_locked(&mut core).await;
+                if matches!(r, Ok(true)) {
+                    backoff.reset();
+                }
+                r.map(|_| ())
+            } else {
+                match self.heartbeat_locked(&mut core).await {
+                    // Upload what was recorded since the last time, once per heartbeat.
+                    Ok(true) if !self.is_local() && self.inner.records_waiting.swap(false, Ordering::AcqRel) => {
+                        self.sync_records(&mut core).await
+                    }
+                    other => other.map(|_| ()),
+                }
+            };
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "background call failed");
+            }
+        }
+    }
+
+    /// How long to wait before the next reconnect probe in local mode: the
+    /// jittered backoff, but no earlier than the circuit breaker admits a
+    /// call (a probe it would refuse proves nothing). Logged at info, so an
+    /// operator sees the worker is trying, and when it tries next.
+    pub(super) fn next_probe(&self, backoff: &mut resilience::retry::Backoff) -> Duration {
+        let delay = backoff.next_delay();
+        let open_for = self.inner.breaker.stats().open_remaining.unwrap_or_default();
+        let wait = delay.max(open_for);
+        let secs = wait.as_secs_f64();
+        if open_for > delay {
+            tracing::info!(
+                "orchestrator unreachable; next probe in {secs:.1} s, when the circuit breaker lets a call through"
+            );
+        } else {
+            tracing::info!("orchestrator unreachable; next probe in {secs:.1} s");
+        }
+        wait
+    }
+
+    /// Time since the last successful call (or since start, if none).
+    pub(super) fn silent_for(&self) -> Duration {
+        match *self.inner.last_contact.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some(t) => t.elapsed().unwrap_or_default(),
+            None => self.inner.started_at.elapsed(),
+        }
+    }
+
+    /// Enforces the local-mode limit on its own clock, so that a call stuck
+    /// on a dead link (holding the protocol lock) cannot delay it. The limit
+    /// counts from the last successful call, the same instant the
+    /// orchestrator's session timeout counts from: with a limit below
+    /// `session_timeout` the worker stops before its streams can move.
+    pub(super) async fn limit_watchdog(&self) {
+        let Some(limit) = self.inner.config.local_mode_limit else {
+            return std::future::pending().await;
+        };
+        loop {
+            let silent = self.silent_for();
+            if silent >= limit {
+                if !self.inner.halted.swap(true, Ordering::AcqRel) {
+                    tracing::warn!(
+                        ?limit,
+                        "local-mode limit reached: stopping processing until the orchestrator answers"
+                    );
+                    self.inner.leases.send_if_modified(|set| {
+                        let changed = !set.leases.is_empty();
+                        set.leases.clear();
+                        changed
+                    });
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            } else {
+                tokio::time::sleep(limit - silent).await;
+            }
+        }
+    }
+}

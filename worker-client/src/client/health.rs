@@ -1,0 +1,141 @@
+//! Health: the seed's report, the counters behind it, and the detailed
+//! status.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use resilience::CircuitState;
+use serde::Serialize;
+
+use super::ResilientWorkerClient;
+
+/// The health report, in the original client's JSON shape.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HealthReport {
+    /// This worker.
+    pub server_id: String,
+    /// The last call to the orchestrator succeeded and the client is in
+    /// normal mode.
+    pub orchestrator_available: bool,
+    /// The client is in local mode.
+    pub local_mode_active: bool,
+    /// Streams the worker may process now.
+    pub assigned_streams: usize,
+    /// `closed`, `open`, `half_open` (or `forced_open` / `forced_closed`).
+    pub circuit_breaker_state: String,
+    /// Time of the last successful call, ISO 8601 (UTC), or `null`.
+    pub last_orchestrator_contact: Option<String>,
+    /// Counters.
+    pub metrics: HealthMetrics,
+}
+
+/// The counters of a [`HealthReport`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct HealthMetrics {
+    /// Calls to the orchestrator (each counted once, retries aside).
+    pub total_requests: u64,
+    /// Calls that succeeded.
+    pub successful_requests: u64,
+    /// Calls that failed after their retries (or were refused by the breaker).
+    pub failed_requests: u64,
+    /// Times the breaker opened.
+    pub circuit_breaker_trips: u64,
+    /// Times the client entered local mode.
+    pub local_mode_activations: u64,
+    /// Retries made.
+    pub retry_attempts: u64,
+}
+
+impl HealthReport {
+    /// The report as JSON.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+/// The client's own counters (the breaker and retry keep theirs).
+#[derive(Debug, Default)]
+pub(super) struct Metrics {
+    pub(super) total: AtomicU64,
+    pub(super) successful: AtomicU64,
+    pub(super) failed: AtomicU64,
+    pub(super) local_mode_activations: AtomicU64,
+}
+
+impl ResilientWorkerClient {
+    /// The seed's health report.
+    pub async fn health_check(&self) -> HealthReport {
+        let local = self.is_local();
+        let last = *self.inner.last_contact.lock().unwrap_or_else(|p| p.into_inner());
+        let breaker = self.inner.breaker.stats();
+        let m = &self.inner.metrics;
+        HealthReport {
+            server_id: self.inner.config.server_id.clone(),
+            orchestrator_available: !local && breaker.state == CircuitState::Closed && last.is_some(),
+            local_mode_active: local,
+            assigned_streams: self.inner.leases.borrow().len(),
+            circuit_breaker_state: breaker.state.as_str().to_owned(),
+            last_orchestrator_contact: last.map(|t| humantime::format_rfc3339_millis(t).to_string()),
+            metrics: HealthMetrics {
+                total_requests: m.total.load(Ordering::Relaxed),
+                successful_requests: m.successful.load(Ordering::Relaxed),
+                failed_requests: m.failed.load(Ordering::Relaxed),
+                circuit_breaker_trips: breaker.trips,
+                local_mode_activations: m.local_mode_activations.load(Ordering::Relaxed),
+                retry_attempts: self.inner.retry.stats().retries,
+            },
+        }
+    }
+
+    /// The health report plus configuration, local state, breaker
+    /// statistics and history, and retry counters, as JSON.
+    pub async fn detailed_status(&self) -> serde_json::Value {
+        let health = self.health_check().await;
+        let core = self.inner.core.lock().await;
+        let counts = self.inner.state.counts().await.ok();
+        let b = self.inner.breaker.stats();
+        let r = self.inner.retry.stats();
+        let c = &self.inner.config;
+        serde_json::json!({
+            "health": health.to_json(),
+            "configuration": {
+                "orchestrator_url": c.orchestrator_url,
+                "server_id": c.server_id,
+                "max_streams": c.max_streams,
+                "circuit_failure_threshold": c.breaker.failure_threshold(),
+                "circuit_recovery_timeout_ms": c.breaker.recovery_timeout().as_millis() as u64,
+                "circuit_success_threshold": c.breaker.success_threshold(),
+                "retry_max_attempts": c.retry.max_attempts(),
+                "retry_base_delay_ms": c.retry.base_delay().as_millis() as u64,
+                "retry_max_delay_ms": c.retry.max_delay().as_millis() as u64,
+                "state_path": c.state_path.display().to_string(),
+                "local_mode_after_ms": c.local_mode_after.as_millis() as u64,
+                "local_mode_limit_ms": c.local_mode_limit.map(|d| d.as_millis() as u64),
+            },
+            "local_state": {
+                "session": core.session.as_ref().map(|s| serde_json::json!({"session_id": s.session_id, "worker_epoch": s.worker_epoch})),
+                "leases": core.leases.iter().map(|(s, e)| serde_json::json!({"stream_id": s, "lease_epoch": e})).collect::<Vec<_>>(),
+                "pending_releases": core.pending_releases.keys().collect::<Vec<_>>(),
+                "processing_halted": self.inner.halted.load(Ordering::Relaxed),
+                "records": counts.map(|c| c.0),
+                "unsynced_records": counts.map(|c| c.1),
+                "next_sequence": self.inner.next_sequence.load(Ordering::Relaxed),
+                "heartbeat_interval_ms": core.heartbeat_interval.as_millis() as u64,
+            },
+            "circuit_breaker": {
+                "state": b.state.as_str(),
+                "total_calls": b.total_calls,
+                "successful_calls": b.successful_calls,
+                "failed_calls": b.failed_calls,
+                "rejected_calls": b.rejected_calls,
+                "timed_out_calls": b.timed_out_calls,
+                "trips": b.trips,
+                "time_in_state_ms": b.time_in_state.as_millis() as u64,
+                "history": self.inner.breaker.history().iter().map(|t| serde_json::json!({
+                    "at": humantime::format_rfc3339_millis(t.at).to_string(),
+                    "from": t.from.as_str(), "to": t.to.as_str(), "cause": t.cause.to_string(),
+                })).collect::<Vec<_>>(),
+            },
+            "retry": { "attempts": r.attempts, "retries": r.retries, "give_ups": r.give_ups, "budget_exhausted": r.budget_exhausted },
+        })
+    }
+}

@@ -1,0 +1,399 @@
+//! The client's public API: [`ResilientWorkerClient`], its construction and
+//! its methods. The rest of the client, one concern a file:
+//!
+//! - `rpc.rs`: the one path to the orchestrator (retry, breaker,
+//!   classification) and what a failure means;
+//! - `protocol.rs`: the protocol steps under the protocol lock (register,
+//!   heartbeat, request, release, upload records) and the mode changes;
+//! - `leases.rs`: the protocol state (`Core`) and its pure transitions;
+//! - `background.rs`: the task the client owns (heartbeats, reconnect
+//!   probes, the local-mode limit);
+//! - `health.rs`: the seed's health report and the detailed status.
+
+mod background;
+mod health;
+mod leases;
+mod protocol;
+mod rpc;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use orchestrator_proto::v1;
+use orchestrator_proto::v1::worker_service_client::WorkerServiceClient;
+use resilience::{CircuitBreaker, Retry};
+use tokio::sync::{Mutex, watch};
+use tokio::task::JoinHandle;
+use tonic::transport::{Channel, Endpoint};
+
+use health::Metrics;
+pub use health::{HealthMetrics, HealthReport};
+use leases::Core;
+use rpc::request_id;
+
+use crate::config::{ClientBuilder, ClientConfig};
+use crate::state::{Op, Record, StateHandle};
+use crate::{Error, LeaseSet};
+
+/// A resilient client for one worker. Cheap to clone; clones share
+/// everything. See the [crate documentation](crate).
+#[derive(Debug, Clone)]
+pub struct ResilientWorkerClient {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: ClientConfig,
+    grpc: WorkerServiceClient<Channel>,
+    breaker: CircuitBreaker,
+    retry: Retry,
+    state: StateHandle,
+    core: Mutex<Core>,
+    leases: watch::Sender<LeaseSet>,
+    next_sequence: AtomicU64,
+    /// Records written since the last upload.
+    records_waiting: AtomicBool,
+    local: AtomicBool,
+    /// Processing stopped by the local-mode limit.
+    halted: AtomicBool,
+    metrics: Metrics,
+    last_contact: StdMutex<Option<SystemTime>>,
+    started_at: tokio::time::Instant,
+    stop: watch::Sender<bool>,
+    task: StdMutex<Option<JoinHandle<()>>>,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Creates a client with the original Python factory's arguments.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), worker_client::Error> {
+/// use std::time::Duration;
+/// let client = worker_client::create_resilient_worker_client(
+///     "http://orchestrator:50051", "worker-prod-01", 50,
+///     3, Duration::from_secs(30), 5, Duration::from_millis(500),
+/// ).await?;
+/// # Ok(())
+/// # }
+/// ```
+///
+/// # Errors
+///
+/// As [`ClientBuilder::build`].
+#[allow(clippy::too_many_arguments)]
+pub async fn create_resilient_worker_client(
+    orchestrator_url: &str,
+    server_id: &str,
+    max_streams: u32,
+    circuit_failure_threshold: u32,
+    circuit_recovery_timeout: Duration,
+    retry_max_attempts: u32,
+    retry_base_delay: Duration,
+) -> Result<ResilientWorkerClient, Error> {
+    ResilientWorkerClient::builder(orchestrator_url, server_id)
+        .max_streams(max_streams)
+        .circuit_failure_threshold(circuit_failure_threshold)
+        .circuit_recovery_timeout(circuit_recovery_timeout)
+        .retry_max_attempts(retry_max_attempts)
+        .retry_base_delay(retry_base_delay)
+        .build()
+        .await
+}
+
+impl ResilientWorkerClient {
+    /// A builder with the original client's defaults.
+    pub fn builder(orchestrator_url: impl Into<String>, server_id: impl Into<String>) -> ClientBuilder {
+        ClientBuilder::new(orchestrator_url, server_id)
+    }
+
+    pub(crate) async fn from_config(config: ClientConfig) -> Result<Self, Error> {
+        let endpoint = Endpoint::from_shared(config.orchestrator_url.clone())
+            .map_err(|e| Error::Config { setting: "orchestrator_url", problem: e.to_string() })?
+            .connect_timeout(config.connect_timeout)
+            .tcp_nodelay(true);
+        let channel = endpoint.connect_lazy();
+        let (path, id, sync_full) = (config.state_path.clone(), config.server_id.clone(), config.state_sync_full);
+        let (state, snapshot) =
+            tokio::task::spawn_blocking(move || StateHandle::open(&path, &id, sync_full))
+                .await
+                .map_err(|e| Error::State { path: config.state_path.clone(), reason: e.to_string() })??;
+        if snapshot.from_earlier_run {
+            tracing::info!(
+                path = %config.state_path.display(),
+                leases = snapshot.leases.len(),
+                unsynced_records = snapshot.unsynced,
+                "resuming from the state file of an earlier run"
+            );
+        }
+        let heartbeat_interval = config.heartbeat_interval.unwrap_or(Duration::from_secs(5));
+        let session = snapshot.session.map(|(session_id, worker_epoch)| v1::SessionRef {
+            server_id: config.server_id.clone(),
+            session_id,
+            worker_epoch,
+        });
+        let last_contact = snapshot
+            .last_contact_ms
+            .and_then(|ms| u64::try_from(ms).ok())
+            .map(|ms| UNIX_EPOCH + Duration::from_millis(ms));
+        let (leases, _) = watch::channel(LeaseSet { leases: snapshot.leases.clone(), local_mode: false });
+        let (stop, _) = watch::channel(false);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                breaker: CircuitBreaker::new(config.breaker.clone()),
+                retry: Retry::new(config.retry),
+                grpc: WorkerServiceClient::new(channel),
+                state,
+                core: Mutex::new(Core {
+                    session,
+                    leases: snapshot.leases,
+                    to_ack: Vec::new(),
+                    pending_releases: snapshot.pending_releases,
+                    heartbeat_interval,
+                    stopped: false,
+                }),
+                leases,
+                next_sequence: AtomicU64::new(snapshot.next_sequence),
+                records_waiting: AtomicBool::new(snapshot.unsynced > 0),
+                local: AtomicBool::new(false),
+                halted: AtomicBool::new(false),
+                metrics: Metrics::default(),
+                last_contact: StdMutex::new(last_contact),
+                started_at: tokio::time::Instant::now(),
+                stop,
+                task: StdMutex::new(None),
+                config,
+            }),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ClientConfig {
+        &self.inner.config
+    }
+
+    /// Registers (or enters local mode if the orchestrator is unreachable)
+    /// and starts the background task that heartbeats in normal mode and
+    /// probes for the orchestrator in local mode. Idempotent.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Rejected`] if the orchestrator refuses the registration
+    /// (for example a `max_streams` above its limit); [`Error::State`].
+    pub async fn start(&self) -> Result<(), Error> {
+        self.register().await?;
+        let mut task = self.inner.task.lock().unwrap_or_else(|p| p.into_inner());
+        if task.is_none() {
+            let client = self.clone();
+            *task = Some(tokio::spawn(async move {
+                let watchdog = client.limit_watchdog();
+                tokio::select! {
+                    () = client.background() => {}
+                    () = watchdog => {}
+                }
+            }));
+        }
+        Ok(())
+    }
+
+    /// The current lease set, updated on every change. Stop processing a
+    /// stream as soon as it leaves the set.
+    pub fn leases(&self) -> watch::Receiver<LeaseSet> {
+        self.inner.leases.subscribe()
+    }
+
+    /// Registers with the orchestrator presenting the leases held (from an
+    /// earlier session or run), applies its keep/revoke answer, uploads
+    /// unsynced processing records, and returns to normal mode.
+    ///
+    /// Returns `true` when registered, `false` when the orchestrator is
+    /// unreachable (the client is then in local mode if it holds leases or
+    /// has been out of touch for `local_mode_after`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Rejected`] if the orchestrator refuses the request as
+    /// invalid; [`Error::State`] if the state file fails; [`Error::ShutDown`].
+    pub async fn register(&self) -> Result<bool, Error> {
+        let mut core = self.inner.core.lock().await;
+        self.register_locked(&mut core).await
+    }
+
+    /// Sends one heartbeat and applies the answer: new grants are added to
+    /// the lease set (and acknowledged next time), revocations are removed
+    /// from it and released. In local mode it returns `false` without an
+    /// error, as the original client did.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Rejected`], [`Error::State`], [`Error::ShutDown`].
+    pub async fn send_heartbeat(&self) -> Result<bool, Error> {
+        let mut core = self.inner.core.lock().await;
+        self.heartbeat_locked(&mut core).await
+    }
+
+    /// Asks for up to `count` more streams and returns the ids granted. In
+    /// local mode it returns the streams held, as the original client did.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Rejected`] (for example `count` above `max_streams`),
+    /// [`Error::State`], [`Error::ShutDown`].
+    pub async fn request_streams(&self, count: u32) -> Result<Vec<i64>, Error> {
+        let mut core = self.inner.core.lock().await;
+        if core.stopped {
+            return Err(Error::ShutDown);
+        }
+        if self.is_local() {
+            return Ok(core.leases.keys().copied().collect());
+        }
+        if core.session.is_none() && !self.register_locked(&mut core).await? {
+            return Ok(core.leases.keys().copied().collect());
+        }
+        self.request_streams_locked(&mut core, count).await
+    }
+
+    /// Gives streams back. They leave the lease set at once. Returns `true`
+    /// when the orchestrator confirmed, `false` when the release was recorded
+    /// locally (orchestrator unreachable) and will be replayed.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Rejected`], [`Error::State`], [`Error::ShutDown`].
+    pub async fn release_streams(&self, stream_ids: &[i64]) -> Result<bool, Error> {
+        let mut core = self.inner.core.lock().await;
+        if core.stopped {
+            return Err(Error::ShutDown);
+        }
+        let leases: Vec<v1::Lease> = stream_ids
+            .iter()
+            .filter_map(|id| core.leases.get(id).map(|&epoch| v1::Lease { stream_id: *id, lease_epoch: epoch }))
+            .collect();
+        if leases.is_empty() {
+            return Ok(true);
+        }
+        for l in &leases {
+            core.drop_lease(l.stream_id);
+        }
+        self.publish(&core);
+        self.persist_leases(&core).await?;
+        self.release_locked(&mut core, leases).await
+    }
+
+    /// Whether this worker may process `stream_id` now: it holds a lease and
+    /// processing has not been stopped by the local-mode limit.
+    pub fn can_process_stream(&self, stream_id: i64) -> bool {
+        self.inner.leases.borrow().contains(stream_id)
+    }
+
+    /// Records that a chunk of `stream_id` was processed, under its current
+    /// lease epoch, with the next sequence number. Returns the sequence once
+    /// the record is durable in the state file (see the durability rule in
+    /// the crate's `state` documentation: it survives a SIGKILL of the
+    /// worker). Records reach the orchestrator with the next sync; each
+    /// exactly once.
+    ///
+    /// Concurrent calls are committed together, so calling this for every
+    /// processed chunk is cheap.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotLeased`] if the stream is not in the lease set;
+    /// [`Error::State`] if the write fails.
+    pub async fn record_stream_processing(&self, stream_id: i64) -> Result<u64, Error> {
+        let (epoch, local) = {
+            let set = self.inner.leases.borrow();
+            (set.epoch(stream_id), set.local_mode())
+        };
+        let Some(lease_epoch) = epoch else { return Err(Error::NotLeased(stream_id)) };
+        let sequence = self.inner.next_sequence.fetch_add(1, Ordering::Relaxed);
+        let record = Record { sequence, stream_id, lease_epoch, processed_at_ms: now_ms(), local_mode: local };
+        self.inner.state.write(vec![Op::Record(record)]).await?;
+        self.inner.records_waiting.store(true, Ordering::Release);
+        Ok(sequence)
+    }
+
+    /// Stops the background task, releases every stream (or records the
+    /// release locally), deregisters, and flushes the state file. The
+    /// heartbeat keeps the session alive until the streams are released.
+    pub async fn shutdown(&self) {
+        self.inner.stop.send_replace(true);
+        let task = self.inner.task.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+        let mut core = self.inner.core.lock().await;
+        if core.stopped {
+            return;
+        }
+        // Upload what was recorded, while the leases are still ours.
+        if !self.is_local()
+            && core.session.is_some()
+            && let Err(e) = self.sync_records(&mut core).await
+        {
+            tracing::warn!(error = %e, "could not upload the last processing records; they stay in the state file");
+        }
+        let leases: Vec<v1::Lease> =
+            core.leases.iter().map(|(&stream_id, &lease_epoch)| v1::Lease { stream_id, lease_epoch }).collect();
+        core.leases.clear();
+        core.to_ack.clear();
+        self.publish(&core);
+        if let Err(e) = self.persist_leases(&core).await {
+            tracing::warn!(error = %e, "could not record the released leases");
+        }
+        if !leases.is_empty()
+            && let Err(e) = self.release_locked(&mut core, leases).await
+        {
+            tracing::warn!(error = %e, "could not release the streams");
+        }
+        if !self.is_local()
+            && let Some(session) = core.session.clone()
+        {
+            let request = v1::DeregisterRequest { session: Some(session), request_id: request_id() };
+            let result = self.call(request, |mut grpc, request| async move { grpc.deregister(request).await }).await;
+            match result {
+                Ok(_) => tracing::info!("deregistered"),
+                Err(f) => tracing::warn!(failure = ?f, "could not deregister; the session will expire"),
+            }
+        }
+        core.stopped = true;
+        self.inner.state.close();
+    }
+
+    // ------------------------------------------------------------ internals
+
+    fn is_local(&self) -> bool {
+        self.inner.local.load(Ordering::Acquire)
+    }
+
+    /// Publishes the lease set the application may process.
+    fn publish(&self, core: &Core) {
+        let local = self.is_local();
+        let halted = self.inner.halted.load(Ordering::Acquire);
+        let leases = if halted || core.stopped { BTreeMap::new() } else { core.leases.clone() };
+        self.inner.leases.send_if_modified(|set| {
+            let next = LeaseSet { leases, local_mode: local };
+            if *set == next {
+                false
+            } else {
+                *set = next;
+                true
+            }
+        });
+    }
+
+    async fn persist_leases(&self, core: &Core) -> Result<(), Error> {
+        self.inner.state.write(vec![Op::Leases(core.leases.clone())]).await
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.state.close();
+    }
+}

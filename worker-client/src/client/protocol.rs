@@ -1,0 +1,312 @@
+//! The protocol steps, each under the protocol lock (`Core`): register
+//! (presenting held leases), heartbeat, request and release streams, upload
+//! processing records, and the mode changes they cause.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use orchestrator_proto::v1;
+
+use super::leases::{Core, accept_grants, apply_decisions, keep_confirmed, take_revoked};
+use super::rpc::{Failure, request_id};
+use super::{ResilientWorkerClient, now_ms};
+use crate::Error;
+use crate::state::Op;
+
+/// Records uploaded per `SyncLocalState` call.
+const SYNC_BATCH: usize = 1000;
+
+impl ResilientWorkerClient {
+    pub(super) async fn register_locked(&self, core: &mut Core) -> Result<bool, Error> {
+        if core.stopped {
+            return Err(Error::ShutDown);
+        }
+        let held = core.held();
+        let request = v1::RegisterRequest {
+            server_id: self.inner.config.server_id.clone(),
+            max_streams: self.inner.config.max_streams,
+            request_id: request_id(),
+            held_leases: held.clone(),
+            client_version: self.inner.config.client_version.clone(),
+        };
+        let answer = self.call(request, |mut grpc, request| async move { grpc.register(request).await }).await;
+        let r = match answer {
+            Ok(r) => r,
+            Err(Failure::Session) => return Ok(false), // cannot happen for Register
+            Err(Failure::Rejected(s)) => {
+                return Err(Error::Rejected { code: s.code(), message: s.message().to_owned() });
+            }
+            Err(Failure::Unreachable(why)) => {
+                self.maybe_enter_local(core, &why).await?;
+                self.publish(core);
+                return Ok(false);
+            }
+        };
+        let Some(session) =
+            r.session.filter(|s| s.server_id == self.inner.config.server_id && !s.session_id.is_empty())
+        else {
+            tracing::warn!("the orchestrator answered Register without a usable session; ignoring the answer");
+            return Ok(false);
+        };
+        // Keep what the orchestrator confirmed; a lease without a decision is dropped.
+        let dropped = keep_confirmed(core, &r.held_lease_decisions);
+        if !dropped.is_empty() {
+            tracing::info!(
+                dropped = dropped.len(),
+                kept = core.leases.len(),
+                "the orchestrator revoked leases held from before"
+            );
+        }
+        // Releases made while away were not presented: the orchestrator
+        // already counts them as released.
+        let released: Vec<i64> = std::mem::take(&mut core.pending_releases).into_keys().collect();
+        if let Some(interval) = r.heartbeat_interval.and_then(|d| Duration::try_from(d).ok()) {
+            core.heartbeat_interval = self
+                .inner
+                .config
+                .heartbeat_interval
+                .unwrap_or(interval.clamp(Duration::from_millis(10), Duration::from_secs(300)));
+        }
+        core.session = Some(session.clone());
+        self.inner
+            .state
+            .write(vec![
+                Op::Session { session_id: session.session_id.clone(), worker_epoch: session.worker_epoch },
+                Op::Contact { at_ms: now_ms() },
+                Op::Leases(core.leases.clone()),
+                Op::ReleasesDone(released),
+            ])
+            .await?;
+        tracing::info!(worker_epoch = session.worker_epoch, leases = core.leases.len(), "registered");
+        self.inner.halted.store(false, Ordering::Release);
+        self.leave_local().await?;
+        self.publish(core);
+        // Revoked leases may still be reserved for us (over capacity, a
+        // removed stream): release them so they can move. For leases that
+        // moved already the orchestrator answers `not_held`.
+        if !dropped.is_empty() {
+            self.release_locked(core, dropped).await?;
+        }
+        self.sync_records(core).await?;
+        Ok(true)
+    }
+
+    pub(super) async fn heartbeat_locked(&self, core: &mut Core) -> Result<bool, Error> {
+        if core.stopped {
+            return Err(Error::ShutDown);
+        }
+        if self.is_local() {
+            return Ok(false);
+        }
+        let Some(session) = core.session.clone() else {
+            return self.register_locked(core).await;
+        };
+        let acknowledged = std::mem::take(&mut core.to_ack);
+        let request = v1::HeartbeatRequest {
+            session: Some(session),
+            processing_count: core.leases.len() as u32,
+            acknowledged: acknowledged.clone(),
+        };
+        let answer = self.call(request, |mut grpc, request| async move { grpc.heartbeat(request).await }).await;
+        let r = match answer {
+            Ok(r) => r,
+            Err(failure) => {
+                core.to_ack = acknowledged;
+                self.on_failure(core, failure).await?;
+                return Ok(false);
+            }
+        };
+        // The session is alive: processing may resume if the limit stopped it.
+        self.inner.halted.store(false, Ordering::Release);
+        if let Some(next) = r.next_heartbeat_interval.and_then(|d| Duration::try_from(d).ok())
+            && self.inner.config.heartbeat_interval.is_none()
+        {
+            core.heartbeat_interval = next.clamp(Duration::from_millis(10), Duration::from_secs(300));
+        }
+        let before = core.leases.len();
+        core.to_ack = accept_grants(core, self.inner.config.max_streams, &r.assign);
+        // Every revoke is released, also of a lease never started.
+        let revoked = take_revoked(core, &r.revoke);
+        if core.leases.len() != before || !revoked.is_empty() {
+            tracing::info!(
+                assigned = r.assign.len(),
+                revoked = revoked.len(),
+                held = core.leases.len(),
+                "leases changed"
+            );
+            self.persist_leases(core).await?;
+        }
+        // Stop first (publish), then release.
+        self.publish(core);
+        if !revoked.is_empty() {
+            self.release_locked(core, revoked).await?;
+        }
+        if !core.pending_releases.is_empty() {
+            let pending: Vec<v1::Lease> = core
+                .pending_releases
+                .iter()
+                .map(|(&stream_id, &lease_epoch)| v1::Lease { stream_id, lease_epoch })
+                .collect();
+            self.release_locked(core, pending).await?;
+        }
+        Ok(true)
+    }
+
+    pub(super) async fn request_streams_locked(&self, core: &mut Core, count: u32) -> Result<Vec<i64>, Error> {
+        let Some(session) = core.session.clone() else { return Ok(Vec::new()) };
+        let request = v1::RequestStreamsRequest { session: Some(session), count, request_id: request_id() };
+        let answer = self.call(request, |mut grpc, request| async move { grpc.request_streams(request).await });
+        match answer.await {
+            Ok(r) => {
+                let granted = accept_grants(core, self.inner.config.max_streams, &r.granted);
+                self.persist_leases(core).await?;
+                self.publish(core);
+                Ok(granted.iter().map(|l| l.stream_id).collect())
+            }
+            Err(failure) => self.on_failure(core, failure).await.map(|()| Vec::new()),
+        }
+    }
+
+    /// Releases leases already removed from the lease set; records them
+    /// locally if the orchestrator cannot be told now.
+    pub(super) async fn release_locked(&self, core: &mut Core, leases: Vec<v1::Lease>) -> Result<bool, Error> {
+        let session = if self.is_local() { None } else { core.session.clone() };
+        if let Some(session) = session {
+            let request =
+                v1::ReleaseStreamsRequest { session: Some(session), leases: leases.clone(), request_id: request_id() };
+            let answer =
+                self.call(request, |mut grpc, request| async move { grpc.release_streams(request).await }).await;
+            match answer {
+                Ok(_) => {
+                    let done: Vec<i64> = leases.iter().map(|l| l.stream_id).collect();
+                    for id in &done {
+                        core.pending_releases.remove(id);
+                    }
+                    self.inner.state.write(vec![Op::ReleasesDone(done)]).await?;
+                    return Ok(true);
+                }
+                Err(Failure::Rejected(s)) => {
+                    return Err(Error::Rejected { code: s.code(), message: s.message().to_owned() });
+                }
+                Err(failure) => {
+                    // Fencing or unreachable: keep the release for later.
+                    let mut ops = Vec::new();
+                    for l in &leases {
+                        core.pending_releases.insert(l.stream_id, l.lease_epoch);
+                        ops.push(Op::PendingRelease { stream_id: l.stream_id, lease_epoch: l.lease_epoch });
+                    }
+                    self.inner.state.write(ops).await?;
+                    self.on_failure(core, failure).await?;
+                    return Ok(false);
+                }
+            }
+        }
+        let ops = leases
+            .iter()
+            .map(|l| {
+                core.pending_releases.insert(l.stream_id, l.lease_epoch);
+                Op::PendingRelease { stream_id: l.stream_id, lease_epoch: l.lease_epoch }
+            })
+            .collect();
+        self.inner.state.write(ops).await?;
+        Ok(false)
+    }
+
+    /// Uploads unsynced records in batches; marks them synced once the
+    /// orchestrator acknowledged them. Runs after every registration and,
+    /// in normal mode, once per heartbeat when something was recorded.
+    pub(super) async fn sync_records(&self, core: &mut Core) -> Result<(), Error> {
+        loop {
+            let batch = self.inner.state.unsynced(SYNC_BATCH).await?;
+            if batch.is_empty() {
+                return Ok(());
+            }
+            let Some(session) = core.session.clone() else { return Ok(()) };
+            let held = core.held();
+            let records: Vec<v1::ProcessingRecord> = batch
+                .iter()
+                .map(|r| v1::ProcessingRecord {
+                    stream_id: r.stream_id,
+                    lease_epoch: r.lease_epoch,
+                    processed_at: Some(prost_types::Timestamp {
+                        seconds: r.processed_at_ms.div_euclid(1000),
+                        nanos: (r.processed_at_ms.rem_euclid(1000) * 1_000_000) as i32,
+                    }),
+                    sequence: r.sequence,
+                    local_mode: r.local_mode,
+                })
+                .collect();
+            let last = batch.last().map_or(0, |r| r.sequence);
+            let request = v1::SyncLocalStateRequest {
+                session: Some(session),
+                held_leases: held,
+                records,
+                request_id: request_id(),
+            };
+            let answer =
+                self.call(request, |mut grpc, request| async move { grpc.sync_local_state(request).await }).await;
+            match answer {
+                Ok(r) => {
+                    let revoked = apply_decisions(core, &r.decisions);
+                    let through = r.acknowledged_through_sequence.min(last);
+                    if r.stale_records > 0 {
+                        tracing::info!(stale = r.stale_records, "uploaded records made under an old lease epoch");
+                    }
+                    self.inner.state.write(vec![Op::SyncedThrough(through), Op::Leases(core.leases.clone())]).await?;
+                    // Stop first (publish), then release: the orchestrator
+                    // waits for the release before it reassigns.
+                    self.publish(core);
+                    if !revoked.is_empty() {
+                        self.release_locked(core, revoked).await?;
+                    }
+                    if through < last {
+                        tracing::warn!(
+                            through,
+                            last,
+                            "the orchestrator acknowledged fewer records than sent; will retry"
+                        );
+                        self.inner.records_waiting.store(true, Ordering::Release);
+                        return Ok(());
+                    }
+                }
+                Err(failure) => {
+                    self.inner.records_waiting.store(true, Ordering::Release);
+                    return self.on_failure(core, failure).await;
+                }
+            }
+        }
+    }
+
+    pub(super) async fn maybe_enter_local(&self, core: &mut Core, why: &str) -> Result<(), Error> {
+        if self.is_local() {
+            return Ok(());
+        }
+        let open = self.inner.breaker.state().is_open();
+        let silent_for = self.silent_for();
+        let holding = !core.leases.is_empty() && core.session.is_none();
+        if open || silent_for >= self.inner.config.local_mode_after || holding {
+            self.inner.local.store(true, Ordering::Release);
+            self.inner.metrics.local_mode_activations.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(reason = %why, leases = core.leases.len(), "orchestrator unreachable: entering local mode");
+            self.inner
+                .state
+                .write(vec![Op::Transition { at_ms: now_ms(), mode: "local", reason: why.to_owned() }])
+                .await?;
+            self.publish(core);
+        }
+        Ok(())
+    }
+
+    pub(super) async fn leave_local(&self) -> Result<(), Error> {
+        if !self.is_local() {
+            return Ok(());
+        }
+        self.inner.local.store(false, Ordering::Release);
+        self.inner.halted.store(false, Ordering::Release);
+        tracing::info!("orchestrator reachable again: back to normal mode");
+        self.inner
+            .state
+            .write(vec![Op::Transition { at_ms: now_ms(), mode: "normal", reason: "reconnected".into() }])
+            .await
+    }
+}

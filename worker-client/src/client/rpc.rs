@@ -1,0 +1,97 @@
+//! The one path to the orchestrator: every call through retry (outside)
+//! and the circuit breaker (inside) with gRPC classification, and what a
+//! failed call means for the client.
+
+use std::future::Future;
+use std::sync::atomic::Ordering;
+use std::time::SystemTime;
+
+use orchestrator_proto::v1::worker_service_client::WorkerServiceClient;
+use resilience::grpc;
+use resilience::{CallError, Outcome};
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+use tonic_types::StatusExt;
+
+use super::ResilientWorkerClient;
+use super::leases::Core;
+use crate::Error;
+
+/// How a call to the orchestrator failed.
+#[derive(Debug)]
+pub(super) enum Failure {
+    /// The session is fenced, expired or unknown: register again.
+    Session,
+    /// The orchestrator refused the call as invalid.
+    Rejected(Status),
+    /// The orchestrator could not be reached (or the breaker is open).
+    Unreachable(String),
+}
+
+/// A fresh idempotency key for one mutating call.
+pub(super) fn request_id() -> String {
+    format!("wc-{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..))
+}
+
+fn is_session_error(status: &Status) -> bool {
+    status.code() == Code::FailedPrecondition
+        && status
+            .get_error_details()
+            .error_info()
+            .is_some_and(|info| orchestrator_proto::reason::is_session_reason(&info.reason))
+}
+
+impl ResilientWorkerClient {
+    /// One RPC through retry and breaker, classified for gRPC. `rpc` makes
+    /// one attempt from a client handle and a copy of `request` (the same
+    /// request, so the same `request_id`, on every attempt).
+    pub(super) async fn call<Req, T, F, Fut>(&self, request: Req, rpc: F) -> Result<T, Failure>
+    where
+        Req: Clone,
+        F: Fn(WorkerServiceClient<Channel>, Req) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let f = || rpc(self.inner.grpc.clone(), request.clone());
+        let m = &self.inner.metrics;
+        m.total.fetch_add(1, Ordering::Relaxed);
+        let breaker = &self.inner.breaker;
+        let is_failure = |s: &Status| grpc::breaker_outcome(grpc::status_code(s)) == Outcome::Failure;
+        let classify = CallError::retry_action(grpc::retry_action);
+        let result = self.inner.retry.execute(&classify, None, || breaker.call_with(is_failure, &f)).await;
+        match result {
+            Ok(response) => {
+                m.successful.fetch_add(1, Ordering::Relaxed);
+                *self.inner.last_contact.lock().unwrap_or_else(|p| p.into_inner()) = Some(SystemTime::now());
+                Ok(response.into_inner())
+            }
+            Err(e) => {
+                m.failed.fetch_add(1, Ordering::Relaxed);
+                Err(match e {
+                    CallError::Inner(status) if is_session_error(&status) => Failure::Session,
+                    CallError::Inner(status) if grpc::is_caller_error(grpc::status_code(&status)) => {
+                        Failure::Rejected(status)
+                    }
+                    other => Failure::Unreachable(other.to_string()),
+                })
+            }
+        }
+    }
+
+    /// What a failed call means for the client.
+    pub(super) async fn on_failure(&self, core: &mut Core, failure: Failure) -> Result<(), Error> {
+        match failure {
+            Failure::Rejected(status) => {
+                Err(Error::Rejected { code: status.code(), message: status.message().to_owned() })
+            }
+            Failure::Session => {
+                tracing::info!("session no longer valid; registering again");
+                core.session = None;
+                Box::pin(self.register_locked(core)).await.map(|_| ())
+            }
+            Failure::Unreachable(why) => {
+                tracing::debug!(%why, "orchestrator unreachable");
+                self.maybe_enter_local(core, &why).await
+            }
+        }
+    }
+}
