@@ -1,13 +1,12 @@
 //! The real `orchestrator` binary as a process: restart after SIGKILL with
 //! zero moves, bad database files, and the admin CLI against a live server.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
+use fixtures::OrchestratorProcess;
 use orchestrator_proto::v1;
 use orchestrator_proto::v1::admin_service_client::AdminServiceClient;
 use orchestrator_proto::v1::worker_service_client::WorkerServiceClient;
@@ -15,74 +14,9 @@ use tonic::transport::Channel;
 
 const BIN: &str = env!("CARGO_BIN_EXE_orchestrator");
 
-struct Proc {
-    child: Child,
-    addr: SocketAddr,
-    /// Log lines up to and including "orchestrator serving".
-    startup: Vec<String>,
-    log: mpsc::Receiver<String>,
-}
-
-impl Proc {
-    /// Waits up to `limit` for a log line (after start-up) that `want`
-    /// accepts; the lines read meanwhile are returned on failure.
-    fn wait_log(&self, limit: Duration, want: impl Fn(&str) -> bool) -> Result<String, Vec<String>> {
-        let deadline = Instant::now() + limit;
-        let mut seen = Vec::new();
-        while let Ok(line) = self.log.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            if want(&line) {
-                return Ok(line);
-            }
-            seen.push(line);
-        }
-        Err(seen)
-    }
-}
-
-impl Drop for Proc {
-    /// A failing test must not leave a server behind.
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts `orchestrator serve` on a free port and waits for its
-/// "orchestrator serving" log line, which names the address.
-#[allow(clippy::zombie_processes)] // the child is waited for by `Proc`'s `Drop`
-fn start(db: &Path, extra: &[&str]) -> Proc {
-    let mut child = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--database"])
-        .arg(db)
-        .args(extra)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the orchestrator binary");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, log) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut startup = Vec::new();
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = log.recv_timeout(left).expect("the orchestrator did not report its address in time");
-        let addr = line
-            .contains("orchestrator serving")
-            .then(|| line.split_whitespace().find_map(|w| w.strip_prefix("addr=")).map(str::to_owned))
-            .flatten();
-        startup.push(line);
-        if let Some(addr) = addr {
-            return Proc { child, addr: addr.parse().expect("address"), startup, log };
-        }
-    }
+/// Starts `orchestrator serve` on a free port with `extra` flags.
+fn start(db: &Path, extra: &[&str]) -> OrchestratorProcess {
+    OrchestratorProcess::start_binary(Path::new(BIN), db, extra)
 }
 
 async fn channel(addr: SocketAddr) -> Channel {
@@ -116,7 +50,8 @@ async fn assignments(admin: &mut AdminServiceClient<Channel>) -> Vec<(String, i6
 async fn settle(w: &mut WorkerServiceClient<Channel>, session: &v1::SessionRef, want: usize) -> Vec<v1::Lease> {
     let mut held: Vec<v1::Lease> = Vec::new();
     let mut ack = Vec::new();
-    for _ in 0..100 {
+    let deadline = std::time::Instant::now() + fixtures::patient(Duration::from_secs(5));
+    while std::time::Instant::now() < deadline {
         let r = w
             .heartbeat(v1::HeartbeatRequest {
                 session: Some(session.clone()),
@@ -153,7 +88,7 @@ async fn a_sigkilled_orchestrator_restarts_with_zero_moves() {
     let db = dir.path().join("orchestrator.db");
     let flags =
         ["--heartbeat-interval", "200ms", "--session-timeout", "3s", "--grace", "20s", "--drain-timeout", "500ms"];
-    let mut p1 = start(&db, &flags);
+    let p1 = start(&db, &flags);
     let mut admin = AdminServiceClient::new(channel(p1.addr).await);
     let streams = (1..=6).map(|stream_id| v1::StreamSpec { stream_id, name: String::new(), source_url: String::new() });
     admin.add_streams(v1::AddStreamsRequest { streams: streams.collect(), request_id: rid() }).await.unwrap();
@@ -177,8 +112,7 @@ async fn a_sigkilled_orchestrator_restarts_with_zero_moves() {
     let before = assignments(&mut admin).await;
     assert_eq!(before.len(), 6);
 
-    p1.child.kill().unwrap(); // SIGKILL
-    p1.child.wait().unwrap();
+    p1.kill(); // SIGKILL
 
     let mut p2 = start(&db, &flags);
     let mut admin = AdminServiceClient::new(channel(p2.addr).await);
@@ -215,26 +149,12 @@ async fn a_sigkilled_orchestrator_restarts_with_zero_moves() {
     assert!(!status.in_grace_period, "grace ends once every known worker is back");
 
     // SIGTERM: graceful shutdown, exit 0.
-    let pid = p2.child.id().to_string();
+    let pid = p2.process.child().id().to_string();
     Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    let code = wait_exit(&mut p2.child, Duration::from_secs(10));
+    let code = p2.process.wait_exit(Duration::from_secs(10));
     assert_eq!(code, Some(0));
-    let lines: Vec<String> = p2.log.try_iter().collect();
-    assert!(lines.iter().any(|l| l.contains("stopped cleanly")), "{lines:?}");
-}
-
-fn wait_exit(child: &mut Child, limit: Duration) -> Option<i32> {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status.code();
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("the process did not exit in time");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let logged = p2.process.wait_log(Duration::from_secs(5), |l| l.contains("stopped cleanly"));
+    assert!(logged.is_ok(), "{logged:?}");
 }
 
 /// Runs the binary to completion; returns (exit code, stdout, stderr).
@@ -294,7 +214,7 @@ async fn the_admin_cli_talks_to_a_running_server() {
     assert!(out.contains("demo-1") && out.lines().count() >= 9, "{out}");
     let (code, out, _) = run(&["--addr", &addr, "rebalancing", "pause", "--reason", "test"]);
     assert_eq!((code, out.trim()), (Some(0), "rebalancing paused"));
-    let logged = p.wait_log(Duration::from_secs(5), |l| l.contains("rebalancing paused:"));
+    let logged = p.process.wait_log(Duration::from_secs(5), |l| l.contains("rebalancing paused:"));
     assert!(logged.as_ref().is_ok_and(|l| l.contains("reason=test")), "{logged:?}");
     let (code, _, err) = run(&["--addr", &addr, "drain", "nobody"]);
     assert_eq!(code, Some(1));
@@ -304,8 +224,7 @@ async fn the_admin_cli_talks_to_a_running_server() {
     assert_eq!(code, Some(1));
     let doc: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
     assert_eq!((doc["code"].as_str(), doc["address"].as_str()), (Some("NOT_FOUND"), Some(addr.as_str())), "{doc}");
-    p.child.kill().unwrap();
-    p.child.wait().unwrap();
+    p.process.kill();
     let (code, _, err) = run(&["--addr", &addr, "status"]);
     assert_eq!(code, Some(1));
     assert!(err.contains(&format!("cannot reach the orchestrator at {addr}")), "{err}");
@@ -329,6 +248,7 @@ fn demo_streams_on_a_full_catalog_are_ignored_out_loud() {
     let db = dir.path().join("o.db");
     drop(start(&db, &["--demo-streams", "3"]));
     let p = start(&db, &["--demo-streams", "10"]);
-    let line = p.startup.iter().find(|l| l.contains("--demo-streams ignored"));
-    assert!(line.is_some_and(|l| l.contains("already has 3 stream(s)")), "{:?}", p.startup);
+    let startup = &p.process.startup;
+    let line = startup.iter().find(|l| l.contains("--demo-streams ignored"));
+    assert!(line.is_some_and(|l| l.contains("already has 3 stream(s)")), "{startup:?}");
 }

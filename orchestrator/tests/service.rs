@@ -5,8 +5,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use fixtures::InProcess;
 use orchestrator::engine::EngineConfig;
-use orchestrator::server::{OrchestratorServer, ServerConfig};
+use orchestrator::server::ServerConfig;
 use orchestrator_proto::v1;
 use orchestrator_proto::v1::admin_service_client::AdminServiceClient;
 use orchestrator_proto::v1::worker_service_client::WorkerServiceClient;
@@ -15,33 +16,22 @@ use tonic::transport::Channel;
 use tonic_types::StatusExt;
 
 struct Fixture {
+    orchestrator: InProcess,
     addr: SocketAddr,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    done: tokio::task::JoinHandle<()>,
     _dir: tempfile::TempDir,
 }
 
 impl Fixture {
     async fn start(engine: EngineConfig) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let config = ServerConfig {
+        let orchestrator = InProcess::start_with(ServerConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
             database: dir.path().join("orchestrator.db"),
             engine,
             ..ServerConfig::default()
-        };
-        let server = OrchestratorServer::bind(config).await.unwrap();
-        let addr = server.local_addr().unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let done = tokio::spawn(async move {
-            server
-                .serve(async {
-                    let _ = stopped.await;
-                })
-                .await
-                .unwrap();
-        });
-        Self { addr, stop: Some(stop), done, _dir: dir }
+        })
+        .await;
+        Self { addr: orchestrator.addr, orchestrator, _dir: dir }
     }
 
     async fn fast() -> Self {
@@ -67,8 +57,7 @@ impl Fixture {
     }
 
     async fn stop(mut self) {
-        let _ = self.stop.take().map(|s| s.send(()));
-        self.done.await.unwrap();
+        self.orchestrator.stop().await;
     }
 }
 

@@ -12,6 +12,8 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use clap::Parser;
@@ -93,6 +95,9 @@ async fn run(args: Args) -> Result<(), worker_client::Error> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     let mut health_tick = (!args.health_every.is_zero()).then(|| tokio::time::interval(args.health_every));
     let mut local = false;
+    // Set on shutdown: each stream's task finishes the chunk in progress
+    // (its record is durable and acknowledged) and stops.
+    let stopping = Arc::new(AtomicBool::new(false));
     loop {
         // Start what is new, stop what is gone.
         let set = leases.borrow_and_update().clone();
@@ -111,11 +116,14 @@ async fn run(args: Args) -> Result<(), worker_client::Error> {
         for (stream_id, epoch) in set.iter() {
             running.entry(stream_id).or_insert_with(|| {
                 tracing::info!(stream_id, lease_epoch = epoch, "started processing");
-                let client = client.clone();
+                let (client, stopping) = (client.clone(), Arc::clone(&stopping));
                 let (every, print) = (args.chunk_interval, args.print_acks);
                 tokio::spawn(async move {
                     loop {
                         tokio::time::sleep(every).await;
+                        if stopping.load(Ordering::Acquire) {
+                            return;
+                        }
                         match client.record_stream_processing(stream_id).await {
                             Ok(sequence) if print => println!("ack {sequence}"),
                             Ok(_) => {}
@@ -143,8 +151,11 @@ async fn run(args: Args) -> Result<(), worker_client::Error> {
             }
         }
     }
+    // A revoked stream stops at once (above); on shutdown the chunks in
+    // progress finish first, so every record made was acknowledged.
+    stopping.store(true, Ordering::Release);
     for (_, task) in running {
-        task.abort();
+        let _ = task.await;
     }
     client.shutdown().await;
     tracing::info!("worker stopped");

@@ -3,136 +3,45 @@
 //! short timeouts and polls with a deadline.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
+use fixtures::{InProcess, add_streams, assignments, client_builder, eventually};
 use orchestrator::engine::EngineConfig;
-use orchestrator::server::{OrchestratorServer, ServerConfig};
+use orchestrator::server::ServerConfig;
 use orchestrator_proto::v1;
-use orchestrator_proto::v1::admin_service_client::AdminServiceClient;
 use worker_client::{ClientBuilder, Error, ResilientWorkerClient};
 
-struct Orch {
-    addr: SocketAddr,
-    db: PathBuf,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    done: Option<tokio::task::JoinHandle<()>>,
+/// The orchestrator in-process: heartbeat 50 ms, session timeout 600 ms.
+async fn orchestrator(db: &Path, listen: SocketAddr, max_streams_limit: u32) -> InProcess {
+    InProcess::start_with(ServerConfig {
+        listen,
+        database: db.to_path_buf(),
+        engine: EngineConfig {
+            heartbeat_interval: 50,
+            session_timeout: 600,
+            grace_period: 5_000,
+            max_streams_limit,
+            ..EngineConfig::default()
+        },
+        drain_timeout: Duration::from_millis(100),
+        ..ServerConfig::default()
+    })
+    .await
 }
 
-impl Orch {
-    async fn start(db: &Path, listen: SocketAddr, max_streams_limit: u32) -> Self {
-        let config = ServerConfig {
-            listen,
-            database: db.to_path_buf(),
-            engine: EngineConfig {
-                heartbeat_interval: 50,
-                session_timeout: 600,
-                grace_period: 5_000,
-                max_streams_limit,
-                ..EngineConfig::default()
-            },
-            drain_timeout: Duration::from_millis(100),
-            ..ServerConfig::default()
-        };
-        let server = OrchestratorServer::bind(config).await.unwrap();
-        let addr = server.local_addr().unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let done = tokio::spawn(async move {
-            server
-                .serve(async {
-                    let _ = stopped.await;
-                })
-                .await
-                .unwrap();
-        });
-        Self { addr, db: db.to_path_buf(), stop: Some(stop), done: Some(done) }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    async fn admin(&self) -> AdminServiceClient<tonic::transport::Channel> {
-        AdminServiceClient::connect(self.url()).await.unwrap()
-    }
-
-    async fn add_streams(&self, ids: std::ops::RangeInclusive<i64>) {
-        let streams = ids.map(|stream_id| v1::StreamSpec { stream_id, name: String::new(), source_url: String::new() });
-        self.admin()
-            .await
-            .add_streams(v1::AddStreamsRequest {
-                streams: streams.collect(),
-                request_id: format!("add-{}", fastrand::u64(..)),
-            })
-            .await
-            .unwrap();
-    }
-
-    async fn assignments(&self, server_id: &str) -> Vec<v1::Lease> {
-        let r = self
-            .admin()
-            .await
-            .list_assignments(v1::ListAssignmentsRequest {
-                server_id: server_id.into(),
-                page_size: 0,
-                page_token: String::new(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        r.assignments.into_iter().filter_map(|a| a.lease).collect()
-    }
-
-    async fn stop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(done) = self.done.take() {
-            done.await.unwrap();
-        }
-    }
-
-    /// The processing records the orchestrator stored for a worker.
-    fn records(&self, server_id: &str) -> Vec<(u64, i64, u64, bool)> {
-        let store = orchestrator::store::SqliteStore::open(&self.db).unwrap();
-        store.records_of(server_id).unwrap()
-    }
-}
-
-macro_rules! eventually {
-    ($limit:expr, $check:expr) => {{
-        let deadline = tokio::time::Instant::now() + $limit;
-        loop {
-            if $check {
-                break;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "not in time: {}", stringify!($check));
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }};
-}
-
+/// The fixtures' test timings, five streams at most, and a breaker that
+/// opens on one failed call (two attempts) so that a start-up without the
+/// orchestrator goes to local mode at once.
 fn fast(url: &str, id: &str, state: &Path) -> ClientBuilder {
-    ResilientWorkerClient::builder(url, id)
-        .max_streams(5)
-        .state_path(state)
-        .circuit_failure_threshold(2)
-        .circuit_recovery_timeout(Duration::from_millis(200))
-        .circuit_success_threshold(1)
-        .circuit_timeout(Duration::from_secs(2))
-        .retry_max_attempts(2)
-        .retry_base_delay(Duration::from_millis(10))
-        .retry_max_delay(Duration::from_millis(50))
-        .local_mode_after(Duration::from_millis(300))
-        .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(100))
-        .connect_timeout(Duration::from_millis(300))
+    client_builder(url, id, state).max_streams(5).circuit_failure_threshold(2)
 }
 
 #[tokio::test]
 async fn every_method_in_normal_mode() {
     let dir = tempfile::tempdir().unwrap();
-    let mut o = Orch::start(&dir.path().join("o.db"), "127.0.0.1:0".parse().unwrap(), 100).await;
-    o.add_streams(1..=8).await;
+    let mut o = orchestrator(&dir.path().join("o.db"), "127.0.0.1:0".parse().unwrap(), 100).await;
+    add_streams(o.addr, 1..=8).await;
     let client = fast(&o.url(), "w1", &dir.path().join("w1.db")).build().await.unwrap();
     let mut leases = client.leases();
     client.start().await.unwrap();
@@ -149,7 +58,10 @@ async fn every_method_in_normal_mode() {
     assert!(client.request_streams(1).await.unwrap().is_empty(), "already at max_streams");
     assert!(client.release_streams(&held[..2]).await.unwrap());
     assert!(!client.can_process_stream(held[0]));
-    eventually!(Duration::from_secs(5), o.assignments("w1").await.len() == 5 && client.leases().borrow().len() == 5);
+    eventually!(
+        Duration::from_secs(5),
+        assignments(o.addr, "w1").await.len() == 5 && client.leases().borrow().len() == 5
+    );
 
     let health = client.health_check().await.to_json();
     let keys: Vec<&str> = health.as_object().unwrap().keys().map(String::as_str).collect();
@@ -187,7 +99,7 @@ async fn every_method_in_normal_mode() {
     assert!(detailed["circuit_breaker"]["history"].is_array());
 
     client.shutdown().await;
-    assert!(o.assignments("w1").await.is_empty(), "shutdown releases and deregisters");
+    assert!(assignments(o.addr, "w1").await.is_empty(), "shutdown releases and deregisters");
     assert!(client.leases().borrow().is_empty());
     assert!(matches!(client.send_heartbeat().await, Err(Error::ShutDown)));
     o.stop().await;
@@ -197,8 +109,8 @@ async fn every_method_in_normal_mode() {
 async fn an_outage_goes_to_local_mode_and_back_with_every_record_synced_once() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("o.db");
-    let mut o = Orch::start(&db, "127.0.0.1:0".parse().unwrap(), 100).await;
-    o.add_streams(1..=3).await;
+    let mut o = orchestrator(&db, "127.0.0.1:0".parse().unwrap(), 100).await;
+    add_streams(o.addr, 1..=3).await;
     let client = fast(&o.url(), "w1", &dir.path().join("w1.db")).build().await.unwrap();
     let mut leases = client.leases();
     client.start().await.unwrap();
@@ -224,7 +136,7 @@ async fn an_outage_goes_to_local_mode_and_back_with_every_record_synced_once() {
     assert!(!client.release_streams(&[before[2].0]).await.unwrap());
 
     // The orchestrator comes back on the same address and database.
-    let mut o = Orch::start(&db, addr, 100).await;
+    let mut o = orchestrator(&db, addr, 100).await;
     eventually!(Duration::from_secs(10), !leases.borrow_and_update().local_mode());
     assert_eq!(client.health_check().await.metrics.local_mode_activations, 1);
     eventually!(Duration::from_secs(5), o.records("w1").len() == recorded.len());
@@ -241,8 +153,8 @@ async fn an_outage_goes_to_local_mode_and_back_with_every_record_synced_once() {
 #[tokio::test]
 async fn an_expired_session_is_fenced_and_the_client_registers_again() {
     let dir = tempfile::tempdir().unwrap();
-    let mut o = Orch::start(&dir.path().join("o.db"), "127.0.0.1:0".parse().unwrap(), 100).await;
-    o.add_streams(1..=2).await;
+    let mut o = orchestrator(&dir.path().join("o.db"), "127.0.0.1:0".parse().unwrap(), 100).await;
+    add_streams(o.addr, 1..=2).await;
     // No background task: the client stays silent past the session timeout.
     let client = fast(&o.url(), "w1", &dir.path().join("w1.db"))
         .local_mode_after(Duration::from_secs(60))
@@ -252,7 +164,11 @@ async fn an_expired_session_is_fenced_and_the_client_registers_again() {
     assert!(client.register().await.unwrap());
     assert!(client.send_heartbeat().await.unwrap());
     assert_eq!(client.leases().borrow().len(), 2);
-    tokio::time::sleep(Duration::from_millis(900)).await; // > session timeout (600 ms)
+    // Silent until the orchestrator expired the session (600 ms).
+    eventually!(Duration::from_secs(5), {
+        let workers = fixtures::admin(o.addr).await.list_workers(v1::ListWorkersRequest {}).await.unwrap();
+        workers.into_inner().workers.iter().any(|w| w.state == v1::WorkerState::Expired as i32)
+    });
     assert!(client.send_heartbeat().await.unwrap() || client.send_heartbeat().await.unwrap());
     let detailed = client.detailed_status().await;
     assert_eq!(detailed["local_state"]["session"]["worker_epoch"], 2, "registered again");
@@ -265,7 +181,7 @@ async fn an_expired_session_is_fenced_and_the_client_registers_again() {
 #[tokio::test]
 async fn invalid_arguments_come_back_to_the_caller_and_never_trip_the_breaker() {
     let dir = tempfile::tempdir().unwrap();
-    let mut o = Orch::start(&dir.path().join("o.db"), "127.0.0.1:0".parse().unwrap(), 3).await;
+    let mut o = orchestrator(&dir.path().join("o.db"), "127.0.0.1:0".parse().unwrap(), 3).await;
     let client = fast(&o.url(), "w1", &dir.path().join("w1.db")).max_streams(5).build().await.unwrap();
     for _ in 0..5 {
         match client.register().await {
@@ -286,8 +202,8 @@ async fn invalid_arguments_come_back_to_the_caller_and_never_trip_the_breaker() 
 async fn a_worker_restarted_during_an_outage_processes_from_its_state_file() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("w1.db");
-    let mut o = Orch::start(&dir.path().join("o.db"), "127.0.0.1:0".parse().unwrap(), 100).await;
-    o.add_streams(1..=2).await;
+    let mut o = orchestrator(&dir.path().join("o.db"), "127.0.0.1:0".parse().unwrap(), 100).await;
+    add_streams(o.addr, 1..=2).await;
     {
         let client = fast(&o.url(), "w1", &state).build().await.unwrap();
         client.start().await.unwrap();
@@ -308,8 +224,8 @@ async fn a_worker_restarted_during_an_outage_processes_from_its_state_file() {
 #[tokio::test]
 async fn the_local_mode_limit_stops_processing() {
     let dir = tempfile::tempdir().unwrap();
-    let mut o = Orch::start(&dir.path().join("o.db"), "127.0.0.1:0".parse().unwrap(), 100).await;
-    o.add_streams(1..=2).await;
+    let mut o = orchestrator(&dir.path().join("o.db"), "127.0.0.1:0".parse().unwrap(), 100).await;
+    add_streams(o.addr, 1..=2).await;
     let client = fast(&o.url(), "w1", &dir.path().join("w1.db"))
         .local_mode_limit(Duration::from_millis(400))
         .build()
@@ -319,11 +235,9 @@ async fn the_local_mode_limit_stops_processing() {
     client.start().await.unwrap();
     eventually!(Duration::from_secs(5), leases.borrow_and_update().len() == 2);
     o.stop().await;
-    let stopped_at = tokio::time::Instant::now();
-    eventually!(Duration::from_secs(5), leases.borrow_and_update().is_empty());
     // Within the limit (counted from the last contact) plus scheduling slack,
-    // well below the orchestrator's 600 ms session timeout.
-    assert!(stopped_at.elapsed() < Duration::from_millis(600), "{:?}", stopped_at.elapsed());
+    // below the orchestrator's 600 ms session timeout (times patience).
+    eventually!(Duration::from_millis(600), leases.borrow_and_update().is_empty());
     assert!(client.health_check().await.local_mode_active || client.leases().borrow().is_empty());
     client.shutdown().await;
 }

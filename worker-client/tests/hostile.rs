@@ -2,12 +2,11 @@
 //! client ignores what it cannot trust, never panics, never exceeds its
 //! `max_streams`, and keeps its state consistent.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use orchestrator_proto::v1;
-use orchestrator_proto::v1::worker_service_server::{WorkerService, WorkerServiceServer};
+use orchestrator_proto::v1::worker_service_server::WorkerService;
 use tonic::{Request, Response, Status};
 use worker_client::ResilientWorkerClient;
 
@@ -94,14 +93,7 @@ impl WorkerService for Hostile {
 
 #[tokio::test]
 async fn hostile_answers_are_ignored_or_refused_never_trusted() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let fake = Arc::new(Hostile::default());
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(WorkerServiceServer::from_arc(Arc::clone(&fake)))
-            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
-    );
+    let addr = fixtures::serve_fake(Hostile::default()).await;
     let dir = tempfile::tempdir().unwrap();
     let client = ResilientWorkerClient::builder(format!("http://{addr}"), "w1")
         .max_streams(3)

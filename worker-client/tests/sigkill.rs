@@ -2,21 +2,20 @@
 //! recording and restarted from its state file: no acknowledged record is
 //! lost or duplicated on its way to the orchestrator.
 
+use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use fixtures::InProcess;
 use orchestrator::engine::EngineConfig;
-use orchestrator::server::{OrchestratorServer, ServerConfig};
-use orchestrator_proto::v1;
+use orchestrator::server::ServerConfig;
 
 /// The example binary, built by `cargo test` next to the test binaries.
 fn worker_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(|d| d.parent()).unwrap();
-    let bin = dir.join("examples").join("worker");
+    let bin = fixtures::target_dir().join("examples").join("worker");
     assert!(
         bin.exists(),
         "the example worker is not built at {}: run `cargo build -p worker-client --example worker` first (`cargo test --workspace` builds it)",
@@ -65,7 +64,7 @@ fn start_worker(url: &str, state: &std::path::Path) -> Worker {
 async fn a_sigkilled_worker_loses_and_duplicates_no_acknowledged_record() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("o.db");
-    let config = ServerConfig {
+    let mut o = InProcess::start_with(ServerConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         database: db.clone(),
         engine: EngineConfig {
@@ -76,48 +75,54 @@ async fn a_sigkilled_worker_loses_and_duplicates_no_acknowledged_record() {
         },
         drain_timeout: Duration::from_millis(100),
         ..ServerConfig::default()
-    };
-    let server = OrchestratorServer::bind(config).await.unwrap();
-    let url = format!("http://{}", server.local_addr().unwrap());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let serving = tokio::spawn(server.serve(async {
-        let _ = stopped.await;
-    }));
-    let mut admin = v1::admin_service_client::AdminServiceClient::connect(url.clone()).await.unwrap();
-    let streams = (1..=3).map(|stream_id| v1::StreamSpec { stream_id, name: String::new(), source_url: String::new() });
-    admin.add_streams(v1::AddStreamsRequest { streams: streams.collect(), request_id: "add".into() }).await.unwrap();
+    })
+    .await;
+    let url = o.url();
+    fixtures::add_streams(o.addr, 1..=3).await;
 
     let state = dir.path().join("w1.db");
-    let mut acked = Vec::new();
+    let deadline = Instant::now() + fixtures::patient(Duration::from_secs(30));
+    let mut before_kill = BTreeSet::new();
     {
         let worker = start_worker(&url, &state);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while acked.len() < 200 {
+        while before_kill.len() < 200 {
             let left = deadline.saturating_duration_since(Instant::now());
-            acked.push(worker.acks.recv_timeout(left).expect("the worker did not record in time"));
+            let seq = worker.acks.recv_timeout(left).expect("the worker did not record in time");
+            assert!(before_kill.insert(seq), "sequence {seq} acknowledged twice");
         }
         // SIGKILL mid-run (Drop kills it); keep what it printed before dying.
         drop(worker);
     }
 
     // Restarted from its state file, it re-registers and uploads what it
-    // had not synced yet.
-    let worker = start_worker(&url, &state);
-    let expected: std::collections::BTreeSet<u64> = acked.iter().copied().collect();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let stored = loop {
-        let store = orchestrator::store::SqliteStore::open(&db).unwrap();
-        let stored: Vec<u64> = store.records_of("w1").unwrap().iter().map(|r| r.0).collect();
-        if expected.iter().all(|s| stored.binary_search(s).is_ok()) {
-            break stored;
-        }
-        assert!(Instant::now() < deadline, "acknowledged records missing: {} of {}", expected.len(), stored.len());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    let unique: std::collections::BTreeSet<u64> = stored.iter().copied().collect();
-    assert_eq!(unique.len(), stored.len(), "no record stored twice");
-    assert!(stored.windows(2).all(|w| w[0] < w[1]));
-    drop(worker);
-    let _ = stop.send(());
-    serving.await.unwrap().unwrap();
+    // had not synced yet; it goes on recording. Stop it cleanly (SIGTERM)
+    // after a while and collect every record it acknowledged.
+    let mut worker = start_worker(&url, &state);
+    let mut after_restart = BTreeSet::new();
+    while after_restart.len() < 100 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let seq = worker.acks.recv_timeout(left).expect("the restarted worker did not record in time");
+        assert!(after_restart.insert(seq), "sequence {seq} acknowledged twice");
+    }
+    let pid = worker.child.id().to_string();
+    std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let status = worker.child.wait().unwrap();
+    assert!(status.success(), "the worker stops cleanly on SIGTERM: {status:?}");
+    // Everything it printed before exiting (the reader ends at end of file).
+    for seq in worker.acks.iter() {
+        assert!(after_restart.insert(seq), "sequence {seq} acknowledged twice");
+    }
+
+    // What the orchestrator stored is what the worker produced: every
+    // acknowledged record, and nothing else but records made durable in
+    // the instant before the SIGKILL, between the last "ack" printed and
+    // the first sequence of the restarted run.
+    let produced: BTreeSet<u64> = before_kill.union(&after_restart).copied().collect();
+    let stored: BTreeSet<u64> = o.records("w1").iter().map(|r| r.0).collect();
+    let missing: Vec<&u64> = produced.difference(&stored).collect();
+    assert!(missing.is_empty(), "acknowledged records missing: {missing:?}");
+    let (last_before, first_after) = (before_kill.last().copied().unwrap(), after_restart.first().copied().unwrap());
+    let unknown: Vec<&u64> = stored.difference(&produced).filter(|&&s| !(last_before < s && s < first_after)).collect();
+    assert!(unknown.is_empty(), "records stored that the worker never made: {unknown:?}");
+    o.stop().await;
 }
