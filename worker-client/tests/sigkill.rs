@@ -84,14 +84,18 @@ async fn a_sigkilled_worker_loses_and_duplicates_no_acknowledged_record() {
     let deadline = Instant::now() + fixtures::patient(Duration::from_secs(30));
     let mut before_kill = BTreeSet::new();
     {
-        let worker = start_worker(&url, &state);
+        let mut worker = start_worker(&url, &state);
         while before_kill.len() < 200 {
             let left = deadline.saturating_duration_since(Instant::now());
             let seq = worker.acks.recv_timeout(left).expect("the worker did not record in time");
             assert!(before_kill.insert(seq), "sequence {seq} acknowledged twice");
         }
-        // SIGKILL mid-run (Drop kills it); keep what it printed before dying.
-        drop(worker);
+        // SIGKILL mid-run; keep everything it printed before dying.
+        worker.child.kill().unwrap();
+        worker.child.wait().unwrap();
+        for seq in worker.acks.iter() {
+            assert!(before_kill.insert(seq), "sequence {seq} acknowledged twice");
+        }
     }
 
     // Restarted from its state file, it re-registers and uploads what it
@@ -114,15 +118,18 @@ async fn a_sigkilled_worker_loses_and_duplicates_no_acknowledged_record() {
     }
 
     // What the orchestrator stored is what the worker produced: every
-    // acknowledged record, and nothing else but records made durable in
-    // the instant before the SIGKILL, between the last "ack" printed and
-    // the first sequence of the restarted run.
+    // acknowledged record, and nothing else but the records made durable
+    // in the instant before the SIGKILL and not printed yet: at most one
+    // per stream (3), all before the restarted run's first sequence.
     let produced: BTreeSet<u64> = before_kill.union(&after_restart).copied().collect();
     let stored: BTreeSet<u64> = o.records("w1").iter().map(|r| r.0).collect();
     let missing: Vec<&u64> = produced.difference(&stored).collect();
     assert!(missing.is_empty(), "acknowledged records missing: {missing:?}");
-    let (last_before, first_after) = (before_kill.last().copied().unwrap(), after_restart.first().copied().unwrap());
-    let unknown: Vec<&u64> = stored.difference(&produced).filter(|&&s| !(last_before < s && s < first_after)).collect();
-    assert!(unknown.is_empty(), "records stored that the worker never made: {unknown:?}");
+    let first_after = after_restart.first().copied().unwrap();
+    let unknown: Vec<&u64> = stored.difference(&produced).collect();
+    assert!(
+        unknown.len() <= 3 && unknown.iter().all(|&&s| s < first_after),
+        "records stored that the worker never made: {unknown:?}"
+    );
     o.stop().await;
 }
