@@ -265,8 +265,8 @@ impl WorkerService for Echo {
         Ok(Response::new(v1::RegisterResponse {
             session: Some(v1::SessionRef { server_id: r.server_id, session_id: "0.1".into(), worker_epoch: 1 }),
             held_lease_decisions: vec![],
-            heartbeat_interval: Some(prost_types::Duration { seconds: 5, nanos: 0 }),
-            session_timeout: Some(prost_types::Duration { seconds: 30, nanos: 0 }),
+            heartbeat_interval: Duration::from_secs(5).try_into().ok(),
+            session_timeout: Duration::from_secs(30).try_into().ok(),
         }))
     }
 
@@ -274,7 +274,7 @@ impl WorkerService for Echo {
         Ok(Response::new(v1::HeartbeatResponse {
             assign: vec![],
             revoke: vec![],
-            next_heartbeat_interval: Some(prost_types::Duration { seconds: 5, nanos: 0 }),
+            next_heartbeat_interval: Duration::from_secs(5).try_into().ok(),
             draining: false,
         }))
     }

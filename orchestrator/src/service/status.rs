@@ -98,25 +98,53 @@ pub(crate) fn decision_out(d: LeaseDecision) -> v1::LeaseDecision {
     }
 }
 
+/// A duration on the wire (saturating at the protobuf maximum).
 pub(crate) fn duration_out(d: Duration) -> prost_types::Duration {
-    prost_types::Duration {
-        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
-        nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
-    }
+    prost_types::Duration::try_from(d).unwrap_or(prost_types::Duration { seconds: i64::MAX, nanos: 999_999_999 })
 }
 
+/// Unix milliseconds on the wire.
 pub(crate) fn timestamp_ms(unix_ms: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp { seconds: unix_ms.div_euclid(1000), nanos: (unix_ms.rem_euclid(1000) * 1_000_000) as i32 }
+    let offset = Duration::from_millis(unix_ms.unsigned_abs());
+    let t = if unix_ms >= 0 { UNIX_EPOCH.checked_add(offset) } else { UNIX_EPOCH.checked_sub(offset) };
+    t.map_or_else(prost_types::Timestamp::default, prost_types::Timestamp::from)
 }
 
-/// A timestamp in Unix milliseconds, if it is a valid one.
+/// A timestamp in Unix milliseconds, if it is a valid one (`nanos` in
+/// range: prost-types would normalize it, the contract refuses it).
 pub(crate) fn timestamp_in(t: &prost_types::Timestamp) -> Option<i64> {
     if !(0..1_000_000_000).contains(&t.nanos) {
         return None;
     }
-    t.seconds.checked_mul(1000)?.checked_add(i64::from(t.nanos / 1_000_000))
+    let time = SystemTime::try_from(*t).ok()?;
+    Some(match time.duration_since(UNIX_EPOCH) {
+        Ok(after) => i64::try_from(after.as_millis()).ok()?,
+        Err(before) => -i64::try_from(before.duration().as_millis()).ok()?,
+    })
 }
 
 pub(crate) fn unix_ms(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_times_round_trip_and_bad_nanos_are_refused() {
+        let ts = |seconds, nanos| prost_types::Timestamp { seconds, nanos };
+        assert_eq!(timestamp_ms(1_500), ts(1, 500_000_000));
+        assert_eq!(timestamp_ms(-500), ts(-1, 500_000_000));
+        for ms in [0, 1, 999, 1_000, 1_700_000_000_123, -1, -500, -1_000] {
+            assert_eq!(timestamp_in(&timestamp_ms(ms)), Some(ms), "{ms}");
+        }
+        assert_eq!(timestamp_in(&ts(1, -1)), None);
+        assert_eq!(timestamp_in(&ts(1, 1_000_000_000)), None);
+        assert_eq!(
+            duration_out(Duration::from_millis(1_250)),
+            prost_types::Duration { seconds: 1, nanos: 250_000_000 }
+        );
+        assert_eq!(duration_out(Duration::MAX).seconds, i64::MAX);
+    }
 }

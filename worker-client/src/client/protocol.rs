@@ -3,7 +3,7 @@
 //! processing records, and the mode changes they cause.
 
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, UNIX_EPOCH};
 
 use orchestrator_proto::v1;
 
@@ -228,10 +228,10 @@ impl ResilientWorkerClient {
                 .map(|r| v1::ProcessingRecord {
                     stream_id: r.stream_id,
                     lease_epoch: r.lease_epoch,
-                    processed_at: Some(prost_types::Timestamp {
-                        seconds: r.processed_at_ms.div_euclid(1000),
-                        nanos: (r.processed_at_ms.rem_euclid(1000) * 1_000_000) as i32,
-                    }),
+                    processed_at: u64::try_from(r.processed_at_ms)
+                        .ok()
+                        .and_then(|ms| UNIX_EPOCH.checked_add(Duration::from_millis(ms)))
+                        .map(prost_types::Timestamp::from),
                     sequence: r.sequence,
                     local_mode: r.local_mode,
                 })

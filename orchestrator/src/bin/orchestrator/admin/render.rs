@@ -1,7 +1,7 @@
 //! Rendering: pure functions from responses to the text printed, a table
 //! or one pretty-printed JSON document.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use orchestrator_proto::v1::{
     AddStreamsResponse, Assignment, DrainWorkerResponse, GetClusterStatusResponse, ListWorkersResponse,
@@ -84,9 +84,7 @@ fn system_time(ts: &prost_types::Timestamp) -> Option<SystemTime> {
     if !(0..YEAR_10000).contains(&ts.seconds) || !(0..1_000_000_000).contains(&ts.nanos) {
         return None;
     }
-    let secs = u64::try_from(ts.seconds).ok()?;
-    let nanos = u32::try_from(ts.nanos).ok()?;
-    UNIX_EPOCH.checked_add(Duration::new(secs, nanos))
+    SystemTime::try_from(*ts).ok()
 }
 
 /// RFC 3339 text of a timestamp, or a plain description if out of range.
@@ -322,6 +320,7 @@ mod tests {
     use super::*;
     use orchestrator_proto::v1::{Lease, StreamSpec, WorkerInfo};
     use prost_types::Timestamp;
+    use std::time::UNIX_EPOCH;
 
     fn ts(seconds: i64) -> Timestamp {
         Timestamp { seconds, nanos: 0 }
