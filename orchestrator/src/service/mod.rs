@@ -21,7 +21,7 @@ use orchestrator_proto::v1::worker_service_server::{WorkerService, WorkerService
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
-use crate::engine::{Change, Engine, EngineConfig, EngineError, LeaseState, Millis, StreamId, WorkerState};
+use crate::engine::{Change, Engine, EngineConfig, EngineError, Millis, StreamId};
 use crate::store::{Batch, Loaded, RecordRow, RecordUpload, RecordsOutcome, StoreHandle, StreamMeta};
 
 /// Limits of the service beyond the engine's.
@@ -407,23 +407,6 @@ fn page(size: u32, token: &str) -> Result<(usize, StreamId), Status> {
     Ok((size, after))
 }
 
-fn stream_state(state: LeaseState, live: bool) -> v1::StreamState {
-    match (state, live) {
-        (_, false) => v1::StreamState::Unassigned,
-        (LeaseState::Active, true) => v1::StreamState::Assigned,
-        (LeaseState::Revoking(_), true) => v1::StreamState::Revoking,
-    }
-}
-
-fn worker_state(state: WorkerState) -> v1::WorkerState {
-    match state {
-        WorkerState::Live => v1::WorkerState::Live,
-        WorkerState::Draining => v1::WorkerState::Draining,
-        WorkerState::Expired => v1::WorkerState::Expired,
-        WorkerState::AwaitingReregistration => v1::WorkerState::AwaitingReregistration,
-    }
-}
-
 #[tonic::async_trait]
 impl AdminService for AdminApi {
     async fn add_streams(
@@ -505,7 +488,8 @@ impl AdminService for AdminApi {
                     spec: Some(v1::StreamSpec { stream_id: id, name: meta.name, source_url: meta.source_url }),
                     owner_server_id: lease.filter(|l| l.owner_live).map(|l| l.server_id.clone()).unwrap_or_default(),
                     lease_epoch: lease.map_or(0, |l| l.lease.lease_epoch),
-                    state: lease.map_or(v1::StreamState::Unassigned, |l| stream_state(l.state, l.owner_live)) as i32,
+                    state: lease.map_or(v1::StreamState::Unassigned, |l| status::stream_state(l.state, l.owner_live))
+                        as i32,
                 }
             })
             .collect();
@@ -527,7 +511,7 @@ impl AdminService for AdminApi {
                 client_version: st.versions.get(&w.server_id).cloned().unwrap_or_default(),
                 server_id: w.server_id,
                 worker_epoch: w.worker_epoch,
-                state: worker_state(w.state) as i32,
+                state: status::worker_state(w.state) as i32,
                 max_streams: w.max_streams,
                 assigned_streams: w.owned,
                 last_heartbeat: Some(status::timestamp_ms(self.o.wall_ms(w.last_heartbeat))),
@@ -555,7 +539,7 @@ impl AdminService for AdminApi {
             .map(|l| v1::Assignment {
                 server_id: l.server_id,
                 lease: Some(status::lease_out(l.lease)),
-                state: stream_state(l.state, true) as i32,
+                state: status::stream_state(l.state, true) as i32,
             })
             .collect();
         let more = matching.next().is_some();

@@ -8,7 +8,7 @@ use orchestrator_proto::v1;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::engine::{EngineError, Lease, LeaseDecision, RevokeReason, SessionRef};
+use crate::engine::{EngineError, Lease, LeaseDecision, LeaseState, RevokeReason, SessionRef, WorkerState};
 use crate::store::StoreError;
 
 /// An engine refusal as the contract documents it.
@@ -125,6 +125,26 @@ pub(crate) fn timestamp_in(t: &prost_types::Timestamp) -> Option<i64> {
 
 pub(crate) fn unix_ms(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// A stream's state on the wire: a lease whose owner is not live is
+/// unassigned (placeable).
+pub(crate) fn stream_state(state: LeaseState, live: bool) -> v1::StreamState {
+    match (state, live) {
+        (_, false) => v1::StreamState::Unassigned,
+        (LeaseState::Active, true) => v1::StreamState::Assigned,
+        (LeaseState::Revoking(_), true) => v1::StreamState::Revoking,
+    }
+}
+
+/// A worker's state on the wire.
+pub(crate) fn worker_state(state: WorkerState) -> v1::WorkerState {
+    match state {
+        WorkerState::Live => v1::WorkerState::Live,
+        WorkerState::Draining => v1::WorkerState::Draining,
+        WorkerState::Expired => v1::WorkerState::Expired,
+        WorkerState::AwaitingReregistration => v1::WorkerState::AwaitingReregistration,
+    }
 }
 
 #[cfg(test)]
