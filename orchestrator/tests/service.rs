@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use fixtures::InProcess;
+use fixtures::{InProcess, eventually};
 use orchestrator::engine::EngineConfig;
 use orchestrator::server::ServerConfig;
 use orchestrator_proto::v1;
@@ -118,20 +118,6 @@ impl Sim {
         }
         Ok(r)
     }
-}
-
-/// Polls `check` until it holds or the deadline passes.
-macro_rules! eventually {
-    ($deadline:expr, $check:expr) => {{
-        let deadline = tokio::time::Instant::now() + $deadline;
-        loop {
-            if $check {
-                break;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "condition not met in time: {}", stringify!($check));
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }};
 }
 
 async fn assignments(admin: &mut AdminServiceClient<Channel>, server_id: &str) -> Vec<v1::Lease> {
