@@ -4,6 +4,7 @@ use std::time::Duration;
 use resilience::{CircuitBreakerConfig, ConfigError, RetryConfig};
 
 use crate::Error;
+use crate::connector::{Connector, SharedConnector, TcpConnector};
 
 /// Everything a [`ResilientWorkerClient`](crate::ResilientWorkerClient) is
 /// configured with. Built and validated by [`ClientBuilder`].
@@ -20,7 +21,7 @@ pub struct ClientConfig {
     pub(crate) local_mode_after: Duration,
     pub(crate) local_mode_limit: Option<Duration>,
     pub(crate) reconnect: RetryConfig,
-    pub(crate) connect_timeout: Duration,
+    pub(crate) connector: SharedConnector,
     pub(crate) client_version: String,
 }
 
@@ -69,6 +70,16 @@ impl ClientConfig {
 /// | `heartbeat_interval` | what the orchestrator says (5 s by default) |
 /// | `local_mode_after` | 30 s without a successful call (or the breaker open) |
 /// | `local_mode_limit` | none: process indefinitely in local mode |
+/// | `connector` | [`TcpConnector`]: TCP with HTTP/2 and TCP keepalive |
+///
+/// **Timing.** Each call's deadline is `min(circuit_timeout,
+/// local_mode_after)`, and the retries of one operation stop once it has
+/// taken `local_mode_after`: however the orchestrator fails (refuses, hangs,
+/// drops packets, answers too slowly), the client is in local mode within
+/// `local_mode_after` plus one heartbeat interval of its last successful
+/// call. `circuit_timeout` keeps the seed's meaning, the upper bound of one
+/// call. A call that fails for want of an answer drops its connection: the
+/// next call starts on a fresh one.
 ///
 /// ```no_run
 /// use std::time::Duration;
@@ -110,6 +121,7 @@ pub struct ClientBuilder {
     reconnect_base_delay: Duration,
     reconnect_max_delay: Duration,
     connect_timeout: Duration,
+    connector: Option<SharedConnector>,
     client_version: String,
 }
 
@@ -136,6 +148,7 @@ impl ClientBuilder {
             reconnect_base_delay: Duration::from_secs(1),
             reconnect_max_delay: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(5),
+            connector: None,
             client_version: concat!("worker-client/", env!("CARGO_PKG_VERSION")).to_owned(),
         }
     }
@@ -164,7 +177,9 @@ impl ClientBuilder {
         self
     }
 
-    /// Time after which one call counts as failed (default 30 s).
+    /// Time after which one call counts as failed (default 30 s). The
+    /// deadline a call really gets is the smaller of this and
+    /// [`local_mode_after`](Self::local_mode_after).
     pub fn circuit_timeout(mut self, d: Duration) -> Self {
         self.call_timeout = d;
         self
@@ -247,9 +262,20 @@ impl ClientBuilder {
         self
     }
 
-    /// Time allowed to open a connection (default 5 s).
+    /// Time allowed to open a connection (default 5 s), for the default
+    /// [`TcpConnector`]; a connector set with
+    /// [`connector`](Self::connector) has its own.
     pub fn connect_timeout(mut self, d: Duration) -> Self {
         self.connect_timeout = d;
+        self
+    }
+
+    /// How the client reaches the orchestrator (default: [`TcpConnector`]
+    /// with [`connect_timeout`](Self::connect_timeout)). Plug in TLS, a
+    /// Unix socket, a proxy or a network simulation here; see the
+    /// [`connector`](crate::connector) module.
+    pub fn connector(mut self, connector: impl Connector) -> Self {
+        self.connector = Some(SharedConnector(std::sync::Arc::new(connector)));
         self
     }
 
@@ -292,7 +318,7 @@ impl ClientBuilder {
             .failure_threshold(self.failure_threshold)
             .recovery_timeout(self.recovery_timeout)
             .success_threshold(self.success_threshold)
-            .timeout(self.call_timeout)
+            .timeout(self.call_timeout.min(self.local_mode_after))
             .build()
             .map_err(breaker_err)?;
         let retry = RetryConfig::builder()
@@ -324,7 +350,9 @@ impl ClientBuilder {
             local_mode_after: self.local_mode_after,
             local_mode_limit: self.local_mode_limit,
             reconnect,
-            connect_timeout: self.connect_timeout,
+            connector: self.connector.unwrap_or_else(|| {
+                SharedConnector(std::sync::Arc::new(TcpConnector::default().connect_timeout(self.connect_timeout)))
+            }),
             client_version: self.client_version,
         })
     }
@@ -363,6 +391,14 @@ mod tests {
         assert_eq!(c.retry.max_delay(), Duration::from_secs(60));
         assert_eq!(c.retry.exponential_base(), 2.0);
         assert_eq!(c.state_path, PathBuf::from("./worker-state-w1.db"));
+    }
+
+    #[test]
+    fn a_call_never_outlasts_local_mode_after() {
+        let c = b().local_mode_after(Duration::from_secs(3)).config().unwrap();
+        assert_eq!(c.breaker.timeout(), Some(Duration::from_secs(3)), "min(circuit_timeout, local_mode_after)");
+        let c = b().circuit_timeout(Duration::from_secs(2)).config().unwrap();
+        assert_eq!(c.breaker.timeout(), Some(Duration::from_secs(2)));
     }
 
     #[test]

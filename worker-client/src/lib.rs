@@ -57,13 +57,15 @@
 
 mod client;
 mod config;
+pub mod connector;
 mod state;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-pub use client::{HealthMetrics, HealthReport, ResilientWorkerClient, create_resilient_worker_client};
+pub use client::{HealthMetrics, HealthReport, Mode, ResilientWorkerClient, create_resilient_worker_client};
 pub use config::{ClientBuilder, ClientConfig};
+pub use connector::{Connector, TcpConnector};
 
 /// What can go wrong. Messages are one line and say what to do.
 #[derive(Debug, Clone, thiserror::Error)]

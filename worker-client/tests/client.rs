@@ -4,13 +4,17 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use fixtures::{InProcess, add_streams, assignments, client_builder, eventually};
 use orchestrator::engine::EngineConfig;
 use orchestrator::server::ServerConfig;
 use orchestrator_proto::v1;
-use worker_client::{ClientBuilder, Error, ResilientWorkerClient};
+use tonic::transport::Channel;
+use worker_client::connector::BoxError;
+use worker_client::{ClientBuilder, Connector, Error, Mode, ResilientWorkerClient, TcpConnector};
 
 /// The orchestrator in-process: heartbeat 50 ms, session timeout 600 ms.
 async fn orchestrator(db: &Path, listen: SocketAddr, max_streams_limit: u32) -> InProcess {
@@ -73,11 +77,14 @@ async fn every_method_in_normal_mode() {
             "last_orchestrator_contact",
             "local_mode_active",
             "metrics",
+            "mode",
             "orchestrator_available",
             "server_id"
-        ]
+        ],
+        "the seed's keys plus mode"
     );
     assert_eq!(health["server_id"], "w1");
+    assert_eq!(health["mode"], "normal");
     assert_eq!(health["orchestrator_available"], true);
     assert_eq!(health["local_mode_active"], false);
     assert_eq!(health["circuit_breaker_state"], "closed");
@@ -89,6 +96,9 @@ async fn every_method_in_normal_mode() {
             "circuit_breaker_trips",
             "failed_requests",
             "local_mode_activations",
+            "records_made",
+            "records_unsynced",
+            "records_uploaded",
             "retry_attempts",
             "successful_requests",
             "total_requests"
@@ -256,4 +266,43 @@ async fn a_state_file_of_another_worker_or_not_a_database_is_a_clear_error() {
     let text = err.to_string();
     assert!(text.contains("junk.db") && text.contains("move the file aside"), "{text}");
     assert_eq!(std::fs::read(&junk).unwrap(), before, "left as it was");
+}
+
+#[tokio::test]
+async fn the_connector_seam_makes_every_channel_and_a_call_without_answer_gets_a_fresh_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let made = Arc::new(AtomicUsize::new(0));
+    let counting = |made: Arc<AtomicUsize>| {
+        move |uri: &str| -> Result<Channel, BoxError> {
+            made.fetch_add(1, Ordering::SeqCst);
+            TcpConnector::default().connect(uri)
+        }
+    };
+    // Nothing listens on port 1: every attempt is refused.
+    let client = fast("http://127.0.0.1:1", "w1", &dir.path().join("w1.db"))
+        .connector(counting(Arc::clone(&made)))
+        .build()
+        .await
+        .unwrap();
+    assert_eq!(made.load(Ordering::SeqCst), 1, "one channel when built, none dialled yet");
+    let health = client.health_check().await;
+    assert!(!health.orchestrator_available, "no call answered yet: {}", health.to_json());
+    assert!(!client.register().await.unwrap());
+    assert_eq!(made.load(Ordering::SeqCst), 3, "each of the two refused attempts dropped its connection");
+    let health = client.health_check().await;
+    assert!(!health.orchestrator_available && health.metrics.failed_requests == 1, "{}", health.to_json());
+    drop(client);
+
+    // Through the same seam to a real orchestrator.
+    let mut o = orchestrator(&dir.path().join("o.db"), "127.0.0.1:0".parse().unwrap(), 100).await;
+    let made = Arc::new(AtomicUsize::new(0));
+    let client =
+        fast(&o.url(), "w2", &dir.path().join("w2.db")).connector(counting(Arc::clone(&made))).build().await.unwrap();
+    assert!(client.register().await.unwrap());
+    assert!(client.send_heartbeat().await.unwrap());
+    assert_eq!(made.load(Ordering::SeqCst), 1, "answered calls keep their connection");
+    let health = client.health_check().await;
+    assert!(health.orchestrator_available && health.mode == Mode::Normal, "{}", health.to_json());
+    client.shutdown().await;
+    o.stop().await;
 }

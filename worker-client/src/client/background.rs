@@ -4,7 +4,8 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use super::ResilientWorkerClient;
+use super::{ResilientWorkerClient, now_ms};
+use crate::state::Op;
 
 impl ResilientWorkerClient {
     /// The background task: heartbeats in normal mode, a reconnect probe
@@ -90,11 +91,21 @@ impl ResilientWorkerClient {
                         ?limit,
                         "local-mode limit reached: stopping processing until the orchestrator answers"
                     );
+                    // Halted is a kind of local mode: out of touch, probing.
+                    if !self.inner.local.swap(true, Ordering::AcqRel) {
+                        self.inner.metrics.local_mode_activations.fetch_add(1, Ordering::Relaxed);
+                    }
                     self.inner.leases.send_if_modified(|set| {
-                        let changed = !set.leases.is_empty();
+                        let changed = !set.leases.is_empty() || !set.local_mode;
                         set.leases.clear();
+                        set.local_mode = true;
                         changed
                     });
+                    let transition =
+                        Op::Transition { at_ms: now_ms(), mode: "halted", reason: format!("no contact for {limit:?}") };
+                    if let Err(e) = self.inner.state.write(vec![transition]).await {
+                        tracing::warn!(error = %e, "could not record the halt in the state file");
+                    }
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             } else {

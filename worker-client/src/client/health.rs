@@ -3,20 +3,59 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use resilience::CircuitState;
 use serde::Serialize;
 
 use super::ResilientWorkerClient;
 
-/// The health report, in the original client's JSON shape.
+/// The mode the client is in: what `health_check` reports as `mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Mode {
+    /// In touch with the orchestrator: heartbeats, grants and revokes.
+    Normal,
+    /// The orchestrator is unreachable: processing the streams held,
+    /// probing for the orchestrator.
+    Local,
+    /// In local mode past the local-mode limit: processing stopped until
+    /// the orchestrator answers.
+    Halted,
+    /// Configured without an orchestrator: processing a fixed set of
+    /// streams.
+    Standalone,
+}
+
+impl Mode {
+    /// `normal`, `local`, `halted` or `standalone`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Normal => "normal",
+            Self::Local => "local",
+            Self::Halted => "halted",
+            Self::Standalone => "standalone",
+        }
+    }
+}
+
+/// The health report, in the original client's JSON shape plus `mode`.
+///
+/// The keys never contradict each other: `local_mode_active` is true in
+/// every mode but `normal`; `orchestrator_available` is true only in
+/// `normal` mode, after a call was answered, and false from the first
+/// failed or overdue call (in flight longer than a heartbeat interval)
+/// until the next answered one; `assigned_streams` counts the streams the
+/// worker may process now (0 when `halted`).
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
 pub struct HealthReport {
     /// This worker.
     pub server_id: String,
-    /// The last call to the orchestrator succeeded and the client is in
-    /// normal mode.
+    /// `normal`, `local`, `halted` or `standalone`.
+    pub mode: Mode,
+    /// The orchestrator answered the last call, none is overdue, and the
+    /// client is in normal mode.
     pub orchestrator_available: bool,
-    /// The client is in local mode.
+    /// The client is not in normal mode.
     pub local_mode_active: bool,
     /// Streams the worker may process now.
     pub assigned_streams: usize,
@@ -30,6 +69,7 @@ pub struct HealthReport {
 
 /// The counters of a [`HealthReport`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct HealthMetrics {
     /// Calls to the orchestrator (each counted once, retries aside).
     pub total_requests: u64,
@@ -43,6 +83,13 @@ pub struct HealthMetrics {
     pub local_mode_activations: u64,
     /// Retries made.
     pub retry_attempts: u64,
+    /// Processing records made (durable in the state file) since start.
+    pub records_made: u64,
+    /// Records in the state file the orchestrator has not acknowledged yet
+    /// (earlier runs' included).
+    pub records_unsynced: u64,
+    /// Records the orchestrator acknowledged since start.
+    pub records_uploaded: u64,
 }
 
 impl HealthReport {
@@ -59,19 +106,26 @@ pub(super) struct Metrics {
     pub(super) successful: AtomicU64,
     pub(super) failed: AtomicU64,
     pub(super) local_mode_activations: AtomicU64,
+    pub(super) records_made: AtomicU64,
+    pub(super) records_unsynced: AtomicU64,
+    pub(super) records_uploaded: AtomicU64,
 }
 
 impl ResilientWorkerClient {
-    /// The seed's health report.
+    /// The seed's health report, plus `mode` and the record counters.
+    /// Answers at once from published state, never behind a call in
+    /// flight.
     pub async fn health_check(&self) -> HealthReport {
-        let local = self.is_local();
+        let mode = self.mode();
         let last = *self.inner.last_contact.lock().unwrap_or_else(|p| p.into_inner());
         let breaker = self.inner.breaker.stats();
         let m = &self.inner.metrics;
+        let answered = self.inner.last_call_answered.load(Ordering::Acquire) && !self.call_overdue();
         HealthReport {
             server_id: self.inner.config.server_id.clone(),
-            orchestrator_available: !local && breaker.state == CircuitState::Closed && last.is_some(),
-            local_mode_active: local,
+            mode,
+            orchestrator_available: mode == Mode::Normal && answered,
+            local_mode_active: mode != Mode::Normal,
             assigned_streams: self.inner.leases.borrow().len(),
             circuit_breaker_state: breaker.state.as_str().to_owned(),
             last_orchestrator_contact: last.map(|t| humantime::format_rfc3339_millis(t).to_string()),
@@ -82,6 +136,9 @@ impl ResilientWorkerClient {
                 circuit_breaker_trips: breaker.trips,
                 local_mode_activations: m.local_mode_activations.load(Ordering::Relaxed),
                 retry_attempts: self.inner.retry.stats().retries,
+                records_made: m.records_made.load(Ordering::Relaxed),
+                records_unsynced: m.records_unsynced.load(Ordering::Relaxed),
+                records_uploaded: m.records_uploaded.load(Ordering::Relaxed),
             },
         }
     }
@@ -90,7 +147,7 @@ impl ResilientWorkerClient {
     /// statistics and history, and retry counters, as JSON.
     pub async fn detailed_status(&self) -> serde_json::Value {
         let health = self.health_check().await;
-        let core = self.inner.core.lock().await;
+        let view = self.core_view();
         let counts = self.inner.state.counts().await.ok();
         let b = self.inner.breaker.stats();
         let r = self.inner.retry.stats();
@@ -112,14 +169,14 @@ impl ResilientWorkerClient {
                 "local_mode_limit_ms": c.local_mode_limit.map(|d| d.as_millis() as u64),
             },
             "local_state": {
-                "session": core.session.as_ref().map(|s| serde_json::json!({"session_id": s.session_id, "worker_epoch": s.worker_epoch})),
-                "leases": core.leases.iter().map(|(s, e)| serde_json::json!({"stream_id": s, "lease_epoch": e})).collect::<Vec<_>>(),
-                "pending_releases": core.pending_releases.keys().collect::<Vec<_>>(),
+                "session": view.session.as_ref().map(|(session_id, worker_epoch)| serde_json::json!({"session_id": session_id, "worker_epoch": worker_epoch})),
+                "leases": view.leases.iter().map(|(s, e)| serde_json::json!({"stream_id": s, "lease_epoch": e})).collect::<Vec<_>>(),
+                "pending_releases": view.pending_releases,
                 "processing_halted": self.inner.halted.load(Ordering::Relaxed),
                 "records": counts.map(|c| c.0),
                 "unsynced_records": counts.map(|c| c.1),
                 "next_sequence": self.inner.next_sequence.load(Ordering::Relaxed),
-                "heartbeat_interval_ms": core.heartbeat_interval.as_millis() as u64,
+                "heartbeat_interval_ms": view.heartbeat_interval.as_millis() as u64,
             },
             "circuit_breaker": {
                 "state": b.state.as_str(),

@@ -26,10 +26,10 @@ use orchestrator_proto::v1::worker_service_client::WorkerServiceClient;
 use resilience::{CircuitBreaker, Retry};
 use tokio::sync::{Mutex, watch};
 use tokio::task::JoinHandle;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use health::Metrics;
-pub use health::{HealthMetrics, HealthReport};
+pub use health::{HealthMetrics, HealthReport, Mode};
 use leases::Core;
 use rpc::request_id;
 
@@ -47,7 +47,9 @@ pub struct ResilientWorkerClient {
 #[derive(Debug)]
 struct Inner {
     config: ClientConfig,
-    grpc: WorkerServiceClient<Channel>,
+    /// The channel calls go over; replaced by a fresh one from the
+    /// connector after a call that got no answer.
+    grpc: StdMutex<WorkerServiceClient<Channel>>,
     breaker: CircuitBreaker,
     retry: Retry,
     state: StateHandle,
@@ -60,10 +62,55 @@ struct Inner {
     /// Processing stopped by the local-mode limit.
     halted: AtomicBool,
     metrics: Metrics,
+    /// The orchestrator answered the last call (false from the first call
+    /// it did not answer until the next it does).
+    last_call_answered: AtomicBool,
+    /// When the attempt in flight started, if one is.
+    in_flight_since: StdMutex<Option<tokio::time::Instant>>,
+    /// The protocol state as last published, for `detailed_status` while a
+    /// call holds the protocol lock.
+    view: StdMutex<CoreView>,
     last_contact: StdMutex<Option<SystemTime>>,
     started_at: tokio::time::Instant,
     stop: watch::Sender<bool>,
     task: StdMutex<Option<JoinHandle<()>>>,
+}
+
+/// What `detailed_status` shows of the protocol state.
+#[derive(Debug, Clone, Default)]
+struct CoreView {
+    session: Option<(String, u64)>,
+    leases: Vec<(i64, u64)>,
+    pending_releases: Vec<i64>,
+    heartbeat_interval: Duration,
+}
+
+impl CoreView {
+    fn of(core: &Core) -> Self {
+        Self {
+            session: core.session.as_ref().map(|s| (s.session_id.clone(), s.worker_epoch)),
+            leases: core.leases.iter().map(|(&s, &e)| (s, e)).collect(),
+            pending_releases: core.pending_releases.keys().copied().collect(),
+            heartbeat_interval: core.heartbeat_interval,
+        }
+    }
+}
+
+/// Marks an attempt in flight for as long as it lives (also when the
+/// attempt is cancelled).
+struct InFlight<'a>(&'a StdMutex<Option<tokio::time::Instant>>);
+
+impl<'a> InFlight<'a> {
+    fn start(slot: &'a StdMutex<Option<tokio::time::Instant>>) -> Self {
+        *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(tokio::time::Instant::now());
+        Self(slot)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
 }
 
 fn now_ms() -> i64 {
@@ -113,11 +160,11 @@ impl ResilientWorkerClient {
     }
 
     pub(crate) async fn from_config(config: ClientConfig) -> Result<Self, Error> {
-        let endpoint = Endpoint::from_shared(config.orchestrator_url.clone())
-            .map_err(|e| Error::Config { setting: "orchestrator_url", problem: e.to_string() })?
-            .connect_timeout(config.connect_timeout)
-            .tcp_nodelay(true);
-        let channel = endpoint.connect_lazy();
+        let channel = config
+            .connector
+            .0
+            .connect(&config.orchestrator_url)
+            .map_err(|e| Error::Config { setting: "orchestrator_url", problem: e.to_string() })?;
         let (path, id, sync_full) = (config.state_path.clone(), config.server_id.clone(), config.state_sync_full);
         let (state, snapshot) =
             tokio::task::spawn_blocking(move || StateHandle::open(&path, &id, sync_full))
@@ -143,26 +190,32 @@ impl ResilientWorkerClient {
             .map(|ms| UNIX_EPOCH + Duration::from_millis(ms));
         let (leases, _) = watch::channel(LeaseSet { leases: snapshot.leases.clone(), local_mode: false });
         let (stop, _) = watch::channel(false);
+        let core = Core {
+            session,
+            leases: snapshot.leases,
+            to_ack: Vec::new(),
+            pending_releases: snapshot.pending_releases,
+            heartbeat_interval,
+            stopped: false,
+        };
+        let metrics = Metrics::default();
+        metrics.records_unsynced.store(snapshot.unsynced, Ordering::Relaxed);
         Ok(Self {
             inner: Arc::new(Inner {
                 breaker: CircuitBreaker::new(config.breaker.clone()),
                 retry: Retry::new(config.retry),
-                grpc: WorkerServiceClient::new(channel),
+                grpc: StdMutex::new(WorkerServiceClient::new(channel)),
                 state,
-                core: Mutex::new(Core {
-                    session,
-                    leases: snapshot.leases,
-                    to_ack: Vec::new(),
-                    pending_releases: snapshot.pending_releases,
-                    heartbeat_interval,
-                    stopped: false,
-                }),
+                view: StdMutex::new(CoreView::of(&core)),
+                core: Mutex::new(core),
                 leases,
                 next_sequence: AtomicU64::new(snapshot.next_sequence),
                 records_waiting: AtomicBool::new(snapshot.unsynced > 0),
                 local: AtomicBool::new(false),
                 halted: AtomicBool::new(false),
-                metrics: Metrics::default(),
+                metrics,
+                last_call_answered: AtomicBool::new(false),
+                in_flight_since: StdMutex::new(None),
                 last_contact: StdMutex::new(last_contact),
                 started_at: tokio::time::Instant::now(),
                 stop,
@@ -314,6 +367,8 @@ impl ResilientWorkerClient {
         let sequence = self.inner.next_sequence.fetch_add(1, Ordering::Relaxed);
         let record = Record { sequence, stream_id, lease_epoch, processed_at_ms: now_ms(), local_mode: local };
         self.inner.state.write(vec![Op::Record(record)]).await?;
+        self.inner.metrics.records_made.fetch_add(1, Ordering::Relaxed);
+        self.inner.metrics.records_unsynced.fetch_add(1, Ordering::Relaxed);
         self.inner.records_waiting.store(true, Ordering::Release);
         Ok(sequence)
     }
@@ -371,11 +426,57 @@ impl ResilientWorkerClient {
         self.inner.local.load(Ordering::Acquire)
     }
 
+    /// The mode, from published state.
+    fn mode(&self) -> Mode {
+        if self.inner.halted.load(Ordering::Acquire) {
+            Mode::Halted
+        } else if self.is_local() {
+            Mode::Local
+        } else {
+            Mode::Normal
+        }
+    }
+
+    /// An attempt has been in flight longer than a heartbeat interval (or
+    /// `local_mode_after`, if shorter).
+    fn call_overdue(&self) -> bool {
+        let since = *self.inner.in_flight_since.lock().unwrap_or_else(|p| p.into_inner());
+        let interval = self.inner.view.lock().unwrap_or_else(|p| p.into_inner()).heartbeat_interval;
+        since.is_some_and(|t| t.elapsed() > interval.min(self.inner.config.local_mode_after))
+    }
+
+    /// The protocol state now, or as last published while a call holds it.
+    fn core_view(&self) -> CoreView {
+        match self.inner.core.try_lock() {
+            Ok(core) => CoreView::of(&core),
+            Err(_) => self.inner.view.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+        }
+    }
+
+    /// A handle on the current channel.
+    fn grpc(&self) -> WorkerServiceClient<Channel> {
+        self.inner.grpc.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Drops the current connection: the next call goes over a fresh
+    /// channel from the connector (a connection stuck on a dead link, or to
+    /// a hung peer, is never reused).
+    fn fresh_connection(&self) {
+        match self.inner.config.connector.0.connect(&self.inner.config.orchestrator_url) {
+            Ok(channel) => {
+                *self.inner.grpc.lock().unwrap_or_else(|p| p.into_inner()) = WorkerServiceClient::new(channel);
+                tracing::debug!("dropped the connection to the orchestrator; the next call opens a fresh one");
+            }
+            Err(e) => tracing::warn!(error = %e, "the connector could not make a fresh channel; keeping the old one"),
+        }
+    }
+
     /// Publishes the lease set the application may process.
     fn publish(&self, core: &Core) {
         let local = self.is_local();
         let halted = self.inner.halted.load(Ordering::Acquire);
         let leases = if halted || core.stopped { BTreeMap::new() } else { core.leases.clone() };
+        *self.inner.view.lock().unwrap_or_else(|p| p.into_inner()) = CoreView::of(core);
         self.inner.leases.send_if_modified(|set| {
             let next = LeaseSet { leases, local_mode: local };
             if *set == next {

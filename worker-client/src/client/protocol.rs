@@ -116,8 +116,10 @@ impl ResilientWorkerClient {
                 return Ok(false);
             }
         };
-        // The session is alive: processing may resume if the limit stopped it.
+        // The session is alive: processing may resume if the limit stopped
+        // it, and the client is in normal mode whatever happened meanwhile.
         self.inner.halted.store(false, Ordering::Release);
+        self.leave_local().await?;
         if let Some(next) = r.next_heartbeat_interval.and_then(|d| Duration::try_from(d).ok())
             && self.inner.config.heartbeat_interval.is_none()
         {
@@ -253,6 +255,12 @@ impl ResilientWorkerClient {
                         tracing::info!(stale = r.stale_records, "uploaded records made under an old lease epoch");
                     }
                     self.inner.state.write(vec![Op::SyncedThrough(through), Op::Leases(core.leases.clone())]).await?;
+                    let uploaded = batch.iter().filter(|r| r.sequence <= through).count() as u64;
+                    let m = &self.inner.metrics;
+                    m.records_uploaded.fetch_add(uploaded, Ordering::Relaxed);
+                    let _ = m
+                        .records_unsynced
+                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| Some(n.saturating_sub(uploaded)));
                     // Stop first (publish), then release: the orchestrator
                     // waits for the release before it reassigns.
                     self.publish(core);

@@ -13,8 +13,8 @@ use tonic::transport::Channel;
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
-use super::ResilientWorkerClient;
 use super::leases::Core;
+use super::{InFlight, ResilientWorkerClient};
 use crate::Error;
 
 /// How a call to the orchestrator failed.
@@ -33,6 +33,21 @@ pub(super) fn request_id() -> String {
     format!("wc-{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..))
 }
 
+/// The attempt got no answer from the orchestrator: it timed out, or the
+/// transport failed (refused, reset, unreachable). A refusal by the open
+/// breaker made no attempt; a load-shedding answer (UNAVAILABLE with a
+/// retry pushback) is an answer.
+fn got_no_answer(e: &CallError<Status>) -> bool {
+    match e {
+        CallError::Timeout { .. } => true,
+        CallError::Inner(status) => {
+            matches!(grpc::status_code(status), Code::Unavailable | Code::DeadlineExceeded)
+                && grpc::pushback(status.metadata().as_ref()).is_none()
+        }
+        _ => false,
+    }
+}
+
 fn is_session_error(status: &Status) -> bool {
     status.code() == Code::FailedPrecondition
         && status
@@ -45,33 +60,58 @@ impl ResilientWorkerClient {
     /// One RPC through retry and breaker, classified for gRPC. `rpc` makes
     /// one attempt from a client handle and a copy of `request` (the same
     /// request, so the same `request_id`, on every attempt).
+    ///
+    /// Timing: each attempt's deadline is the breaker's timeout,
+    /// `min(circuit_timeout, local_mode_after)`, and no retry starts once
+    /// the operation has taken `local_mode_after`. An attempt that got no
+    /// answer (timed out, refused, reset) drops the connection, so the next
+    /// one starts on a fresh channel.
     pub(super) async fn call<Req, T, F, Fut>(&self, request: Req, rpc: F) -> Result<T, Failure>
     where
         Req: Clone,
         F: Fn(WorkerServiceClient<Channel>, Req) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
-        let f = || rpc(self.inner.grpc.clone(), request.clone());
         let m = &self.inner.metrics;
         m.total.fetch_add(1, Ordering::Relaxed);
         let breaker = &self.inner.breaker;
         let is_failure = |s: &Status| grpc::breaker_outcome(grpc::status_code(s)) == Outcome::Failure;
         let classify = CallError::retry_action(grpc::retry_action);
-        let result = self.inner.retry.execute(&classify, None, || breaker.call_with(is_failure, &f)).await;
+        let deadline = tokio::time::Instant::now() + self.inner.config.local_mode_after;
+        let attempt = || async {
+            let _in_flight = InFlight::start(&self.inner.in_flight_since);
+            let result = breaker.call_with(is_failure, || rpc(self.grpc(), request.clone())).await;
+            if let Err(e) = &result
+                && got_no_answer(e)
+            {
+                self.inner.last_call_answered.store(false, Ordering::Release);
+                self.fresh_connection();
+            }
+            result
+        };
+        let result = self.inner.retry.execute(&classify, Some(deadline), attempt).await;
         match result {
             Ok(response) => {
                 m.successful.fetch_add(1, Ordering::Relaxed);
+                self.inner.last_call_answered.store(true, Ordering::Release);
                 *self.inner.last_contact.lock().unwrap_or_else(|p| p.into_inner()) = Some(SystemTime::now());
                 Ok(response.into_inner())
             }
             Err(e) => {
                 m.failed.fetch_add(1, Ordering::Relaxed);
                 Err(match e {
-                    CallError::Inner(status) if is_session_error(&status) => Failure::Session,
+                    CallError::Inner(status) if is_session_error(&status) => {
+                        self.inner.last_call_answered.store(true, Ordering::Release);
+                        Failure::Session
+                    }
                     CallError::Inner(status) if grpc::is_caller_error(grpc::status_code(&status)) => {
+                        self.inner.last_call_answered.store(true, Ordering::Release);
                         Failure::Rejected(status)
                     }
-                    other => Failure::Unreachable(other.to_string()),
+                    other => {
+                        self.inner.last_call_answered.store(false, Ordering::Release);
+                        Failure::Unreachable(other.to_string())
+                    }
                 })
             }
         }
