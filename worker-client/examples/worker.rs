@@ -42,11 +42,14 @@ struct Args {
     /// Stop processing after this long without the orchestrator (default: never).
     #[arg(long, value_parser = humantime::parse_duration)]
     local_mode_limit: Option<Duration>,
-    /// Enter local mode after this long without a successful call.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    /// Enter local mode after this long without a successful call; also
+    /// the longest any one call waits. However the orchestrator fails, the
+    /// worker is in local mode within this plus one heartbeat.
+    #[arg(long, env = "WORKER_LOCAL_MODE_AFTER", default_value = "30s", value_parser = humantime::parse_duration)]
     local_mode_after: Duration,
-    /// Circuit breaker recovery timeout.
-    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    /// Circuit breaker recovery timeout: after the breaker opened, the first
+    /// reconnect probe waits this long.
+    #[arg(long, env = "WORKER_CIRCUIT_RECOVERY_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
     circuit_recovery_timeout: Duration,
     /// Print the health JSON this often (0: only on SIGUSR1).
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
