@@ -129,6 +129,15 @@ async fn s8_a_hung_orchestrator_sends_every_worker_to_local_mode_on_time() {
     let processed: Vec<usize> = ws.iter().map(|w| w.acked.lock().unwrap().len()).collect();
     eventually!(Duration::from_secs(2), ws.iter().zip(&processed).all(|(w, n)| w.acked.lock().unwrap().len() > n + 3));
     t.note("processing goes on in local mode");
+    // A reconnect probe hangs on the stopped orchestrator, holding the
+    // protocol lock: health and detailed status still answer at once.
+    for w in &ws {
+        let quick = patient(Duration::from_millis(100));
+        let status = tokio::time::timeout(quick, w.client.detailed_status()).await;
+        let status = status.unwrap_or_else(|_| panic!("{}: detailed_status waited behind a hung call", w.id));
+        assert_eq!(status["health"]["mode"], "local", "{}: {status}", w.id);
+        assert!(tokio::time::timeout(quick, w.client.health_check()).await.is_ok(), "{}: health_check waited", w.id);
+    }
 
     Command::new("kill").args(["-CONT", &pid]).status().unwrap();
     let continued = Instant::now();
