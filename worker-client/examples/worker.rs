@@ -160,7 +160,12 @@ async fn run(args: Args) -> Result<(), worker_client::Error> {
     for (_, task) in running {
         let _ = task.await;
     }
-    client.shutdown().await;
-    tracing::info!("worker stopped");
+    let report = client.shutdown().await;
+    tracing::info!(
+        deregistered = report.deregistered,
+        unsynced_records = report.records_unsynced,
+        timed_out = report.timed_out,
+        "worker stopped"
+    );
     Ok(())
 }

@@ -22,6 +22,7 @@ pub struct ClientConfig {
     pub(crate) local_mode_limit: Option<Duration>,
     pub(crate) reconnect: RetryConfig,
     pub(crate) connector: SharedConnector,
+    pub(crate) shutdown_timeout: Duration,
     pub(crate) client_version: String,
 }
 
@@ -71,6 +72,7 @@ impl ClientConfig {
 /// | `local_mode_after` | 30 s without a successful call (or the breaker open) |
 /// | `local_mode_limit` | none: process indefinitely in local mode |
 /// | `connector` | [`TcpConnector`]: TCP with HTTP/2 and TCP keepalive |
+/// | `shutdown_timeout` | 10 s: the longest `shutdown()` takes |
 ///
 /// **Timing.** Each call's deadline is `min(circuit_timeout,
 /// local_mode_after)`, and the retries of one operation stop once it has
@@ -122,6 +124,7 @@ pub struct ClientBuilder {
     reconnect_max_delay: Duration,
     connect_timeout: Duration,
     connector: Option<SharedConnector>,
+    shutdown_timeout: Duration,
     client_version: String,
 }
 
@@ -149,6 +152,7 @@ impl ClientBuilder {
             reconnect_max_delay: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(5),
             connector: None,
+            shutdown_timeout: Duration::from_secs(10),
             client_version: concat!("worker-client/", env!("CARGO_PKG_VERSION")).to_owned(),
         }
     }
@@ -279,6 +283,15 @@ impl ClientBuilder {
         self
     }
 
+    /// The longest [`shutdown`](crate::ResilientWorkerClient::shutdown)
+    /// takes (default 10 s: inside the 30 s most service managers give
+    /// between SIGTERM and SIGKILL). What it could not do by then is left
+    /// to the session's expiry and the next run.
+    pub fn shutdown_timeout(mut self, d: Duration) -> Self {
+        self.shutdown_timeout = d;
+        self
+    }
+
     /// Free text sent at registration, for the orchestrator's logs.
     pub fn client_version(mut self, v: impl Into<String>) -> Self {
         self.client_version = v.into();
@@ -353,6 +366,7 @@ impl ClientBuilder {
             connector: self.connector.unwrap_or_else(|| {
                 SharedConnector(std::sync::Arc::new(TcpConnector::default().connect_timeout(self.connect_timeout)))
             }),
+            shutdown_timeout: self.shutdown_timeout,
             client_version: self.client_version,
         })
     }

@@ -63,7 +63,9 @@ mod state;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-pub use client::{HealthMetrics, HealthReport, Mode, ResilientWorkerClient, create_resilient_worker_client};
+pub use client::{
+    HealthMetrics, HealthReport, Mode, ResilientWorkerClient, ShutdownReport, create_resilient_worker_client,
+};
 pub use config::{ClientBuilder, ClientConfig};
 pub use connector::{Connector, TcpConnector};
 

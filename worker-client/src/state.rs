@@ -307,6 +307,7 @@ enum Msg {
 pub(crate) struct StateHandle {
     tx: mpsc::Sender<Msg>,
     path: PathBuf,
+    thread: std::sync::Arc<std::sync::Mutex<Option<thread::JoinHandle<()>>>>,
 }
 
 impl std::fmt::Debug for Msg {
@@ -322,7 +323,7 @@ impl StateHandle {
         let (mut file, snapshot) = StateFile::open(path, server_id, sync_full)?;
         let (tx, rx) = mpsc::channel::<Msg>();
         let thread_path = path.to_path_buf();
-        thread::Builder::new()
+        let thread = thread::Builder::new()
             .name("worker-state".into())
             .spawn(move || {
                 let fail = |e: rusqlite::Error| err(&thread_path, e);
@@ -364,7 +365,8 @@ impl StateHandle {
                 }
             })
             .map_err(|e| err(path, format!("cannot start the state thread: {e}")))?;
-        Ok((Self { tx, path: path.to_path_buf() }, snapshot))
+        let thread = std::sync::Arc::new(std::sync::Mutex::new(Some(thread)));
+        Ok((Self { tx, path: path.to_path_buf(), thread }, snapshot))
     }
 
     /// Serves a non-write message; `false` to stop.
@@ -379,7 +381,12 @@ impl StateHandle {
             Msg::Counts(reply) => {
                 let _ = reply.send(file.counts().map_err(fail));
             }
-            Msg::Close => return false,
+            Msg::Close => {
+                // Fold the WAL into the file now; dropping the connection
+                // then removes it.
+                let _ = file.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);");
+                return false;
+            }
         }
         true
     }
@@ -409,8 +416,23 @@ impl StateHandle {
         rx.await.map_err(|_| self.closed())?
     }
 
-    /// Commits what is queued and stops the thread.
+    /// Commits what is queued and stops the thread (without waiting).
     pub(crate) fn close(&self) {
         let _ = self.tx.send(Msg::Close);
+    }
+
+    /// Commits what is queued, stops the thread and waits (up to `limit`)
+    /// until it has closed the file: the last connection's close folds the
+    /// WAL into the database file and removes it, so the `.db` alone holds
+    /// everything.
+    pub(crate) async fn close_and_wait(&self, limit: std::time::Duration) -> Result<(), Error> {
+        self.close();
+        let Some(thread) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() else { return Ok(()) };
+        let joined = tokio::task::spawn_blocking(move || thread.join());
+        match tokio::time::timeout(limit, joined).await {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(_) => Err(err(&self.path, "the state thread failed while closing")),
+            Err(_) => Err(err(&self.path, format!("the state file was not closed within {limit:?}"))),
+        }
     }
 }

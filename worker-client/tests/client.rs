@@ -306,3 +306,78 @@ async fn the_connector_seam_makes_every_channel_and_a_call_without_answer_gets_a
     client.shutdown().await;
     o.stop().await;
 }
+
+#[tokio::test]
+async fn a_dropped_client_stops_and_its_session_expires() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = orchestrator(&dir.path().join("o.db"), "127.0.0.1:0".parse().unwrap(), 100).await;
+    add_streams(o.addr, 1..=2).await;
+    let state = dir.path().join("w1.db");
+    let client = fast(&o.url(), "w1", &state).build().await.unwrap();
+    client.start().await.unwrap();
+    eventually!(Duration::from_secs(5), client.leases().borrow().len() == 2);
+    let worker_state = |o: std::net::SocketAddr| async move {
+        let workers = fixtures::admin(o).await.list_workers(v1::ListWorkersRequest {}).await.unwrap();
+        workers.into_inner().workers.into_iter().find(|w| w.server_id == "w1").map(|w| w.state)
+    };
+    assert_eq!(worker_state(o.addr).await, Some(v1::WorkerState::Live as i32));
+    // Dropped without shutdown: a crash. No more heartbeats: the session
+    // expires (600 ms) and nothing was released or deregistered.
+    drop(client);
+    eventually!(Duration::from_secs(5), worker_state(o.addr).await == Some(v1::WorkerState::Expired as i32));
+    // The state file kept the leases: the next run presents them.
+    let again = fast(&o.url(), "w1", &state).build().await.unwrap();
+    assert_eq!(again.detailed_status().await["local_state"]["leases"].as_array().map(Vec::len), Some(2));
+    again.shutdown().await;
+    o.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_deregisters_in_one_call_and_leaves_a_tidy_state_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = orchestrator(&dir.path().join("o.db"), "127.0.0.1:0".parse().unwrap(), 100).await;
+    add_streams(o.addr, 1..=3).await;
+    let state = dir.path().join("w1.db");
+    let client = fast(&o.url(), "w1", &state).build().await.unwrap();
+    client.start().await.unwrap();
+    eventually!(Duration::from_secs(5), client.leases().borrow().len() == 3);
+    let held: Vec<(i64, u64)> = client.leases().borrow().iter().collect();
+    for (stream, _) in &held {
+        client.record_stream_processing(*stream).await.unwrap();
+    }
+    let report = client.shutdown().await;
+    assert!(report.deregistered && !report.timed_out, "{report:?}");
+    assert_eq!(report.records_unsynced, 0, "uploaded before leaving");
+    assert_eq!(o.records("w1").len(), 3);
+    assert!(assignments(o.addr, "w1").await.is_empty(), "Deregister released everything");
+    // No grant after the shutdown began: the epochs the orchestrator knows
+    // for these streams are the ones the worker held (nothing was released
+    // and granted back in between).
+    for (stream, epoch) in &held {
+        let stream_epoch = fixtures::owners(o.addr).await.get(stream).map(|(_, e)| *e);
+        assert!(stream_epoch.is_none(), "stream {stream} (epoch {epoch}) unassigned after the deregistration");
+    }
+    let wal = dir.path().join("w1.db-wal");
+    assert!(!wal.exists() || std::fs::metadata(&wal).unwrap().len() == 0, "the WAL was folded into the file");
+    assert!(matches!(client.send_heartbeat().await, Err(Error::ShutDown)));
+    o.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_is_bounded_when_the_orchestrator_hangs() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = orchestrator(&dir.path().join("o.db"), "127.0.0.1:0".parse().unwrap(), 100).await;
+    add_streams(o.addr, 1..=2).await;
+    let proxy = fixtures::FaultProxy::start(o.addr).await;
+    let client = fast(&proxy.url(), "w1", &dir.path().join("w1.db")).build().await.unwrap();
+    client.start().await.unwrap();
+    eventually!(Duration::from_secs(5), client.leases().borrow().len() == 2);
+    proxy.set(fixtures::Mode::Hang);
+    let started = std::time::Instant::now();
+    let report = client.shutdown_within(Duration::from_millis(300)).await;
+    let took = started.elapsed();
+    assert!(!report.deregistered && report.timed_out, "{report:?}");
+    assert!(took < fixtures::patient(Duration::from_secs(2)), "shutdown took {took:?}");
+    assert!(client.leases().borrow().is_empty(), "processing stopped anyway");
+    o.stop().await;
+}

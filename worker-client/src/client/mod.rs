@@ -39,9 +39,50 @@ use crate::{Error, LeaseSet};
 
 /// A resilient client for one worker. Cheap to clone; clones share
 /// everything. See the [crate documentation](crate).
+///
+/// **Dropping is a crash.** When the last handle is dropped without
+/// [`shutdown`](Self::shutdown), the background work stops at once: no
+/// more heartbeats, no release, no deregistration. The orchestrator sees
+/// the session expire after its `session_timeout` and moves the streams;
+/// the state file keeps the leases and unsynced records, and the next run
+/// presents and uploads them. Call `shutdown` for a clean stop.
 #[derive(Debug, Clone)]
 pub struct ResilientWorkerClient {
     inner: Arc<Inner>,
+    /// Held by the application's handles, not by the background task: the
+    /// last one dropped stops the background work.
+    life: Option<Arc<Lifetime>>,
+}
+
+/// The background task, aborted when the last application handle goes.
+#[derive(Debug, Default)]
+struct Lifetime {
+    task: StdMutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for Lifetime {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.get_mut().unwrap_or_else(|p| p.into_inner()).take() {
+            task.abort();
+        }
+    }
+}
+
+/// What [`ResilientWorkerClient::shutdown`] did, and what it could not do.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ShutdownReport {
+    /// The orchestrator confirmed `Deregister`: the worker's streams are
+    /// free for others at once, and the state file holds no lease. When
+    /// false (orchestrator unreachable, local mode, deadline) the session
+    /// expires after the orchestrator's session timeout, and the state file
+    /// keeps the leases for the next run to present.
+    pub deregistered: bool,
+    /// Processing records the orchestrator has not acknowledged; they stay
+    /// in the state file and the next run uploads them.
+    pub records_unsynced: u64,
+    /// The deadline passed before everything was done.
+    pub timed_out: bool,
 }
 
 #[derive(Debug)]
@@ -73,7 +114,6 @@ struct Inner {
     last_contact: StdMutex<Option<SystemTime>>,
     started_at: tokio::time::Instant,
     stop: watch::Sender<bool>,
-    task: StdMutex<Option<JoinHandle<()>>>,
 }
 
 /// What `detailed_status` shows of the protocol state.
@@ -219,9 +259,9 @@ impl ResilientWorkerClient {
                 last_contact: StdMutex::new(last_contact),
                 started_at: tokio::time::Instant::now(),
                 stop,
-                task: StdMutex::new(None),
                 config,
             }),
+            life: Some(Arc::new(Lifetime::default())),
         })
     }
 
@@ -240,9 +280,11 @@ impl ResilientWorkerClient {
     /// (for example a `max_streams` above its limit); [`Error::State`].
     pub async fn start(&self) -> Result<(), Error> {
         self.register().await?;
-        let mut task = self.inner.task.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(life) = &self.life else { return Ok(()) };
+        let mut task = life.task.lock().unwrap_or_else(|p| p.into_inner());
         if task.is_none() {
-            let client = self.clone();
+            // The task's handle does not keep the client alive.
+            let client = Self { inner: Arc::clone(&self.inner), life: None };
             *task = Some(tokio::spawn(async move {
                 let watchdog = client.limit_watchdog();
                 tokio::select! {
@@ -373,51 +415,74 @@ impl ResilientWorkerClient {
         Ok(sequence)
     }
 
-    /// Stops the background task, releases every stream (or records the
-    /// release locally), deregisters, and flushes the state file. The
-    /// heartbeat keeps the session alive until the streams are released.
-    pub async fn shutdown(&self) {
+    /// Stops cleanly within the configured
+    /// [`shutdown_timeout`](crate::ClientBuilder::shutdown_timeout)
+    /// (default 10 s): stops the background task, stops processing
+    /// (the lease set becomes empty), uploads the records not synced yet,
+    /// and deregisters, which releases every stream at once. Nothing is
+    /// released before the `Deregister`, so no stream is granted back to
+    /// this worker in between. The state file is closed (checkpointed: no
+    /// WAL left beside it). Later calls fail with [`Error::ShutDown`].
+    ///
+    /// In local mode, or if the orchestrator does not answer in time, the
+    /// session expires on its own and the state file keeps the leases and
+    /// records for the next run; the report says what was not done.
+    pub async fn shutdown(&self) -> ShutdownReport {
+        self.shutdown_within(self.inner.config.shutdown_timeout).await
+    }
+
+    /// [`shutdown`](Self::shutdown) with a deadline of its own.
+    pub async fn shutdown_within(&self, limit: Duration) -> ShutdownReport {
+        let deadline = tokio::time::Instant::now() + limit;
         self.inner.stop.send_replace(true);
-        let task = self.inner.task.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(task) = task {
+        if let Some(task) = self.life.as_ref().and_then(|l| l.task.lock().unwrap_or_else(|p| p.into_inner()).take()) {
+            // A call in flight would hold the protocol lock until its own
+            // deadline: stop the task now.
+            task.abort();
             let _ = task.await;
         }
-        let mut core = self.inner.core.lock().await;
-        if core.stopped {
-            return;
-        }
-        // Upload what was recorded, while the leases are still ours.
-        if !self.is_local()
-            && core.session.is_some()
-            && let Err(e) = self.sync_records(&mut core).await
-        {
-            tracing::warn!(error = %e, "could not upload the last processing records; they stay in the state file");
-        }
-        let leases: Vec<v1::Lease> =
-            core.leases.iter().map(|(&stream_id, &lease_epoch)| v1::Lease { stream_id, lease_epoch }).collect();
-        core.leases.clear();
-        core.to_ack.clear();
-        self.publish(&core);
-        if let Err(e) = self.persist_leases(&core).await {
-            tracing::warn!(error = %e, "could not record the released leases");
-        }
-        if !leases.is_empty()
-            && let Err(e) = self.release_locked(&mut core, leases).await
-        {
-            tracing::warn!(error = %e, "could not release the streams");
-        }
-        if !self.is_local()
-            && let Some(session) = core.session.clone()
-        {
+        let mut report = ShutdownReport::default();
+        let steps = async {
+            let mut core = self.inner.core.lock().await;
+            if core.stopped {
+                return;
+            }
+            core.stopped = true;
+            self.publish(&core); // stop processing first
+            if self.is_local() || core.session.is_none() {
+                return;
+            }
+            // Upload what was recorded, while the leases are still ours.
+            if let Err(e) = self.sync_records(&mut core).await {
+                tracing::warn!(error = %e, "could not upload the last processing records; they stay in the state file");
+            }
+            let Some(session) = core.session.clone() else { return };
             let request = v1::DeregisterRequest { session: Some(session), request_id: request_id() };
-            let result = self.call(request, |mut grpc, request| async move { grpc.deregister(request).await }).await;
-            match result {
-                Ok(_) => tracing::info!("deregistered"),
+            match self.call(request, |mut grpc, request| async move { grpc.deregister(request).await }).await {
+                Ok(_) => {
+                    tracing::info!("deregistered: every stream released");
+                    core.leases.clear();
+                    core.to_ack.clear();
+                    let released: Vec<i64> = std::mem::take(&mut core.pending_releases).into_keys().collect();
+                    let ops = vec![Op::Leases(BTreeMap::new()), Op::ReleasesDone(released)];
+                    match self.inner.state.write(ops).await {
+                        Ok(()) => report.deregistered = true,
+                        Err(e) => tracing::warn!(error = %e, "deregistered, but could not record it in the state file"),
+                    }
+                }
                 Err(f) => tracing::warn!(failure = ?f, "could not deregister; the session will expire"),
             }
+        };
+        if tokio::time::timeout_at(deadline, steps).await.is_err() {
+            report.timed_out = true;
+            tracing::warn!(?limit, "shutdown did not finish in time; the session will expire");
         }
-        core.stopped = true;
-        self.inner.state.close();
+        report.records_unsynced = self.inner.metrics.records_unsynced.load(std::sync::atomic::Ordering::Relaxed);
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now()).max(Duration::from_secs(1));
+        if let Err(e) = self.inner.state.close_and_wait(left).await {
+            tracing::warn!(error = %e, "the state file was not closed cleanly");
+        }
+        report
     }
 
     // ------------------------------------------------------------ internals
