@@ -23,6 +23,7 @@ pub struct ClientConfig {
     pub(crate) reconnect: RetryConfig,
     pub(crate) connector: SharedConnector,
     pub(crate) shutdown_timeout: Duration,
+    pub(crate) state_write_delay: Duration,
     pub(crate) client_version: String,
 }
 
@@ -125,6 +126,7 @@ pub struct ClientBuilder {
     connect_timeout: Duration,
     connector: Option<SharedConnector>,
     shutdown_timeout: Duration,
+    state_write_delay: Duration,
     client_version: String,
 }
 
@@ -153,6 +155,7 @@ impl ClientBuilder {
             connect_timeout: Duration::from_secs(5),
             connector: None,
             shutdown_timeout: Duration::from_secs(10),
+            state_write_delay: Duration::ZERO,
             client_version: concat!("worker-client/", env!("CARGO_PKG_VERSION")).to_owned(),
         }
     }
@@ -292,6 +295,14 @@ impl ClientBuilder {
         self
     }
 
+    /// Test hook: the state thread waits this long before each group commit
+    /// (slow storage). Not for production.
+    #[doc(hidden)]
+    pub fn state_write_delay(mut self, d: Duration) -> Self {
+        self.state_write_delay = d;
+        self
+    }
+
     /// Free text sent at registration, for the orchestrator's logs.
     pub fn client_version(mut self, v: impl Into<String>) -> Self {
         self.client_version = v.into();
@@ -367,6 +378,7 @@ impl ClientBuilder {
                 SharedConnector(std::sync::Arc::new(TcpConnector::default().connect_timeout(self.connect_timeout)))
             }),
             shutdown_timeout: self.shutdown_timeout,
+            state_write_delay: self.state_write_delay,
             client_version: self.client_version,
         })
     }

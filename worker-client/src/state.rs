@@ -92,6 +92,19 @@ pub(crate) enum Op {
         mode: &'static str,
         reason: String,
     },
+    /// Records from now on are numbered from at least this sequence; unsynced
+    /// records below it are renumbered above it, in order (a fresh state
+    /// file learning from the orchestrator where its server id stands).
+    SequenceFloor(u64),
+}
+
+/// A processing record to write; the state thread gives it its sequence.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct NewRecord {
+    pub(crate) stream_id: i64,
+    pub(crate) lease_epoch: u64,
+    pub(crate) processed_at_ms: i64,
+    pub(crate) local_mode: bool,
 }
 
 /// What the file held when it was opened.
@@ -109,6 +122,11 @@ pub(crate) struct Snapshot {
 
 struct StateFile {
     conn: Connection,
+    /// The sequence the next record gets: assigned here, in commit order,
+    /// so the committed sequences never have a gap below the highest.
+    next_sequence: u64,
+    /// Test hook: how long each group commit waits first.
+    write_delay: std::time::Duration,
 }
 
 fn err(path: &Path, e: impl std::fmt::Display) -> Error {
@@ -142,7 +160,7 @@ impl StateFile {
         }
         conn.pragma_update(None, "journal_mode", "WAL").map_err(|e| err(path, e))?;
         conn.pragma_update(None, "synchronous", if sync_full { "FULL" } else { "NORMAL" }).map_err(|e| err(path, e))?;
-        let mut file = Self { conn };
+        let mut file = Self { conn, next_sequence: 1, write_delay: std::time::Duration::ZERO };
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
             let tx = file.conn.transaction().map_err(|e| err(path, e))?;
             tx.execute_batch(sql).map_err(|e| err(path, e))?;
@@ -165,6 +183,7 @@ impl StateFile {
             }
         }
         let snapshot = file.snapshot(existed).map_err(|e| err(path, e))?;
+        file.next_sequence = snapshot.next_sequence;
         Ok((file, snapshot))
     }
 
@@ -207,6 +226,7 @@ impl StateFile {
             )
         };
         let mut max_sequence = None;
+        let mut floor_next = None;
         for op in ops {
             match op {
                 Op::Session { session_id, worker_epoch } => {
@@ -261,12 +281,38 @@ impl StateFile {
                         params![at_ms, mode, reason],
                     )?;
                 }
+                Op::SequenceFloor(floor) => {
+                    let floor = *floor as i64;
+                    let low: Option<i64> = tx.query_row(
+                        "SELECT min(sequence) FROM records WHERE synced = 0 AND sequence < ?1",
+                        params![floor],
+                        |r| r.get(0),
+                    )?;
+                    if let Some(low) = low {
+                        // Two steps through negative numbers: no transient
+                        // primary-key clash.
+                        let shift = floor - low;
+                        tx.execute(
+                            "UPDATE records SET sequence = -(sequence + ?1) WHERE synced = 0 AND sequence >= ?2",
+                            params![shift, low],
+                        )?;
+                        tx.execute("UPDATE records SET sequence = -sequence WHERE sequence < 0", [])?;
+                    }
+                    let max: Option<i64> = tx.query_row("SELECT max(sequence) FROM records", [], |r| r.get(0))?;
+                    let next = (floor as u64).max(max.map_or(1, |m| m as u64 + 1)).max(self.next_sequence);
+                    floor_next = Some(next);
+                    max_sequence = Some(next - 1);
+                }
             }
         }
         if let Some(max) = max_sequence {
             set("next_sequence", (max + 1).to_string())?;
         }
-        tx.commit()
+        tx.commit()?;
+        if let Some(next) = floor_next {
+            self.next_sequence = self.next_sequence.max(next);
+        }
+        Ok(())
     }
 
     fn unsynced(&self, limit: usize) -> rusqlite::Result<Vec<Record>> {
@@ -295,8 +341,56 @@ impl StateFile {
 
 type Reply<T> = oneshot::Sender<Result<T, Error>>;
 
+/// The writes of one group commit.
+#[derive(Default)]
+struct Group {
+    ops: Vec<Op>,
+    writes: Vec<Reply<()>>,
+    records: Vec<(u64, Reply<u64>)>,
+}
+
+impl Group {
+    fn add(&mut self, file: &mut StateFile, msg: Msg) {
+        match msg {
+            Msg::Write(ops, reply) => {
+                self.ops.extend(ops);
+                self.writes.push(reply);
+            }
+            Msg::Record(r, reply) => {
+                let sequence = file.next_sequence;
+                file.next_sequence += 1;
+                self.ops.push(Op::Record(Record {
+                    sequence,
+                    stream_id: r.stream_id,
+                    lease_epoch: r.lease_epoch,
+                    processed_at_ms: r.processed_at_ms,
+                    local_mode: r.local_mode,
+                }));
+                self.records.push((sequence, reply));
+            }
+            _ => {}
+        }
+    }
+
+    fn commit(self, file: &mut StateFile, fail: &impl Fn(rusqlite::Error) -> Error) {
+        let before = file.next_sequence - self.records.len() as u64;
+        let result = file.commit(&self.ops).map_err(fail);
+        if result.is_err() {
+            // Nothing of this group is written: its sequences are free again.
+            file.next_sequence = before;
+        }
+        for reply in self.writes {
+            let _ = reply.send(result.clone());
+        }
+        for (sequence, reply) in self.records {
+            let _ = reply.send(result.clone().map(|()| sequence));
+        }
+    }
+}
+
 enum Msg {
     Write(Vec<Op>, Reply<()>),
+    Record(NewRecord, Reply<u64>),
     Unsynced(usize, Reply<Vec<Record>>),
     Counts(Reply<(u64, u64)>),
     Close,
@@ -310,6 +404,14 @@ pub(crate) struct StateHandle {
     thread: std::sync::Arc<std::sync::Mutex<Option<thread::JoinHandle<()>>>>,
 }
 
+impl Msg {
+    /// A write that moves the sequence numbering: it is committed on its
+    /// own, never in a group with records.
+    fn is_floor(&self) -> bool {
+        matches!(self, Msg::Write(ops, _) if ops.iter().any(|op| matches!(op, Op::SequenceFloor(_))))
+    }
+}
+
 impl std::fmt::Debug for Msg {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Msg")
@@ -319,8 +421,14 @@ impl std::fmt::Debug for Msg {
 impl StateHandle {
     /// Opens (or creates) the state file and starts its thread. Runs the
     /// open on the calling thread: call it from `spawn_blocking`.
-    pub(crate) fn open(path: &Path, server_id: &str, sync_full: bool) -> Result<(Self, Snapshot), Error> {
+    pub(crate) fn open(
+        path: &Path,
+        server_id: &str,
+        sync_full: bool,
+        write_delay: std::time::Duration,
+    ) -> Result<(Self, Snapshot), Error> {
         let (mut file, snapshot) = StateFile::open(path, server_id, sync_full)?;
+        file.write_delay = write_delay;
         let (tx, rx) = mpsc::channel::<Msg>();
         let thread_path = path.to_path_buf();
         let thread = thread::Builder::new()
@@ -329,31 +437,32 @@ impl StateHandle {
                 let fail = |e: rusqlite::Error| err(&thread_path, e);
                 while let Ok(msg) = rx.recv() {
                     match msg {
-                        Msg::Write(ops, reply) => {
-                            // Group commit: every write waiting joins this transaction.
-                            let mut ops = ops;
-                            let mut replies = vec![reply];
-                            let mut after = Vec::new();
+                        first @ (Msg::Write(..) | Msg::Record(..)) if !first.is_floor() => {
+                            // Group commit: every write waiting joins this
+                            // transaction; records get their sequences here,
+                            // in the order they are committed.
+                            if !file.write_delay.is_zero() {
+                                thread::sleep(file.write_delay);
+                            }
+                            let mut group = Group::default();
+                            let mut after = None;
+                            group.add(&mut file, first);
                             while let Ok(next) = rx.try_recv() {
                                 match next {
-                                    Msg::Write(more, reply) => {
-                                        ops.extend(more);
-                                        replies.push(reply);
+                                    more @ (Msg::Write(..) | Msg::Record(..)) if !more.is_floor() => {
+                                        group.add(&mut file, more);
                                     }
                                     other => {
-                                        after.push(other);
+                                        after = Some(other);
                                         break;
                                     }
                                 }
                             }
-                            let result = file.commit(&ops).map_err(fail);
-                            for reply in replies {
-                                let _ = reply.send(result.clone());
-                            }
-                            for msg in after {
-                                if !Self::serve_one(&mut file, msg, &fail) {
-                                    return;
-                                }
+                            group.commit(&mut file, &fail);
+                            if let Some(msg) = after
+                                && !Self::serve_one(&mut file, msg, &fail)
+                            {
+                                return;
                             }
                         }
                         other => {
@@ -369,11 +478,13 @@ impl StateHandle {
         Ok((Self { tx, path: path.to_path_buf(), thread }, snapshot))
     }
 
-    /// Serves a non-write message; `false` to stop.
+    /// Serves one message; `false` to stop.
     fn serve_one(file: &mut StateFile, msg: Msg, fail: &impl Fn(rusqlite::Error) -> Error) -> bool {
         match msg {
-            Msg::Write(ops, reply) => {
-                let _ = reply.send(file.commit(&ops).map_err(fail));
+            msg @ (Msg::Write(..) | Msg::Record(..)) => {
+                let mut group = Group::default();
+                group.add(file, msg);
+                group.commit(file, fail);
             }
             Msg::Unsynced(limit, reply) => {
                 let _ = reply.send(file.unsynced(limit).map_err(fail));
@@ -399,6 +510,15 @@ impl StateHandle {
     pub(crate) async fn write(&self, ops: Vec<Op>) -> Result<(), Error> {
         let (reply, rx) = oneshot::channel();
         self.tx.send(Msg::Write(ops, reply)).map_err(|_| self.closed())?;
+        rx.await.map_err(|_| self.closed())?
+    }
+
+    /// Writes a processing record; its sequence once it is committed.
+    /// Sequences are given by the state thread in commit order: no record
+    /// is ever committed after one with a higher sequence.
+    pub(crate) async fn record(&self, record: NewRecord) -> Result<u64, Error> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Msg::Record(record, reply)).map_err(|_| self.closed())?;
         rx.await.map_err(|_| self.closed())?
     }
 
@@ -434,5 +554,35 @@ impl StateHandle {
             Ok(_) => Err(err(&self.path, "the state thread failed while closing")),
             Err(_) => Err(err(&self.path, format!("the state file was not closed within {limit:?}"))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new_record(stream_id: i64) -> NewRecord {
+        NewRecord { stream_id, lease_epoch: 1, processed_at_ms: 0, local_mode: true }
+    }
+
+    #[tokio::test]
+    async fn records_made_before_the_first_registration_are_renumbered_above_the_floor() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.db");
+        let (state, snapshot) = StateHandle::open(&path, "w", false, std::time::Duration::ZERO).unwrap();
+        assert_eq!(snapshot.next_sequence, 1);
+        for stream in 1..=3 {
+            assert_eq!(state.record(new_record(stream)).await.unwrap(), stream as u64);
+        }
+        state.write(vec![Op::SequenceFloor(501)]).await.unwrap();
+        let unsynced: Vec<(u64, i64)> =
+            state.unsynced(10).await.unwrap().iter().map(|r| (r.sequence, r.stream_id)).collect();
+        assert_eq!(unsynced, [(501, 1), (502, 2), (503, 3)], "renumbered in order");
+        assert_eq!(state.record(new_record(4)).await.unwrap(), 504, "numbering goes on after them");
+        state.write(vec![Op::SequenceFloor(10)]).await.unwrap();
+        assert_eq!(state.record(new_record(5)).await.unwrap(), 505, "a lower floor changes nothing");
+        state.close_and_wait(std::time::Duration::from_secs(5)).await.unwrap();
+        let (_, snapshot) = StateHandle::open(&path, "w", false, std::time::Duration::ZERO).unwrap();
+        assert_eq!(snapshot.next_sequence, 506, "and it survives a restart");
     }
 }

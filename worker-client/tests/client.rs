@@ -381,3 +381,77 @@ async fn shutdown_is_bounded_when_the_orchestrator_hangs() {
     assert!(client.leases().borrow().is_empty(), "processing stopped anyway");
     o.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_recorders_on_slow_storage_lose_and_duplicate_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = orchestrator(&dir.path().join("o.db"), "127.0.0.1:0".parse().unwrap(), 100).await;
+    add_streams(o.addr, 1..=4).await;
+    // Slow storage: every group commit waits 2 ms, so records queue up while
+    // the heartbeat loop uploads what is committed.
+    let client = fast(&o.url(), "w1", &dir.path().join("w1.db"))
+        .state_write_delay(Duration::from_millis(2))
+        .build()
+        .await
+        .unwrap();
+    client.start().await.unwrap();
+    eventually!(Duration::from_secs(5), client.leases().borrow().len() == 4);
+    let streams: Vec<i64> = client.leases().borrow().iter().map(|(s, _)| s).collect();
+    let mut recorders = Vec::new();
+    for i in 0..64 {
+        let (client, stream) = (client.clone(), streams[i % streams.len()]);
+        recorders.push(tokio::spawn(async move {
+            let mut made = Vec::new();
+            for _ in 0..20 {
+                made.push(client.record_stream_processing(stream).await.unwrap());
+            }
+            made
+        }));
+    }
+    let mut produced = std::collections::BTreeSet::new();
+    for r in recorders {
+        for sequence in r.await.unwrap() {
+            assert!(produced.insert(sequence), "sequence {sequence} given twice");
+        }
+    }
+    assert_eq!(produced, (1..=64 * 20).collect(), "numbered in commit order without a gap");
+    let report = client.shutdown().await;
+    assert_eq!(report.records_unsynced, 0, "{report:?}");
+    let stored: std::collections::BTreeSet<u64> = o.records("w1").iter().map(|r| r.0).collect();
+    assert_eq!(stored, produced, "stored == produced, as sets");
+    o.stop().await;
+}
+
+#[tokio::test]
+async fn a_lost_state_file_starts_after_the_orchestrators_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = orchestrator(&dir.path().join("o.db"), "127.0.0.1:0".parse().unwrap(), 100).await;
+    add_streams(o.addr, 1..=2).await;
+    let state = dir.path().join("w1.db");
+    let record_some = |n: usize| {
+        let (url, state) = (o.url(), state.clone());
+        async move {
+            let client = fast(&url, "w1", &state).build().await.unwrap();
+            client.start().await.unwrap();
+            eventually!(Duration::from_secs(5), client.leases().borrow().len() == 2);
+            let stream = client.leases().borrow().iter().next().unwrap().0;
+            let mut made = Vec::new();
+            for _ in 0..n {
+                made.push(client.record_stream_processing(stream).await.unwrap());
+            }
+            assert_eq!(client.shutdown().await.records_unsynced, 0);
+            made
+        }
+    };
+    let first = record_some(10).await;
+    assert_eq!(first, (1..=10).collect::<Vec<u64>>());
+    // The disk is lost: a fresh state file, the same server id.
+    for f in ["w1.db", "w1.db-wal", "w1.db-shm"] {
+        let _ = std::fs::remove_file(dir.path().join(f));
+    }
+    let second = record_some(5).await;
+    assert_eq!(second, (11..=15).collect::<Vec<u64>>(), "numbered after what the orchestrator has");
+    let stored: Vec<u64> = o.records("w1").iter().map(|r| r.0).collect();
+    assert_eq!(stored, (1..=15).collect::<Vec<u64>>(), "no record dropped as a duplicate");
+    o.stop().await;
+}

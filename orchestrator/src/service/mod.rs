@@ -51,6 +51,8 @@ struct State {
     engine: Engine,
     meta: HashMap<StreamId, StreamMeta>,
     versions: HashMap<String, String>,
+    /// Per worker, the highest contiguous sequence of its stored records.
+    acknowledged: HashMap<String, u64>,
 }
 
 const MAX_NAME: usize = 256;
@@ -74,7 +76,12 @@ impl Orchestrator {
         let (fatal, _) = watch::channel(None);
         Self {
             shared: Arc::new(Shared {
-                state: Mutex::new(State { engine, meta: loaded.meta, versions: loaded.client_versions }),
+                state: Mutex::new(State {
+                    engine,
+                    meta: loaded.meta,
+                    versions: loaded.client_versions,
+                    acknowledged: loaded.acknowledged_through,
+                }),
                 store,
                 started,
                 started_wall_ms: status::unix_ms(SystemTime::now()),
@@ -226,18 +233,19 @@ impl WorkerService for WorkerApi {
         let r = request.into_inner();
         check_len("client_version", &r.client_version, MAX_VERSION)?;
         let held = status::leases_in(&r.held_leases);
-        let ((registered, interval, timeout), _) = self
+        let ((registered, interval, timeout, acknowledged), _) = self
             .o
             .run(|st, now| {
                 let registered = st.engine.register(now, &r.server_id, r.max_streams, &r.request_id, &held)?;
                 let interval = Orchestrator::heartbeat_interval(st);
                 let timeout = Duration::from_millis(st.engine.config().session_timeout);
+                let acknowledged = st.acknowledged.get(&r.server_id).copied().unwrap_or(0);
                 let mut batch = Batch::default();
                 if st.versions.get(&r.server_id) != Some(&r.client_version) && !r.client_version.is_empty() {
                     st.versions.insert(r.server_id.clone(), r.client_version.clone());
                     batch.client_version = Some((r.server_id.clone(), r.client_version.clone()));
                 }
-                Ok(((registered, interval, timeout), batch))
+                Ok(((registered, interval, timeout, acknowledged), batch))
             })
             .await?;
         Ok(Response::new(v1::RegisterResponse {
@@ -245,6 +253,7 @@ impl WorkerService for WorkerApi {
             held_lease_decisions: registered.decisions.into_iter().map(status::decision_out).collect(),
             heartbeat_interval: Some(status::duration_out(interval)),
             session_timeout: Some(status::duration_out(timeout)),
+            acknowledged_through_sequence: acknowledged,
         }))
     }
 
@@ -323,13 +332,21 @@ impl WorkerService for WorkerApi {
                 Ok((decisions, Batch { records: upload, ..Batch::default() }))
             })
             .await?;
+        let acknowledged = {
+            let mut st = self.o.lock();
+            let known = st.acknowledged.entry(session.server_id.clone()).or_insert(0);
+            if let Some(o) = &outcome {
+                *known = (*known).max(o.acknowledged_through);
+            }
+            *known
+        };
         let outcome = outcome.unwrap_or_default();
         if outcome.stale > 0 {
             tracing::info!(server_id = %session.server_id, stale = outcome.stale, "records made under an old lease epoch");
         }
         Ok(Response::new(v1::SyncLocalStateResponse {
             decisions: decisions.into_iter().map(status::decision_out).collect(),
-            acknowledged_through_sequence: outcome.acknowledged_through,
+            acknowledged_through_sequence: acknowledged,
             stale_records: outcome.stale,
         }))
     }

@@ -90,7 +90,8 @@ pub struct RecordUpload {
 /// What the store did with a [`RecordUpload`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct RecordsOutcome {
-    /// Every record of this worker with a sequence up to this is stored.
+    /// Every record of this worker with a sequence from 1 up to this is
+    /// stored: the highest contiguous sequence, not the highest stored.
     pub acknowledged_through: u64,
     /// Records of this upload stored for the first time and made under a
     /// lease epoch that was no longer current at `processed_at`.
@@ -130,6 +131,9 @@ pub struct Loaded {
     pub meta: HashMap<StreamId, StreamMeta>,
     /// Last reported client version per worker.
     pub client_versions: HashMap<String, String>,
+    /// Per worker, the highest sequence with every record from 1 up to it
+    /// stored (see [`RecordsOutcome::acknowledged_through`]).
+    pub acknowledged_through: HashMap<String, u64>,
 }
 
 /// Durable storage, used from one thread at a time.

@@ -68,6 +68,22 @@ const MIGRATIONS: &[&str] = &[
         value  TEXT NOT NULL
     );
     ",
+    // 2: the acknowledged watermark per worker: every record with a
+    // sequence up to `through` is stored (computed for existing records).
+    "
+    CREATE TABLE record_watermarks (
+        server_id  TEXT PRIMARY KEY,
+        through    INTEGER NOT NULL
+    );
+    WITH RECURSIVE w(server_id, through) AS (
+        SELECT DISTINCT server_id, 0 FROM processing_records
+        UNION ALL
+        SELECT w.server_id, w.through + 1 FROM w
+        JOIN processing_records p ON p.server_id = w.server_id AND p.sequence = w.through + 1
+    )
+    INSERT INTO record_watermarks (server_id, through)
+    SELECT server_id, max(through) FROM w GROUP BY server_id;
+    ",
 ];
 
 /// The SQLite store.
@@ -310,12 +326,29 @@ impl SqliteStore {
                 outcome.stale += 1;
             }
         }
-        let through: Option<i64> = tx.query_row(
-            "SELECT max(sequence) FROM processing_records WHERE server_id = ?1",
-            params![upload.server_id],
-            |row| row.get(0),
-        )?;
-        outcome.acknowledged_through = through.unwrap_or(0) as u64;
+        // The watermark: the highest sequence with every sequence from 1 up
+        // to it stored. A gap (a record not uploaded yet) holds it back, so
+        // a worker never marks as synced a record the orchestrator lacks.
+        let mut through: i64 = tx
+            .query_row("SELECT through FROM record_watermarks WHERE server_id = ?1", params![upload.server_id], |row| {
+                row.get(0)
+            })
+            .optional()?
+            .unwrap_or(0);
+        let before = through;
+        let mut stored =
+            tx.prepare_cached("SELECT 1 FROM processing_records WHERE server_id = ?1 AND sequence = ?2")?;
+        while stored.query_row(params![upload.server_id, through + 1], |_| Ok(())).optional()?.is_some() {
+            through += 1;
+        }
+        if through != before {
+            tx.execute(
+                "INSERT INTO record_watermarks (server_id, through) VALUES (?1, ?2)
+                 ON CONFLICT (server_id) DO UPDATE SET through = excluded.through",
+                params![upload.server_id, through],
+            )?;
+        }
+        outcome.acknowledged_through = through as u64;
         Ok(outcome)
     }
 
@@ -401,6 +434,12 @@ impl Store for SqliteStore {
             loaded.state.streams.push(PersistedStream { stream_id, epoch: epoch as u64, lease });
         }
         loaded.meta = meta;
+        let mut stmt = conn.prepare("SELECT server_id, through FROM record_watermarks").map_err(io)?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))).map_err(io)?;
+        for row in rows {
+            let (server_id, through) = row.map_err(io)?;
+            loaded.acknowledged_through.insert(server_id, through);
+        }
         loaded.state.rebalancing_paused = conn
             .query_row("SELECT value FROM settings WHERE key = 'rebalancing_paused'", [], |r| r.get::<_, String>(0))
             .optional()
@@ -518,6 +557,26 @@ mod tests {
         let again = s.commit(&[Batch { records: Some(upload), ..batch(vec![]) }]).unwrap();
         assert_eq!(again, [Some(RecordsOutcome { acknowledged_through: 2, stale: 0, duplicates: 2 })]);
         assert_eq!(s.records_of("w").unwrap(), [(1, 1, 1, false), (2, 1, 1, true)]);
+    }
+
+    #[test]
+    fn the_acknowledgement_is_the_highest_contiguous_sequence_and_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("o.db");
+        let mut s = SqliteStore::open(&path).unwrap();
+        let rec =
+            |sequence| RecordRow { stream_id: 1, lease_epoch: 1, processed_at_ms: 0, sequence, local_mode: false };
+        let upload = |seqs: &[u64]| Batch {
+            records: Some(RecordUpload { server_id: "w".into(), records: seqs.iter().map(|&q| rec(q)).collect() }),
+            ..batch(vec![])
+        };
+        let through = |o: Vec<Option<RecordsOutcome>>| o[0].map(|o| o.acknowledged_through);
+        assert_eq!(through(s.commit(&[upload(&[1, 2, 4])]).unwrap()), Some(2), "3 is missing: not past 2");
+        assert_eq!(through(s.commit(&[upload(&[5])]).unwrap()), Some(2));
+        assert_eq!(through(s.commit(&[upload(&[3])]).unwrap()), Some(5), "the gap is filled");
+        drop(s);
+        let loaded = SqliteStore::open(&path).unwrap().load().unwrap();
+        assert_eq!(loaded.acknowledged_through.get("w"), Some(&5));
     }
 
     #[test]

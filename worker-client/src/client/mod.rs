@@ -34,7 +34,7 @@ use leases::Core;
 use rpc::request_id;
 
 use crate::config::{ClientBuilder, ClientConfig};
-use crate::state::{Op, Record, StateHandle};
+use crate::state::{NewRecord, Op, StateHandle};
 use crate::{Error, LeaseSet};
 
 /// A resilient client for one worker. Cheap to clone; clones share
@@ -206,10 +206,10 @@ impl ResilientWorkerClient {
             .connect(&config.orchestrator_url)
             .map_err(|e| Error::Config { setting: "orchestrator_url", problem: e.to_string() })?;
         let (path, id, sync_full) = (config.state_path.clone(), config.server_id.clone(), config.state_sync_full);
-        let (state, snapshot) =
-            tokio::task::spawn_blocking(move || StateHandle::open(&path, &id, sync_full))
-                .await
-                .map_err(|e| Error::State { path: config.state_path.clone(), reason: e.to_string() })??;
+        let delay = config.state_write_delay;
+        let (state, snapshot) = tokio::task::spawn_blocking(move || StateHandle::open(&path, &id, sync_full, delay))
+            .await
+            .map_err(|e| Error::State { path: config.state_path.clone(), reason: e.to_string() })??;
         if snapshot.from_earlier_run {
             tracing::info!(
                 path = %config.state_path.display(),
@@ -406,9 +406,11 @@ impl ResilientWorkerClient {
             (set.epoch(stream_id), set.local_mode())
         };
         let Some(lease_epoch) = epoch else { return Err(Error::NotLeased(stream_id)) };
-        let sequence = self.inner.next_sequence.fetch_add(1, Ordering::Relaxed);
-        let record = Record { sequence, stream_id, lease_epoch, processed_at_ms: now_ms(), local_mode: local };
-        self.inner.state.write(vec![Op::Record(record)]).await?;
+        let record = NewRecord { stream_id, lease_epoch, processed_at_ms: now_ms(), local_mode: local };
+        // The state thread numbers records in commit order: no gap below a
+        // committed sequence, so an upload never skips a record.
+        let sequence = self.inner.state.record(record).await?;
+        self.inner.next_sequence.fetch_max(sequence + 1, Ordering::Relaxed);
         self.inner.metrics.records_made.fetch_add(1, Ordering::Relaxed);
         self.inner.metrics.records_unsynced.fetch_add(1, Ordering::Relaxed);
         self.inner.records_waiting.store(true, Ordering::Release);

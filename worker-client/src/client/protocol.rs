@@ -77,6 +77,18 @@ impl ResilientWorkerClient {
                 Op::ReleasesDone(released),
             ])
             .await?;
+        // Where this server id's records stand at the orchestrator: a fresh
+        // state file numbers its records after that, never as duplicates.
+        if r.acknowledged_through_sequence >= self.inner.next_sequence.load(Ordering::Relaxed) {
+            let floor = r.acknowledged_through_sequence.saturating_add(1);
+            tracing::info!(
+                floor,
+                "the orchestrator has records of this server id up to {}: numbering from {floor}",
+                r.acknowledged_through_sequence
+            );
+            self.inner.state.write(vec![Op::SequenceFloor(floor)]).await?;
+            self.inner.next_sequence.fetch_max(floor, Ordering::Relaxed);
+        }
         tracing::info!(worker_epoch = session.worker_epoch, leases = core.leases.len(), "registered");
         self.inner.halted.store(false, Ordering::Release);
         self.leave_local().await?;
