@@ -358,7 +358,7 @@ impl Group {
             }
             Msg::Record(r, reply) => {
                 let sequence = file.next_sequence;
-                file.next_sequence += 1;
+                file.next_sequence = file.next_sequence.saturating_add(1);
                 self.ops.push(Op::Record(Record {
                     sequence,
                     stream_id: r.stream_id,

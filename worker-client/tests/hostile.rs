@@ -41,6 +41,8 @@ impl WorkerService for Hostile {
             // Absurd intervals are clamped.
             heartbeat_interval: Some(prost_types::Duration { seconds: -5, nanos: 0 }),
             session_timeout: None,
+            // An absurd watermark: the client's numbering must not overflow.
+            acknowledged_through_sequence: u64::MAX,
         }))
     }
 

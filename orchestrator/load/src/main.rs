@@ -267,6 +267,7 @@ impl WorkerService for Echo {
             held_lease_decisions: vec![],
             heartbeat_interval: Duration::from_secs(5).try_into().ok(),
             session_timeout: Duration::from_secs(30).try_into().ok(),
+            acknowledged_through_sequence: 0,
         }))
     }
 

@@ -13,6 +13,10 @@ use super::{ResilientWorkerClient, now_ms};
 use crate::Error;
 use crate::state::Op;
 
+/// The largest acknowledged sequence the client believes (2^53): far
+/// beyond any real count, and safely inside SQLite's integers.
+const MAX_SEQUENCE: u64 = 1 << 53;
+
 /// Records uploaded per `SyncLocalState` call.
 const SYNC_BATCH: usize = 1000;
 
@@ -79,7 +83,12 @@ impl ResilientWorkerClient {
             .await?;
         // Where this server id's records stand at the orchestrator: a fresh
         // state file numbers its records after that, never as duplicates.
-        if r.acknowledged_through_sequence >= self.inner.next_sequence.load(Ordering::Relaxed) {
+        if r.acknowledged_through_sequence > MAX_SEQUENCE {
+            tracing::warn!(
+                acknowledged = r.acknowledged_through_sequence,
+                "ignoring an absurd acknowledged sequence from the orchestrator"
+            );
+        } else if r.acknowledged_through_sequence >= self.inner.next_sequence.load(Ordering::Relaxed) {
             let floor = r.acknowledged_through_sequence.saturating_add(1);
             tracing::info!(
                 floor,
