@@ -238,8 +238,14 @@ async fn the_admin_cli_talks_to_a_running_server() {
     assert_eq!(code, Some(2));
     let doc: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
     assert!(doc["error"].as_str().is_some_and(|e| e.contains("invalid --addr")), "{doc}");
-    let (code, _, _) = run(&["--json", "streams", "add", "0"]);
+    assert!(doc.get("address").is_none(), "no connection was tried: {doc}");
+    let (code, out, _) = run(&["--json", "streams", "add", "0"]);
     assert_eq!(code, Some(2));
+    let doc: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert!(doc["error"].as_str().is_some_and(|e| e.contains("stream ids start at 1")), "{doc}");
+    let (code, out, err) = run(&["--json", "workers", "--no-such-flag"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(serde_json::from_str::<serde_json::Value>(&out).is_ok(), "clap's errors are JSON too: {out}");
 }
 
 #[test]

@@ -130,14 +130,19 @@ async fn s8_a_hung_orchestrator_sends_every_worker_to_local_mode_on_time() {
     eventually!(Duration::from_secs(2), ws.iter().zip(&processed).all(|(w, n)| w.acked.lock().unwrap().len() > n + 3));
     t.note("processing goes on in local mode");
     // A reconnect probe hangs on the stopped orchestrator, holding the
-    // protocol lock: health and detailed status still answer at once.
+    // protocol lock: health and detailed status still answer at once. Poll
+    // until a status shows a call in flight, each answer within 100 ms.
     for w in &ws {
         let quick = patient(Duration::from_millis(100));
-        let status = tokio::time::timeout(quick, w.client.detailed_status()).await;
-        let status = status.unwrap_or_else(|_| panic!("{}: detailed_status waited behind a hung call", w.id));
-        assert_eq!(status["health"]["mode"], "local", "{}: {status}", w.id);
-        assert!(tokio::time::timeout(quick, w.client.health_check()).await.is_ok(), "{}: health_check waited", w.id);
+        eventually!(Duration::from_secs(3), {
+            let status = tokio::time::timeout(quick, w.client.detailed_status()).await;
+            let status = status.unwrap_or_else(|_| panic!("{}: detailed_status waited behind a hung call", w.id));
+            assert_eq!(status["health"]["mode"], "local", "{}: {status}", w.id);
+            assert!(tokio::time::timeout(quick, w.client.health_check()).await.is_ok(), "{}: health waited", w.id);
+            status["local_state"]["call_in_flight_ms"].is_u64()
+        });
     }
+    t.note("health and status answered while a probe was in flight");
 
     Command::new("kill").args(["-CONT", &pid]).status().unwrap();
     let continued = Instant::now();

@@ -86,21 +86,29 @@ impl ResilientWorkerClient {
         loop {
             let silent = self.silent_for();
             if silent >= limit {
-                if !self.inner.halted.swap(true, Ordering::AcqRel) {
-                    tracing::warn!(
-                        ?limit,
-                        "local-mode limit reached: stopping processing until the orchestrator answers"
-                    );
+                // Decided under the lease watch's lock, as `publish` does:
+                // a publish can never put leases back after the halt, and a
+                // contact that came back meanwhile cancels it.
+                let mut halted_now = false;
+                self.inner.leases.send_if_modified(|set| {
+                    if self.silent_for() < limit || self.inner.halted.swap(true, Ordering::AcqRel) {
+                        return false;
+                    }
+                    halted_now = true;
                     // Halted is a kind of local mode: out of touch, probing.
                     if !self.inner.local.swap(true, Ordering::AcqRel) {
                         self.inner.metrics.local_mode_activations.fetch_add(1, Ordering::Relaxed);
                     }
-                    self.inner.leases.send_if_modified(|set| {
-                        let changed = !set.leases.is_empty() || !set.local_mode;
-                        set.leases.clear();
-                        set.local_mode = true;
-                        changed
-                    });
+                    let changed = !set.leases.is_empty() || !set.local_mode;
+                    set.leases.clear();
+                    set.local_mode = true;
+                    changed
+                });
+                if halted_now {
+                    tracing::warn!(
+                        ?limit,
+                        "local-mode limit reached: stopping processing until the orchestrator answers"
+                    );
                     let transition =
                         Op::Transition { at_ms: now_ms(), mode: "halted", reason: format!("no contact for {limit:?}") };
                     if let Err(e) = self.inner.state.write(vec![transition]).await {

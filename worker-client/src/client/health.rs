@@ -177,6 +177,7 @@ impl ResilientWorkerClient {
                 "unsynced_records": counts.map(|c| c.1),
                 "next_sequence": self.inner.next_sequence.load(Ordering::Relaxed),
                 "heartbeat_interval_ms": view.heartbeat_interval.as_millis() as u64,
+                "call_in_flight_ms": self.in_flight_for().map(|d| d.as_millis() as u64),
             },
             "circuit_breaker": {
                 "state": b.state.as_str(),

@@ -409,10 +409,19 @@ impl ResilientWorkerClient {
         let record = NewRecord { stream_id, lease_epoch, processed_at_ms: now_ms(), local_mode: local };
         // The state thread numbers records in commit order: no gap below a
         // committed sequence, so an upload never skips a record.
-        let sequence = self.inner.state.record(record).await?;
+        // Counted before the write, so that an upload of the record cannot
+        // come before its count (the counter would drift upwards).
+        let m = &self.inner.metrics;
+        m.records_unsynced.fetch_add(1, Ordering::Relaxed);
+        let sequence = match self.inner.state.record(record).await {
+            Ok(sequence) => sequence,
+            Err(e) => {
+                m.records_unsynced.fetch_sub(1, Ordering::Relaxed);
+                return Err(e);
+            }
+        };
         self.inner.next_sequence.fetch_max(sequence + 1, Ordering::Relaxed);
-        self.inner.metrics.records_made.fetch_add(1, Ordering::Relaxed);
-        self.inner.metrics.records_unsynced.fetch_add(1, Ordering::Relaxed);
+        m.records_made.fetch_add(1, Ordering::Relaxed);
         self.inner.records_waiting.store(true, Ordering::Release);
         Ok(sequence)
     }
@@ -504,12 +513,16 @@ impl ResilientWorkerClient {
         }
     }
 
+    /// How long the attempt in flight has been, if one is.
+    fn in_flight_for(&self) -> Option<Duration> {
+        self.inner.in_flight_since.lock().unwrap_or_else(|p| p.into_inner()).map(|t| t.elapsed())
+    }
+
     /// An attempt has been in flight longer than a heartbeat interval (or
     /// `local_mode_after`, if shorter).
     fn call_overdue(&self) -> bool {
-        let since = *self.inner.in_flight_since.lock().unwrap_or_else(|p| p.into_inner());
         let interval = self.inner.view.lock().unwrap_or_else(|p| p.into_inner()).heartbeat_interval;
-        since.is_some_and(|t| t.elapsed() > interval.min(self.inner.config.local_mode_after))
+        self.in_flight_for().is_some_and(|d| d > interval.min(self.inner.config.local_mode_after))
     }
 
     /// The protocol state now, or as last published while a call holds it.
@@ -540,11 +553,14 @@ impl ResilientWorkerClient {
 
     /// Publishes the lease set the application may process.
     fn publish(&self, core: &Core) {
-        let local = self.is_local();
-        let halted = self.inner.halted.load(Ordering::Acquire);
-        let leases = if halted || core.stopped { BTreeMap::new() } else { core.leases.clone() };
         *self.inner.view.lock().unwrap_or_else(|p| p.into_inner()) = CoreView::of(core);
         self.inner.leases.send_if_modified(|set| {
+            // The flags are read under the watch's lock, where the
+            // local-mode limit's watchdog sets them: a halt is never undone
+            // by a publish that read them before it.
+            let local = self.is_local();
+            let halted = self.inner.halted.load(Ordering::Acquire);
+            let leases = if halted || core.stopped { BTreeMap::new() } else { core.leases.clone() };
             let next = LeaseSet { leases, local_mode: local };
             if *set == next {
                 false

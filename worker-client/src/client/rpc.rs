@@ -62,8 +62,8 @@ impl ResilientWorkerClient {
     /// request, so the same `request_id`, on every attempt).
     ///
     /// Timing: each attempt's deadline is the breaker's timeout,
-    /// `min(circuit_timeout, local_mode_after)`, and no retry starts once
-    /// the operation has taken `local_mode_after`. An attempt that got no
+    /// `min(circuit_timeout, local_mode_after)`, and the whole operation,
+    /// retries included, ends once it has taken `local_mode_after`. An attempt that got no
     /// answer (timed out, refused, reset) drops the connection, so the next
     /// one starts on a fresh channel.
     pub(super) async fn call<Req, T, F, Fut>(&self, request: Req, rpc: F) -> Result<T, Failure>
@@ -77,10 +77,17 @@ impl ResilientWorkerClient {
         let breaker = &self.inner.breaker;
         let is_failure = |s: &Status| grpc::breaker_outcome(grpc::status_code(s)) == Outcome::Failure;
         let classify = CallError::retry_action(grpc::retry_action);
-        let deadline = tokio::time::Instant::now() + self.inner.config.local_mode_after;
+        let limit = self.inner.config.local_mode_after;
+        let deadline = tokio::time::Instant::now() + limit;
         let attempt = || async {
             let _in_flight = InFlight::start(&self.inner.in_flight_since);
-            let result = breaker.call_with(is_failure, || rpc(self.grpc(), request.clone())).await;
+            // No attempt outlives the operation's deadline either (a retry
+            // that started late would otherwise get a whole call timeout).
+            let call = breaker.call_with(is_failure, || rpc(self.grpc(), request.clone()));
+            let result = match tokio::time::timeout_at(deadline, call).await {
+                Ok(result) => result,
+                Err(_) => Err(CallError::Timeout { timeout: limit }),
+            };
             if let Err(e) = &result
                 && got_no_answer(e)
             {

@@ -186,9 +186,32 @@ async fn serve(args: ServeArgs) -> ExitCode {
     }
 }
 
+/// A command line clap refused. With `--json` (and not `serve`) the error
+/// is JSON on stdout like every other failure, `{"error": "..."}`, exit 2;
+/// otherwise clap's own text (and help and version as usual).
+fn usage_error(e: &clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    let args: Vec<String> = std::env::args().collect();
+    let json = args.iter().any(|a| a == "--json") && !args.iter().any(|a| a == "serve");
+    let informational = matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion)
+        || e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand;
+    if !json || informational {
+        e.exit();
+    }
+    // clap's first line, without its "error: " prefix and usage hints.
+    let text = e.to_string();
+    let message = text.lines().next().unwrap_or_default().trim_start_matches("error: ");
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stdout().lock(), "{:#}", serde_json::json!({ "error": message }));
+    ExitCode::from(2)
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(&e),
+    };
     match cli.command {
         Command::Serve(args) => serve(args).await,
         Command::Admin(command) => {

@@ -45,8 +45,9 @@ impl AdminError {
     /// involved.
     pub(crate) fn address(&self) -> Option<&str> {
         match self {
-            Self::InvalidAddr { addr, .. } | Self::Unreachable { addr, .. } | Self::Rpc { addr, .. } => Some(addr),
-            Self::Usage(_) | Self::Io(_) => None,
+            Self::Unreachable { addr, .. } | Self::Rpc { addr, .. } => Some(addr),
+            // No connection was tried: the message names the bad value.
+            Self::InvalidAddr { .. } | Self::Usage(_) | Self::Io(_) => None,
         }
     }
 
