@@ -272,8 +272,8 @@ impl CircuitBreaker {
         let rejected = c.rejected.get();
         let now = Instant::now();
         let open_remaining = (state == CircuitState::Open).then(|| {
-            let until = inner.epoch + Duration::from_nanos(inner.open_until.load(Ordering::Relaxed));
-            until.saturating_duration_since(now)
+            let until = inner.epoch.checked_add(Duration::from_nanos(inner.open_until.load(Ordering::Relaxed)));
+            until.map_or(Duration::MAX, |until| until.saturating_duration_since(now))
         });
         CircuitBreakerStats {
             state,
@@ -574,7 +574,10 @@ impl Inner {
         match to {
             CircuitState::Open => {
                 let open_for = self.config.open_duration(slow.trips_in_a_row);
-                self.open_until.store(self.nanos_since_epoch(now + open_for), Ordering::Relaxed);
+                // Saturates: an open duration near `Duration::MAX` means
+                // "open until forced closed", never an overflow panic.
+                let until = now.checked_add(open_for).map_or(u64::MAX, |until| self.nanos_since_epoch(until));
+                self.open_until.store(until, Ordering::Relaxed);
                 slow.trips += 1;
                 slow.trips_in_a_row = slow.trips_in_a_row.saturating_add(1);
             }

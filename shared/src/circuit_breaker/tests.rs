@@ -450,3 +450,27 @@ mod properties {
         }
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_recovery_timeout_near_duration_max_opens_for_ever_without_panicking() {
+    for (recovery, backoff) in [(Duration::MAX, 1.0), (Duration::MAX / 2, 2.0), (Duration::from_secs(1), 1e300)] {
+        let config = CircuitBreakerConfig::builder()
+            .failure_threshold(1)
+            .recovery_timeout(recovery)
+            .recovery_backoff(backoff, Duration::MAX)
+            .build()
+            .unwrap();
+        let b = CircuitBreaker::new(config);
+        let _ = b.call(|| async { Err::<(), _>("down") }).await;
+        if recovery < Duration::from_secs(3600) {
+            // A failed probe: the open duration grows past every bound.
+            tokio::time::advance(recovery + Duration::from_millis(1)).await;
+            let _ = b.call(|| async { Err::<(), _>("down") }).await;
+        }
+        assert_eq!(b.state(), CircuitState::Open, "{recovery:?} x{backoff}");
+        let remaining = b.stats().open_remaining;
+        assert!(remaining.is_some_and(|d| d > Duration::from_secs(3600)), "{recovery:?} x{backoff}: {remaining:?}");
+        tokio::time::advance(Duration::from_secs(3600 * 24 * 365)).await;
+        assert!(b.call(|| async { Ok::<_, &str>(()) }).await.is_err_and(|e| e.is_rejected()), "still open");
+    }
+}

@@ -124,7 +124,7 @@ where
         let retry = self.retry.clone();
         let classifier = self.classifier.clone();
         let future = async move {
-            let deadline = grpc_timeout(request.headers()).map(|timeout| Instant::now() + timeout);
+            let deadline = grpc_timeout(request.headers()).and_then(|timeout| Instant::now().checked_add(timeout));
             let (parts, body) = request.into_parts();
             let bytes = body.collect().await.map_err(BoxError::from)?.to_bytes();
             let mut backoff = None;

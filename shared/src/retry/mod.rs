@@ -58,8 +58,9 @@ use crate::counter::StripedCounter;
 pub enum RetryAction {
     /// Retry after the next backoff delay.
     Retry,
-    /// Retry after exactly this long (the server's pushback); still bounded
-    /// by `max_attempts`, the deadline and the budget, not by `max_delay`.
+    /// Retry after exactly this long (the server's pushback), clamped to
+    /// `max_delay`; still bounded by `max_attempts`, the deadline and the
+    /// budget.
     RetryAfter(Duration),
     /// Give the error back to the caller now.
     DoNotRetry,
@@ -206,7 +207,9 @@ impl Retry {
         let wait = match action {
             RetryAction::DoNotRetry => return None,
             RetryAction::Retry => backoff.next_delay(),
-            RetryAction::RetryAfter(pushback) => pushback,
+            // The server's pushback is honoured up to `max_delay`: a server
+            // cannot make the caller wait without bound.
+            RetryAction::RetryAfter(pushback) => pushback.min(inner.config.max_delay()),
         };
         if let Some(budget) = &inner.budget {
             budget.on_failure();
@@ -221,7 +224,7 @@ impl Retry {
         if attempt >= inner.config.max_attempts {
             return give_up(None);
         }
-        if deadline.is_some_and(|deadline| Instant::now() + wait >= deadline) {
+        if deadline.is_some_and(|deadline| Instant::now().checked_add(wait).is_none_or(|end| end >= deadline)) {
             tracing::debug!(?wait, "not retrying: the wait would overrun the caller's deadline");
             return give_up(Some(&inner.deadline_exceeded));
         }

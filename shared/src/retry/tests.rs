@@ -57,14 +57,42 @@ async fn a_non_retryable_error_returns_at_once() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn server_pushback_is_waited_exactly_even_beyond_max_delay() {
+async fn server_pushback_is_waited_exactly_up_to_max_delay() {
     let retry =
         Retry::new(config().max_delay(Duration::from_secs(5)).base_delay(Duration::from_secs(1)).build().unwrap());
     let (calls, op) = flaky(1, "busy");
     let start = Instant::now();
-    let classify = |_: &&str| RetryAction::RetryAfter(Duration::from_millis(7_250));
+    let classify = |_: &&str| RetryAction::RetryAfter(Duration::from_millis(4_250));
     assert_eq!(retry.execute(&classify, None, || op(&calls)).await, Ok(2));
-    assert_eq!(start.elapsed(), Duration::from_millis(7_250));
+    assert_eq!(start.elapsed(), Duration::from_millis(4_250), "exactly, not the backoff");
+    // A longer pushback is clamped to max_delay: a server cannot make the
+    // caller wait without bound.
+    let (calls, op) = flaky(1, "busy");
+    let start = Instant::now();
+    let classify = |_: &&str| RetryAction::RetryAfter(Duration::from_secs(3_600));
+    assert_eq!(retry.execute(&classify, None, || op(&calls)).await, Ok(2));
+    assert_eq!(start.elapsed(), Duration::from_secs(5));
+    // And never past the caller's deadline: it gives up instead.
+    let (calls, op) = flaky(1, "busy");
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let classify = |_: &&str| RetryAction::RetryAfter(Duration::from_secs(3));
+    assert_eq!(retry.execute(&classify, Some(deadline), || op(&calls)).await, Err("busy"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn extreme_configurations_saturate_instead_of_overflowing() {
+    // Waits near Duration::MAX: the deadline arithmetic must not panic.
+    let retry = Retry::new(
+        config().base_delay(Duration::MAX / 2).max_delay(Duration::MAX).jitter(false).no_budget().build().unwrap(),
+    );
+    let (calls, op) = flaky(5, "down");
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let retry_all = |_: &&str| RetryAction::Retry;
+    assert_eq!(retry.execute(&retry_all, Some(deadline), || op(&calls)).await, Err("down"));
+    assert_eq!(calls.get(), 1, "a wait past the deadline is not made");
+    let classify = |_: &&str| RetryAction::RetryAfter(Duration::MAX);
+    let (calls, op) = flaky(5, "down");
+    assert_eq!(retry.execute(&classify, Some(deadline), || op(&calls)).await, Err("down"));
 }
 
 #[cfg(feature = "grpc")]
