@@ -24,6 +24,7 @@ pub struct ClientConfig {
     pub(crate) connector: SharedConnector,
     pub(crate) shutdown_timeout: Duration,
     pub(crate) state_write_delay: Duration,
+    pub(crate) state_history: u64,
     pub(crate) client_version: String,
 }
 
@@ -74,6 +75,7 @@ impl ClientConfig {
 /// | `local_mode_limit` | none: process indefinitely in local mode |
 /// | `connector` | [`TcpConnector`]: TCP with HTTP/2 and TCP keepalive |
 /// | `shutdown_timeout` | 10 s: the longest `shutdown()` takes |
+/// | `state_history` | 5,000 synced records kept in the state file (mode 0600) |
 ///
 /// **Timing.** Each call's deadline is `min(circuit_timeout,
 /// local_mode_after)`, and the retries of one operation stop once it has
@@ -127,6 +129,7 @@ pub struct ClientBuilder {
     connector: Option<SharedConnector>,
     shutdown_timeout: Duration,
     state_write_delay: Duration,
+    state_history: u64,
     client_version: String,
 }
 
@@ -156,6 +159,7 @@ impl ClientBuilder {
             connector: None,
             shutdown_timeout: Duration::from_secs(10),
             state_write_delay: Duration::ZERO,
+            state_history: 5_000,
             client_version: concat!("worker-client/", env!("CARGO_PKG_VERSION")).to_owned(),
         }
     }
@@ -295,6 +299,14 @@ impl ClientBuilder {
         self
     }
 
+    /// Synced processing records kept in the state file, the newest
+    /// (default 5,000); older ones are deleted, so the file does not grow
+    /// with every record ever made. Unsynced records are never deleted.
+    pub fn state_history(mut self, records: u64) -> Self {
+        self.state_history = records;
+        self
+    }
+
     /// Test hook: the state thread waits this long before each group commit
     /// (slow storage). Not for production.
     #[doc(hidden)]
@@ -333,6 +345,9 @@ impl ClientBuilder {
         }
         if self.local_mode_after.is_zero() {
             return Err(bad("local_mode_after", "must be greater than zero".into()));
+        }
+        if self.state_history == 0 {
+            return Err(bad("state_history", "must be at least 1".into()));
         }
         if self.heartbeat_interval.is_some_and(|d| d.is_zero()) {
             return Err(bad("heartbeat_interval", "must be greater than zero".into()));
@@ -379,6 +394,7 @@ impl ClientBuilder {
             }),
             shutdown_timeout: self.shutdown_timeout,
             state_write_delay: self.state_write_delay,
+            state_history: self.state_history,
             client_version: self.client_version,
         })
     }

@@ -54,9 +54,10 @@ const MIGRATIONS: &[&str] = &["
 "];
 
 /// How to recover from an unusable state file; part of every such error.
-pub(crate) const RECOVERY: &str = "move the file aside and start the worker again: it registers with an empty \
-     state and the orchestrator assigns it streams anew (processing records not yet synced stay in the \
-     moved file; `sqlite3 FILE .recover` can salvage them)";
+pub(crate) const RECOVERY: &str = "move the file aside, with its -wal and -shm files if there are any, and \
+     start the worker again: it registers with an empty state, numbers its records after those the \
+     orchestrator has, and the orchestrator assigns it streams anew (processing records not yet synced stay \
+     in the moved files; `sqlite3 FILE .recover` can salvage them)";
 
 /// A processing record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,6 +128,19 @@ struct StateFile {
     next_sequence: u64,
     /// Test hook: how long each group commit waits first.
     write_delay: std::time::Duration,
+    /// Synced records kept (the newest); older ones are deleted.
+    history: u64,
+}
+
+/// Creates the file readable and writable by its owner only (0600): it
+/// holds the worker's session and records. SQLite gives its -wal and -shm
+/// files the same permissions.
+fn create_private(path: &Path) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path).map(drop)
 }
 
 fn err(path: &Path, e: impl std::fmt::Display) -> Error {
@@ -142,11 +156,18 @@ impl StateFile {
             return Err(err(path, format!("directory {} does not exist", dir.display())));
         }
         let existed = path.exists() && std::fs::metadata(path).is_ok_and(|m| m.len() > 0);
+        if !path.exists() {
+            create_private(path).map_err(|e| err(path, format!("cannot create: {e}")))?;
+        }
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(path, flags).map_err(|e| err(path, format!("cannot open: {e}")))?;
-        let version: i64 = conn
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .map_err(|e| unusable(format!("not a worker state file or damaged ({e}); it was not modified")))?;
+        // Until the file is known to be ours, closing must not fold a WAL
+        // into it: a file refused is left exactly as it was.
+        conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
+            .map_err(|e| err(path, e))?;
+        let damaged =
+            |e: rusqlite::Error| unusable(format!("not a worker state file or damaged ({e}); it was not modified"));
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(damaged)?;
         if version > MIGRATIONS.len() as i64 {
             return Err(unusable(format!("schema version {version} is newer than this library supports")));
         }
@@ -157,10 +178,30 @@ impl StateFile {
             if tables > 0 {
                 return Err(unusable("it holds tables of something else; it was not modified".into()));
             }
+        } else {
+            // Whose is it? Read before anything is written.
+            let owner: Option<String> = conn
+                .query_row("SELECT value FROM meta WHERE key = 'server_id'", [], |r| r.get(0))
+                .optional()
+                .map_err(damaged)?;
+            if let Some(id) = owner.filter(|id| id != server_id) {
+                return Err(err(
+                    path,
+                    format!(
+                        "it belongs to server_id {id:?}, not {server_id:?}; use one state file per worker (it was not modified)"
+                    ),
+                ));
+            }
+            let check: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0)).map_err(damaged)?;
+            if check != "ok" {
+                return Err(unusable(format!("it is damaged ({check}); it was not modified")));
+            }
         }
+        conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, false)
+            .map_err(|e| err(path, e))?;
         conn.pragma_update(None, "journal_mode", "WAL").map_err(|e| err(path, e))?;
         conn.pragma_update(None, "synchronous", if sync_full { "FULL" } else { "NORMAL" }).map_err(|e| err(path, e))?;
-        let mut file = Self { conn, next_sequence: 1, write_delay: std::time::Duration::ZERO };
+        let mut file = Self { conn, next_sequence: 1, write_delay: std::time::Duration::ZERO, history: 5_000 };
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
             let tx = file.conn.transaction().map_err(|e| err(path, e))?;
             tx.execute_batch(sql).map_err(|e| err(path, e))?;
@@ -262,6 +303,13 @@ impl StateFile {
                     tx.execute(
                         "UPDATE records SET synced = 1 WHERE synced = 0 AND sequence <= ?1",
                         params![*through as i64],
+                    )?;
+                    // Keep the newest `history` synced records, for audits;
+                    // the file does not grow with every record ever made.
+                    tx.execute(
+                        "DELETE FROM records WHERE synced = 1 AND sequence < (
+                             SELECT sequence FROM records WHERE synced = 1 ORDER BY sequence DESC LIMIT 1 OFFSET ?1)",
+                        params![self.history.saturating_sub(1).min(i64::MAX as u64) as i64],
                     )?;
                 }
                 Op::PendingRelease { stream_id, lease_epoch } => {
@@ -426,9 +474,11 @@ impl StateHandle {
         server_id: &str,
         sync_full: bool,
         write_delay: std::time::Duration,
+        history: u64,
     ) -> Result<(Self, Snapshot), Error> {
         let (mut file, snapshot) = StateFile::open(path, server_id, sync_full)?;
         file.write_delay = write_delay;
+        file.history = history.max(1);
         let (tx, rx) = mpsc::channel::<Msg>();
         let thread_path = path.to_path_buf();
         let thread = thread::Builder::new()
@@ -569,7 +619,7 @@ mod tests {
     async fn records_made_before_the_first_registration_are_renumbered_above_the_floor() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("w.db");
-        let (state, snapshot) = StateHandle::open(&path, "w", false, std::time::Duration::ZERO).unwrap();
+        let (state, snapshot) = StateHandle::open(&path, "w", false, std::time::Duration::ZERO, 5_000).unwrap();
         assert_eq!(snapshot.next_sequence, 1);
         for stream in 1..=3 {
             assert_eq!(state.record(new_record(stream)).await.unwrap(), stream as u64);
@@ -582,7 +632,82 @@ mod tests {
         state.write(vec![Op::SequenceFloor(10)]).await.unwrap();
         assert_eq!(state.record(new_record(5)).await.unwrap(), 505, "a lower floor changes nothing");
         state.close_and_wait(std::time::Duration::from_secs(5)).await.unwrap();
-        let (_, snapshot) = StateHandle::open(&path, "w", false, std::time::Duration::ZERO).unwrap();
+        let (_, snapshot) = StateHandle::open(&path, "w", false, std::time::Duration::ZERO, 5_000).unwrap();
         assert_eq!(snapshot.next_sequence, 506, "and it survives a restart");
+    }
+
+    async fn open(path: &Path, id: &str, history: u64) -> Result<(StateHandle, Snapshot), Error> {
+        StateHandle::open(path, id, false, std::time::Duration::ZERO, history)
+    }
+
+    #[tokio::test]
+    async fn a_new_state_file_is_private_to_its_owner() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.db");
+        let (state, _) = open(&path, "w", 10).await.unwrap();
+        state.record(new_record(1)).await.unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        }
+        state.close_and_wait(std::time::Duration::from_secs(5)).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn synced_records_beyond_the_history_are_deleted_unsynced_never() {
+        let dir = tempfile::tempdir().unwrap();
+        let (state, _) = open(&dir.path().join("w.db"), "w", 3).await.unwrap();
+        for stream in 1..=10 {
+            state.record(new_record(stream)).await.unwrap();
+        }
+        state.write(vec![Op::SyncedThrough(8)]).await.unwrap();
+        assert_eq!(state.counts().await.unwrap(), (5, 2), "the newest 3 synced (6..=8) and the 2 unsynced");
+        let unsynced: Vec<u64> = state.unsynced(10).await.unwrap().iter().map(|r| r.sequence).collect();
+        assert_eq!(unsynced, [9, 10]);
+        state.close_and_wait(std::time::Duration::from_secs(5)).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_foreign_state_file_is_refused_before_anything_is_written_even_its_wal() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.db");
+        let (state, _) = open(&path, "a", 10).await.unwrap();
+        state.record(new_record(1)).await.unwrap();
+        state.close_and_wait(std::time::Duration::from_secs(5)).await.unwrap();
+        // As after a crash: a write left in the WAL, not folded into the file.
+        let conn = Connection::open(&path).unwrap();
+        conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true).unwrap();
+        conn.execute("UPDATE meta SET value = 'crashed' WHERE key = 'last_contact_ms'", []).unwrap();
+        conn.execute("INSERT INTO leases (stream_id, lease_epoch) VALUES (7, 1)", []).unwrap();
+        drop(conn);
+        let wal = dir.path().join("w.db-wal");
+        assert!(std::fs::metadata(&wal).is_ok_and(|m| m.len() > 0), "a WAL with content");
+        let before = (std::fs::read(&path).unwrap(), std::fs::read(&wal).unwrap_or_default());
+        let err = open(&path, "b", 10).await.unwrap_err().to_string();
+        assert!(err.contains("belongs to server_id \"a\"") && err.contains("not modified"), "{err}");
+        let after = (std::fs::read(&path).unwrap(), std::fs::read(&wal).unwrap_or_default());
+        assert!(before == after, "neither the file nor its WAL changed");
+    }
+
+    #[tokio::test]
+    async fn a_damaged_state_file_gets_the_same_advice_as_a_foreign_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.db");
+        let (state, _) = open(&path, "w", 1_000).await.unwrap();
+        for stream in 1..=500 {
+            state.record(new_record(stream)).await.unwrap();
+        }
+        state.close_and_wait(std::time::Duration::from_secs(5)).await.unwrap();
+        // Scribble over the pages after the header page.
+        let mut bytes = std::fs::read(&path).unwrap();
+        assert!(bytes.len() > 8192, "{}", bytes.len());
+        for b in &mut bytes[4096..8192] {
+            *b = 0xA5;
+        }
+        std::fs::write(&path, &bytes).unwrap();
+        let err = open(&path, "w", 1_000).await.unwrap_err().to_string();
+        assert!(err.contains("damaged") && err.contains("move the file aside"), "{err}");
+        assert_eq!(std::fs::read(&path).unwrap(), bytes, "left as it was");
     }
 }

@@ -67,10 +67,12 @@ impl ResilientWorkerClient {
     }
 
     /// Time since the last successful call (or since start, if none).
+    /// On the monotonic clock; before the first contact of this run, the
+    /// silence the state file recorded plus the time since start.
     pub(super) fn silent_for(&self) -> Duration {
-        match *self.inner.last_contact.lock().unwrap_or_else(|p| p.into_inner()) {
-            Some(t) => t.elapsed().unwrap_or_default(),
-            None => self.inner.started_at.elapsed(),
+        match *self.inner.contact_at.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some(t) => t.elapsed(),
+            None => self.inner.silent_at_start.saturating_add(self.inner.started_at.elapsed()),
         }
     }
 

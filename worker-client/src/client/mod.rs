@@ -111,7 +111,15 @@ struct Inner {
     /// The protocol state as last published, for `detailed_status` while a
     /// call holds the protocol lock.
     view: StdMutex<CoreView>,
+    /// The last successful call, by the wall clock (for the health report).
     last_contact: StdMutex<Option<SystemTime>>,
+    /// The last successful call of this run, by the monotonic clock: what
+    /// `local_mode_after` and the local-mode limit count from (a wall-clock
+    /// step cannot shorten or disable them).
+    contact_at: StdMutex<Option<tokio::time::Instant>>,
+    /// Silence already accumulated at start: the wall time since the
+    /// earlier run's last contact (read once).
+    silent_at_start: Duration,
     started_at: tokio::time::Instant,
     stop: watch::Sender<bool>,
 }
@@ -206,10 +214,11 @@ impl ResilientWorkerClient {
             .connect(&config.orchestrator_url)
             .map_err(|e| Error::Config { setting: "orchestrator_url", problem: e.to_string() })?;
         let (path, id, sync_full) = (config.state_path.clone(), config.server_id.clone(), config.state_sync_full);
-        let delay = config.state_write_delay;
-        let (state, snapshot) = tokio::task::spawn_blocking(move || StateHandle::open(&path, &id, sync_full, delay))
-            .await
-            .map_err(|e| Error::State { path: config.state_path.clone(), reason: e.to_string() })??;
+        let (delay, history) = (config.state_write_delay, config.state_history);
+        let (state, snapshot) =
+            tokio::task::spawn_blocking(move || StateHandle::open(&path, &id, sync_full, delay, history))
+                .await
+                .map_err(|e| Error::State { path: config.state_path.clone(), reason: e.to_string() })??;
         if snapshot.from_earlier_run {
             tracing::info!(
                 path = %config.state_path.display(),
@@ -228,6 +237,7 @@ impl ResilientWorkerClient {
             .last_contact_ms
             .and_then(|ms| u64::try_from(ms).ok())
             .map(|ms| UNIX_EPOCH + Duration::from_millis(ms));
+        let silent_at_start = last_contact.map_or(Duration::ZERO, |t| t.elapsed().unwrap_or_default());
         let (leases, _) = watch::channel(LeaseSet { leases: snapshot.leases.clone(), local_mode: false });
         let (stop, _) = watch::channel(false);
         let core = Core {
@@ -257,6 +267,8 @@ impl ResilientWorkerClient {
                 last_call_answered: AtomicBool::new(false),
                 in_flight_since: StdMutex::new(None),
                 last_contact: StdMutex::new(last_contact),
+                contact_at: StdMutex::new(None),
+                silent_at_start,
                 started_at: tokio::time::Instant::now(),
                 stop,
                 config,

@@ -102,6 +102,7 @@ impl ResilientWorkerClient {
                 m.successful.fetch_add(1, Ordering::Relaxed);
                 self.inner.last_call_answered.store(true, Ordering::Release);
                 *self.inner.last_contact.lock().unwrap_or_else(|p| p.into_inner()) = Some(SystemTime::now());
+                *self.inner.contact_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(tokio::time::Instant::now());
                 Ok(response.into_inner())
             }
             Err(e) => {
