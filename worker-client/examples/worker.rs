@@ -7,6 +7,8 @@
 //!
 //! ```sh
 //! cargo run -p worker-client --example worker -- --server-id worker-1
+//! # without an orchestrator:
+//! cargo run -p worker-client --example worker -- --server-id worker-1 --standalone --streams 1-10
 //! ```
 #![allow(clippy::print_stdout)] // a demo that reports to its user
 
@@ -58,6 +60,47 @@ struct Args {
     /// (for tests).
     #[arg(long)]
     print_acks: bool,
+    /// Run without an orchestrator: process exactly --streams, keep
+    /// processing records in the state file (the seed's "orchestrator
+    /// disabled" mode).
+    #[arg(long, env = "WORKER_STANDALONE", requires = "streams")]
+    standalone: bool,
+    /// With --standalone: the streams to process, N or A-B, separated by
+    /// commas or spaces (e.g. "1-10" or "1,5-9").
+    #[arg(long, env = "WORKER_STREAMS", value_parser = parse_streams)]
+    streams: Option<Streams>,
+}
+
+/// Stream ids for --streams.
+#[derive(Debug, Clone)]
+struct Streams(Vec<i64>);
+
+fn parse_streams(text: &str) -> Result<Streams, String> {
+    let mut ids = Vec::new();
+    for part in text.split([',', ' ']).filter(|p| !p.is_empty()) {
+        let one = |s: &str| -> Result<i64, String> {
+            match s.trim().parse::<i64>() {
+                Ok(id) if id > 0 => Ok(id),
+                _ => Err(format!("{s:?} is not a stream id (an integer from 1)")),
+            }
+        };
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b) = (one(a)?, one(b)?);
+                if a > b || b - a >= 100_000 {
+                    return Err(format!("{part:?}: expected A-B with A <= B and at most 100000 ids"));
+                }
+                ids.extend(a..=b);
+            }
+            None => ids.push(one(part)?),
+        }
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    if ids.is_empty() {
+        return Err("no stream ids given (e.g. --streams 1-10)".into());
+    }
+    Ok(Streams(ids))
 }
 
 #[tokio::main]
@@ -77,8 +120,11 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run(args: Args) -> Result<(), worker_client::Error> {
-    let mut builder = ResilientWorkerClient::builder(&args.orchestrator_url, &args.server_id)
-        .max_streams(args.max_streams)
+    let mut builder = match (&args.standalone, &args.streams) {
+        (true, Some(streams)) => ResilientWorkerClient::standalone(&args.server_id, streams.0.clone()),
+        _ => ResilientWorkerClient::builder(&args.orchestrator_url, &args.server_id).max_streams(args.max_streams),
+    };
+    builder = builder
         .local_mode_after(args.local_mode_after)
         .circuit_recovery_timeout(args.circuit_recovery_timeout)
         .client_version("example-worker/0.1");
@@ -90,7 +136,11 @@ async fn run(args: Args) -> Result<(), worker_client::Error> {
     }
     let client = builder.build().await?;
     client.start().await?;
-    tracing::info!(server_id = %args.server_id, orchestrator = %args.orchestrator_url, "worker started");
+    if args.standalone {
+        tracing::info!(server_id = %args.server_id, "worker started in standalone mode (no orchestrator)");
+    } else {
+        tracing::info!(server_id = %args.server_id, orchestrator = %args.orchestrator_url, "worker started");
+    }
 
     let mut leases = client.leases();
     let mut running: BTreeMap<i64, JoinHandle<()>> = BTreeMap::new();

@@ -25,6 +25,8 @@ pub struct ClientConfig {
     pub(crate) shutdown_timeout: Duration,
     pub(crate) state_write_delay: Duration,
     pub(crate) state_history: u64,
+    /// Standalone mode: no orchestrator, these streams.
+    pub(crate) standalone: Option<Vec<i64>>,
     pub(crate) client_version: String,
 }
 
@@ -130,10 +132,20 @@ pub struct ClientBuilder {
     shutdown_timeout: Duration,
     state_write_delay: Duration,
     state_history: u64,
+    standalone: Option<Vec<i64>>,
     client_version: String,
 }
 
 impl ClientBuilder {
+    /// A builder for standalone mode: see
+    /// [`ResilientWorkerClient::standalone`](crate::ResilientWorkerClient::standalone).
+    pub(crate) fn standalone(server_id: impl Into<String>, streams: Vec<i64>) -> Self {
+        let mut builder = Self::new("http://orchestrator.invalid", server_id);
+        builder.max_streams = u32::try_from(streams.len()).unwrap_or(u32::MAX).max(1);
+        builder.standalone = Some(streams);
+        builder
+    }
+
     pub(crate) fn new(orchestrator_url: impl Into<String>, server_id: impl Into<String>) -> Self {
         Self {
             orchestrator_url: orchestrator_url.into(),
@@ -160,6 +172,7 @@ impl ClientBuilder {
             shutdown_timeout: Duration::from_secs(10),
             state_write_delay: Duration::ZERO,
             state_history: 5_000,
+            standalone: None,
             client_version: concat!("worker-client/", env!("CARGO_PKG_VERSION")).to_owned(),
         }
     }
@@ -346,6 +359,14 @@ impl ClientBuilder {
         if self.local_mode_after.is_zero() {
             return Err(bad("local_mode_after", "must be greater than zero".into()));
         }
+        if let Some(streams) = &self.standalone {
+            if streams.is_empty() {
+                return Err(bad("streams", "standalone mode needs at least one stream id".into()));
+            }
+            if let Some(id) = streams.iter().find(|&&id| id <= 0) {
+                return Err(bad("streams", format!("stream id {id} must be greater than 0")));
+            }
+        }
         if self.state_history == 0 {
             return Err(bad("state_history", "must be at least 1".into()));
         }
@@ -395,6 +416,7 @@ impl ClientBuilder {
             shutdown_timeout: self.shutdown_timeout,
             state_write_delay: self.state_write_delay,
             state_history: self.state_history,
+            standalone: self.standalone,
             client_version: self.client_version,
         })
     }

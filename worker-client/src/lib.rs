@@ -88,6 +88,10 @@ pub enum Error {
         path: PathBuf,
         /// What is wrong and how to recover.
         reason: String,
+        /// The underlying error (SQLite's, the file system's), if any:
+        /// `std::error::Error::source` returns it.
+        #[source]
+        source: Option<std::sync::Arc<dyn std::error::Error + Send + Sync>>,
     },
     /// The orchestrator refused the call as invalid (never retried, never
     /// counted against the orchestrator's health).

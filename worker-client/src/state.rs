@@ -144,12 +144,18 @@ fn create_private(path: &Path) -> std::io::Result<()> {
 }
 
 fn err(path: &Path, e: impl std::fmt::Display) -> Error {
-    Error::State { path: path.to_path_buf(), reason: e.to_string() }
+    Error::State { path: path.to_path_buf(), reason: e.to_string(), source: None }
+}
+
+/// A SQLite error, kept as the error's source.
+fn sqlite(path: &Path, e: rusqlite::Error) -> Error {
+    Error::State { path: path.to_path_buf(), reason: e.to_string(), source: Some(std::sync::Arc::new(e)) }
 }
 
 impl StateFile {
     fn open(path: &Path, server_id: &str, sync_full: bool) -> Result<(Self, Snapshot), Error> {
-        let unusable = |why: String| Error::State { path: path.to_path_buf(), reason: format!("{why}; {RECOVERY}") };
+        let unusable =
+            |why: String| Error::State { path: path.to_path_buf(), reason: format!("{why}; {RECOVERY}"), source: None };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
             && !dir.is_dir()
         {
@@ -160,11 +166,15 @@ impl StateFile {
             create_private(path).map_err(|e| err(path, format!("cannot create: {e}")))?;
         }
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let conn = Connection::open_with_flags(path, flags).map_err(|e| err(path, format!("cannot open: {e}")))?;
+        let conn = Connection::open_with_flags(path, flags).map_err(|e| Error::State {
+            path: path.to_path_buf(),
+            reason: format!("cannot open: {e}"),
+            source: Some(std::sync::Arc::new(e)),
+        })?;
         // Until the file is known to be ours, closing must not fold a WAL
         // into it: a file refused is left exactly as it was.
         conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
-            .map_err(|e| err(path, e))?;
+            .map_err(|e| sqlite(path, e))?;
         let damaged =
             |e: rusqlite::Error| unusable(format!("not a worker state file or damaged ({e}); it was not modified"));
         let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(damaged)?;
@@ -198,17 +208,18 @@ impl StateFile {
             }
         }
         conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, false)
-            .map_err(|e| err(path, e))?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(|e| err(path, e))?;
-        conn.pragma_update(None, "synchronous", if sync_full { "FULL" } else { "NORMAL" }).map_err(|e| err(path, e))?;
+            .map_err(|e| sqlite(path, e))?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(|e| sqlite(path, e))?;
+        conn.pragma_update(None, "synchronous", if sync_full { "FULL" } else { "NORMAL" })
+            .map_err(|e| sqlite(path, e))?;
         let mut file = Self { conn, next_sequence: 1, write_delay: std::time::Duration::ZERO, history: 5_000 };
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
-            let tx = file.conn.transaction().map_err(|e| err(path, e))?;
-            tx.execute_batch(sql).map_err(|e| err(path, e))?;
-            tx.pragma_update(None, "user_version", (i + 1) as i64).map_err(|e| err(path, e))?;
-            tx.commit().map_err(|e| err(path, e))?;
+            let tx = file.conn.transaction().map_err(|e| sqlite(path, e))?;
+            tx.execute_batch(sql).map_err(|e| sqlite(path, e))?;
+            tx.pragma_update(None, "user_version", (i + 1) as i64).map_err(|e| sqlite(path, e))?;
+            tx.commit().map_err(|e| sqlite(path, e))?;
         }
-        let stored_id: Option<String> = file.meta("server_id").map_err(|e| err(path, e))?;
+        let stored_id: Option<String> = file.meta("server_id").map_err(|e| sqlite(path, e))?;
         match stored_id {
             Some(id) if id != server_id => {
                 return Err(err(
@@ -220,10 +231,10 @@ impl StateFile {
             None => {
                 file.conn
                     .execute("INSERT INTO meta (key, value) VALUES ('server_id', ?1)", params![server_id])
-                    .map_err(|e| err(path, e))?;
+                    .map_err(|e| sqlite(path, e))?;
             }
         }
-        let snapshot = file.snapshot(existed).map_err(|e| err(path, e))?;
+        let snapshot = file.snapshot(existed).map_err(|e| sqlite(path, e))?;
         file.next_sequence = snapshot.next_sequence;
         Ok((file, snapshot))
     }
@@ -484,7 +495,7 @@ impl StateHandle {
         let thread = thread::Builder::new()
             .name("worker-state".into())
             .spawn(move || {
-                let fail = |e: rusqlite::Error| err(&thread_path, e);
+                let fail = |e: rusqlite::Error| sqlite(&thread_path, e);
                 while let Ok(msg) = rx.recv() {
                     match msg {
                         first @ (Msg::Write(..) | Msg::Record(..)) if !first.is_floor() => {
@@ -709,5 +720,17 @@ mod tests {
         let err = open(&path, "w", 1_000).await.unwrap_err().to_string();
         assert!(err.contains("damaged") && err.contains("move the file aside"), "{err}");
         assert_eq!(std::fs::read(&path).unwrap(), bytes, "left as it was");
+    }
+
+    #[tokio::test]
+    async fn a_state_error_keeps_its_sqlite_source() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.db");
+        let (state, _) = open(&path, "w", 10).await.unwrap();
+        state.close_and_wait(std::time::Duration::from_secs(5)).await.unwrap();
+        // A directory where the file should be: SQLite cannot open it.
+        let err = open(dir.path(), "w", 10).await.unwrap_err();
+        let source = std::error::Error::source(&err);
+        assert!(source.is_some_and(|s| s.to_string().contains("unable to open database file")), "{err:?}");
     }
 }

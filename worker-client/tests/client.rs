@@ -455,3 +455,27 @@ async fn a_lost_state_file_starts_after_the_orchestrators_records() {
     assert_eq!(stored, (1..=15).collect::<Vec<u64>>(), "no record dropped as a duplicate");
     o.stop().await;
 }
+
+#[tokio::test]
+async fn standalone_mode_processes_its_streams_without_an_orchestrator() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("w1.db");
+    let client = ResilientWorkerClient::standalone("w1", vec![1, 2, 3]).state_path(&state).build().await.unwrap();
+    client.start().await.unwrap();
+    let set = client.leases().borrow().clone();
+    assert_eq!(set.iter().map(|(s, _)| s).collect::<Vec<_>>(), [1, 2, 3]);
+    assert!(client.can_process_stream(2) && !client.can_process_stream(4));
+    assert_eq!(client.record_stream_processing(2).await.unwrap(), 1, "records stay durable");
+    assert!(!client.register().await.unwrap() && !client.send_heartbeat().await.unwrap(), "no calls");
+    assert_eq!(client.request_streams(5).await.unwrap(), [1, 2, 3]);
+    assert!(client.release_streams(&[3]).await.unwrap());
+    assert!(!client.can_process_stream(3));
+    let health = client.health_check().await;
+    assert_eq!(health.mode, Mode::Standalone);
+    assert!(health.local_mode_active && !health.orchestrator_available, "{}", health.to_json());
+    assert_eq!((health.assigned_streams, health.metrics.total_requests), (2, 0), "{}", health.to_json());
+    let report = client.shutdown().await;
+    assert!(!report.deregistered && report.records_unsynced == 1, "{report:?}");
+    let err = ResilientWorkerClient::standalone("w1", vec![]).build().await.unwrap_err();
+    assert!(matches!(err, Error::Config { setting: "streams", .. }), "{err}");
+}

@@ -207,6 +207,32 @@ impl ResilientWorkerClient {
         ClientBuilder::new(orchestrator_url, server_id)
     }
 
+    /// A builder for **standalone mode** (the seed's "orchestrator
+    /// disabled"): no orchestrator at all. The worker processes exactly
+    /// `streams` (no lease epochs: they read as 0), records stay durable in
+    /// the state file, `health_check` reports `mode: standalone`, and no
+    /// call leaves the process: `register` and `send_heartbeat` answer
+    /// `false`, `request_streams` the streams, `release_streams` drops
+    /// streams locally.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), worker_client::Error> {
+    /// let client = worker_client::ResilientWorkerClient::standalone("worker-01", (1..=10).collect())
+    ///     .state_path("/var/lib/worker/state.db")
+    ///     .build()
+    ///     .await?;
+    /// client.start().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn standalone(server_id: impl Into<String>, streams: Vec<i64>) -> ClientBuilder {
+        ClientBuilder::standalone(server_id, streams)
+    }
+
+    pub(super) fn is_standalone(&self) -> bool {
+        self.inner.config.standalone.is_some()
+    }
+
     pub(crate) async fn from_config(config: ClientConfig) -> Result<Self, Error> {
         let channel = config
             .connector
@@ -218,7 +244,11 @@ impl ResilientWorkerClient {
         let (state, snapshot) =
             tokio::task::spawn_blocking(move || StateHandle::open(&path, &id, sync_full, delay, history))
                 .await
-                .map_err(|e| Error::State { path: config.state_path.clone(), reason: e.to_string() })??;
+                .map_err(|e| Error::State {
+                    path: config.state_path.clone(),
+                    reason: e.to_string(),
+                    source: Some(Arc::new(e)),
+                })??;
         if snapshot.from_earlier_run {
             tracing::info!(
                 path = %config.state_path.display(),
@@ -240,9 +270,13 @@ impl ResilientWorkerClient {
         let silent_at_start = last_contact.map_or(Duration::ZERO, |t| t.elapsed().unwrap_or_default());
         let (leases, _) = watch::channel(LeaseSet { leases: snapshot.leases.clone(), local_mode: false });
         let (stop, _) = watch::channel(false);
+        let held = match &config.standalone {
+            Some(streams) => streams.iter().map(|&s| (s, 0)).collect(),
+            None => snapshot.leases,
+        };
         let core = Core {
             session,
-            leases: snapshot.leases,
+            leases: held,
             to_ack: Vec::new(),
             pending_releases: snapshot.pending_releases,
             heartbeat_interval,
@@ -291,6 +325,12 @@ impl ResilientWorkerClient {
     /// [`Error::Rejected`] if the orchestrator refuses the registration
     /// (for example a `max_streams` above its limit); [`Error::State`].
     pub async fn start(&self) -> Result<(), Error> {
+        if self.is_standalone() {
+            let core = self.inner.core.lock().await;
+            self.publish(&core);
+            tracing::info!(streams = core.leases.len(), "standalone mode: no orchestrator");
+            return Ok(());
+        }
         self.register().await?;
         let Some(life) = &self.life else { return Ok(()) };
         let mut task = life.task.lock().unwrap_or_else(|p| p.into_inner());
@@ -356,7 +396,7 @@ impl ResilientWorkerClient {
         if core.stopped {
             return Err(Error::ShutDown);
         }
-        if self.is_local() {
+        if self.is_local() || self.is_standalone() {
             return Ok(core.leases.keys().copied().collect());
         }
         if core.session.is_none() && !self.register_locked(&mut core).await? {
@@ -388,6 +428,9 @@ impl ResilientWorkerClient {
             core.drop_lease(l.stream_id);
         }
         self.publish(&core);
+        if self.is_standalone() {
+            return Ok(true);
+        }
         self.persist_leases(&core).await?;
         self.release_locked(&mut core, leases).await
     }
@@ -472,7 +515,7 @@ impl ResilientWorkerClient {
             }
             core.stopped = true;
             self.publish(&core); // stop processing first
-            if self.is_local() || core.session.is_none() {
+            if self.is_local() || self.is_standalone() || core.session.is_none() {
                 return;
             }
             // Upload what was recorded, while the leases are still ours.
@@ -516,7 +559,9 @@ impl ResilientWorkerClient {
 
     /// The mode, from published state.
     fn mode(&self) -> Mode {
-        if self.inner.halted.load(Ordering::Acquire) {
+        if self.is_standalone() {
+            Mode::Standalone
+        } else if self.inner.halted.load(Ordering::Acquire) {
             Mode::Halted
         } else if self.is_local() {
             Mode::Local

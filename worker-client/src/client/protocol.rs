@@ -25,6 +25,9 @@ impl ResilientWorkerClient {
         if core.stopped {
             return Err(Error::ShutDown);
         }
+        if self.is_standalone() {
+            return Ok(false);
+        }
         let held = core.held();
         let request = v1::RegisterRequest {
             server_id: self.inner.config.server_id.clone(),
@@ -115,6 +118,9 @@ impl ResilientWorkerClient {
     pub(super) async fn heartbeat_locked(&self, core: &mut Core) -> Result<bool, Error> {
         if core.stopped {
             return Err(Error::ShutDown);
+        }
+        if self.is_standalone() {
+            return Ok(false);
         }
         if self.is_local() {
             return Ok(false);
