@@ -201,6 +201,7 @@ async fn a_worker_lifecycle_through_every_worker_rpc() {
         })
         .collect();
     let sync = v1::SyncLocalStateRequest {
+        synced_below_sequence: 0,
         session: Some(session.clone()),
         held_leases: held.clone(),
         records: records.clone(),
@@ -437,6 +438,7 @@ async fn bad_input_gets_invalid_argument_naming_the_field() {
         local_mode: false,
     };
     let sync = |records| v1::SyncLocalStateRequest {
+        synced_below_sequence: 0,
         session: Some(session.clone()),
         held_leases: vec![],
         records,
@@ -446,6 +448,9 @@ async fn bad_input_gets_invalid_argument_naming_the_field() {
     let mut no_time = record(1);
     no_time.processed_at = None;
     expect(w.sync_local_state(sync(vec![no_time])).await, "records[0].processed_at");
+    let mut claim_past_the_batch = sync(vec![record(3)]);
+    claim_past_the_batch.synced_below_sequence = 4;
+    expect(w.sync_local_state(claim_past_the_batch).await, "synced_below_sequence");
 
     let add = |stream_id, name: String| v1::AddStreamsRequest {
         streams: vec![v1::StreamSpec { stream_id, name, source_url: String::new() }],

@@ -303,10 +303,11 @@ impl ClientBuilder {
         self
     }
 
-    /// The longest [`shutdown`](crate::ResilientWorkerClient::shutdown)
-    /// takes (default 10 s: inside the 30 s most service managers give
-    /// between SIGTERM and SIGKILL). What it could not do by then is left
-    /// to the session's expiry and the next run.
+    /// How long [`shutdown`](crate::ResilientWorkerClient::shutdown) may
+    /// take (default 10 s: inside the 30 s most service managers give
+    /// between SIGTERM and SIGKILL), plus at most 100 ms to close the state
+    /// file. What it could not do by then is left to the session's expiry
+    /// and the next run.
     pub fn shutdown_timeout(mut self, d: Duration) -> Self {
         self.shutdown_timeout = d;
         self

@@ -198,7 +198,8 @@ impl StateFile {
                 return Err(err(
                     path,
                     format!(
-                        "it belongs to server_id {id:?}, not {server_id:?}; use one state file per worker (it was not modified)"
+                        "it belongs to server_id {id:?}, not {server_id:?}; it was not modified: give this worker a \
+                         state file of its own (a new path), or start worker {id:?} with this one"
                     ),
                 ));
             }
@@ -298,7 +299,7 @@ impl StateFile {
                 }
                 Op::Record(r) => {
                     let mut insert = tx.prepare_cached(
-                        "INSERT OR IGNORE INTO records (sequence, stream_id, lease_epoch, processed_at_ms, local_mode)
+                        "INSERT INTO records (sequence, stream_id, lease_epoch, processed_at_ms, local_mode)
                          VALUES (?1, ?2, ?3, ?4, ?5)",
                     )?;
                     insert.execute(params![

@@ -324,7 +324,17 @@ impl WorkerService for WorkerApi {
         let session = status::session(r.session)?;
         let held = status::leases_in(&r.held_leases);
         let records = validate_records(&r.records, self.o.lock().engine.config().max_list_len)?;
-        let upload = (!records.is_empty()).then(|| RecordUpload { server_id: session.server_id.clone(), records });
+        if let Some(first) = records.first()
+            && r.synced_below_sequence > first.sequence
+        {
+            return Err(status::invalid(
+                "synced_below_sequence",
+                "must not exceed the sequence of the first record of the batch",
+            ));
+        }
+        let synced_below = r.synced_below_sequence;
+        let upload =
+            (!records.is_empty()).then(|| RecordUpload { server_id: session.server_id.clone(), records, synced_below });
         let (decisions, outcome) = self
             .o
             .run(|st, now| {

@@ -85,6 +85,9 @@ pub struct RecordUpload {
     pub server_id: String,
     /// The records, in increasing sequence order.
     pub records: Vec<RecordRow>,
+    /// The worker holds no unacknowledged record below this sequence (0:
+    /// no claim): the acknowledgement counts from here.
+    pub synced_below: u64,
 }
 
 /// What the store did with a [`RecordUpload`].

@@ -329,13 +329,16 @@ impl SqliteStore {
         // The watermark: the highest sequence with every sequence from 1 up
         // to it stored. A gap (a record not uploaded yet) holds it back, so
         // a worker never marks as synced a record the orchestrator lacks.
-        let mut through: i64 = tx
+        let before: i64 = tx
             .query_row("SELECT through FROM record_watermarks WHERE server_id = ?1", params![upload.server_id], |row| {
                 row.get(0)
             })
             .optional()?
             .unwrap_or(0);
-        let before = through;
+        // The worker's claim (nothing unsynced below `synced_below`) lets
+        // the watermark pass a gap that can never be filled.
+        let claim = i64::try_from(upload.synced_below.saturating_sub(1)).unwrap_or(i64::MAX);
+        let mut through = before.max(claim);
         let mut stored =
             tx.prepare_cached("SELECT 1 FROM processing_records WHERE server_id = ?1 AND sequence = ?2")?;
         while stored.query_row(params![upload.server_id, through + 1], |_| Ok(())).optional()?.is_some() {
@@ -551,7 +554,8 @@ mod tests {
         s.commit(&[b]).unwrap();
         let rec =
             |sequence, at| RecordRow { stream_id: 1, lease_epoch: 1, processed_at_ms: at, sequence, local_mode: true };
-        let upload = RecordUpload { server_id: "w".into(), records: vec![rec(1, 1_000), rec(2, 6_000)] };
+        let upload =
+            RecordUpload { server_id: "w".into(), records: vec![rec(1, 1_000), rec(2, 6_000)], synced_below: 0 };
         let first = s.commit(&[Batch { records: Some(upload.clone()), ..batch(vec![]) }]).unwrap();
         assert_eq!(first, [Some(RecordsOutcome { acknowledged_through: 2, stale: 1, duplicates: 0 })]);
         let again = s.commit(&[Batch { records: Some(upload), ..batch(vec![]) }]).unwrap();
@@ -567,16 +571,26 @@ mod tests {
         let rec =
             |sequence| RecordRow { stream_id: 1, lease_epoch: 1, processed_at_ms: 0, sequence, local_mode: false };
         let upload = |seqs: &[u64]| Batch {
-            records: Some(RecordUpload { server_id: "w".into(), records: seqs.iter().map(|&q| rec(q)).collect() }),
+            records: Some(RecordUpload {
+                server_id: "w".into(),
+                records: seqs.iter().map(|&q| rec(q)).collect(),
+                synced_below: 0,
+            }),
             ..batch(vec![])
         };
         let through = |o: Vec<Option<RecordsOutcome>>| o[0].map(|o| o.acknowledged_through);
         assert_eq!(through(s.commit(&[upload(&[1, 2, 4])]).unwrap()), Some(2), "3 is missing: not past 2");
         assert_eq!(through(s.commit(&[upload(&[5])]).unwrap()), Some(2));
         assert_eq!(through(s.commit(&[upload(&[3])]).unwrap()), Some(5), "the gap is filled");
+        // A gap that can never be filled (6 and 7 are gone for good): the
+        // worker says it holds nothing unsynced below 8.
+        let mut past_gap = upload(&[8, 9]);
+        past_gap.records.as_mut().unwrap().synced_below = 8;
+        assert_eq!(through(s.commit(&[upload(&[8, 9])]).unwrap()), Some(5), "held back by 6 and 7");
+        assert_eq!(through(s.commit(&[past_gap]).unwrap()), Some(9), "counted from the worker's claim");
         drop(s);
         let loaded = SqliteStore::open(&path).unwrap().load().unwrap();
-        assert_eq!(loaded.acknowledged_through.get("w"), Some(&5));
+        assert_eq!(loaded.acknowledged_through.get("w"), Some(&9));
     }
 
     #[test]

@@ -79,7 +79,8 @@ pub struct ShutdownReport {
     /// keeps the leases for the next run to present.
     pub deregistered: bool,
     /// Processing records the orchestrator has not acknowledged; they stay
-    /// in the state file and the next run uploads them.
+    /// in the state file and the next run uploads them (in standalone mode
+    /// records are never uploaded and this is 0).
     pub records_unsynced: u64,
     /// The deadline passed before everything was done.
     pub timed_out: bool,
@@ -99,6 +100,12 @@ struct Inner {
     next_sequence: AtomicU64,
     /// Records written since the last upload.
     records_waiting: AtomicBool,
+    /// This state file has registered with an orchestrator before (it had
+    /// a session when opened, or registered in this run).
+    ever_registered: AtomicBool,
+    /// `shutdown` has begun: nothing is published or registered any more,
+    /// even if it cannot take the protocol lock in time.
+    stopping: AtomicBool,
     local: AtomicBool,
     /// Processing stopped by the local-mode limit.
     halted: AtomicBool,
@@ -258,6 +265,7 @@ impl ResilientWorkerClient {
             );
         }
         let heartbeat_interval = config.heartbeat_interval.unwrap_or(Duration::from_secs(5));
+        let ever_registered = snapshot.session.is_some();
         let session = snapshot.session.map(|(session_id, worker_epoch)| v1::SessionRef {
             server_id: config.server_id.clone(),
             session_id,
@@ -295,6 +303,8 @@ impl ResilientWorkerClient {
                 leases,
                 next_sequence: AtomicU64::new(snapshot.next_sequence),
                 records_waiting: AtomicBool::new(snapshot.unsynced > 0),
+                ever_registered: AtomicBool::new(ever_registered),
+                stopping: AtomicBool::new(false),
                 local: AtomicBool::new(false),
                 halted: AtomicBool::new(false),
                 metrics,
@@ -464,9 +474,18 @@ impl ResilientWorkerClient {
         let record = NewRecord { stream_id, lease_epoch, processed_at_ms: now_ms(), local_mode: local };
         // The state thread numbers records in commit order: no gap below a
         // committed sequence, so an upload never skips a record.
+        let m = &self.inner.metrics;
+        if self.is_standalone() {
+            // Durable, never to be uploaded: marked synced at once, so the
+            // history limit keeps the file bounded and a later orchestrated
+            // run with this file has nothing of epoch 0 to upload.
+            let sequence = self.inner.state.record(record).await?;
+            self.inner.state.write(vec![Op::SyncedThrough(sequence)]).await?;
+            m.records_made.fetch_add(1, Ordering::Relaxed);
+            return Ok(sequence);
+        }
         // Counted before the write, so that an upload of the record cannot
         // come before its count (the counter would drift upwards).
-        let m = &self.inner.metrics;
         m.records_unsynced.fetch_add(1, Ordering::Relaxed);
         let sequence = match self.inner.state.record(record).await {
             Ok(sequence) => sequence,
@@ -500,6 +519,14 @@ impl ResilientWorkerClient {
     /// [`shutdown`](Self::shutdown) with a deadline of its own.
     pub async fn shutdown_within(&self, limit: Duration) -> ShutdownReport {
         let deadline = tokio::time::Instant::now() + limit;
+        // From here on nothing is published or registered, whoever holds
+        // the protocol lock: processing stops now, deadline or not.
+        self.inner.stopping.store(true, Ordering::Release);
+        self.inner.leases.send_if_modified(|set| {
+            let changed = !set.leases.is_empty();
+            set.leases.clear();
+            changed
+        });
         self.inner.stop.send_replace(true);
         if let Some(task) = self.life.as_ref().and_then(|l| l.task.lock().unwrap_or_else(|p| p.into_inner()).take()) {
             // A call in flight would hold the protocol lock until its own
@@ -544,7 +571,8 @@ impl ResilientWorkerClient {
             tracing::warn!(?limit, "shutdown did not finish in time; the session will expire");
         }
         report.records_unsynced = self.inner.metrics.records_unsynced.load(std::sync::atomic::Ordering::Relaxed);
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now()).max(Duration::from_secs(1));
+        // Closing gets what is left of the deadline, and at least 100 ms.
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now()).max(Duration::from_millis(100));
         if let Err(e) = self.inner.state.close_and_wait(left).await {
             tracing::warn!(error = %e, "the state file was not closed cleanly");
         }
@@ -617,7 +645,8 @@ impl ResilientWorkerClient {
             // by a publish that read them before it.
             let local = self.is_local();
             let halted = self.inner.halted.load(Ordering::Acquire);
-            let leases = if halted || core.stopped { BTreeMap::new() } else { core.leases.clone() };
+            let stopping = self.inner.stopping.load(Ordering::Acquire);
+            let leases = if halted || core.stopped || stopping { BTreeMap::new() } else { core.leases.clone() };
             let next = LeaseSet { leases, local_mode: local };
             if *set == next {
                 false

@@ -22,7 +22,7 @@ const SYNC_BATCH: usize = 1000;
 
 impl ResilientWorkerClient {
     pub(super) async fn register_locked(&self, core: &mut Core) -> Result<bool, Error> {
-        if core.stopped {
+        if core.stopped || self.inner.stopping.load(Ordering::Acquire) {
             return Err(Error::ShutDown);
         }
         if self.is_standalone() {
@@ -91,7 +91,12 @@ impl ResilientWorkerClient {
                 acknowledged = r.acknowledged_through_sequence,
                 "ignoring an absurd acknowledged sequence from the orchestrator"
             );
-        } else if r.acknowledged_through_sequence >= self.inner.next_sequence.load(Ordering::Relaxed) {
+        } else if !self.inner.ever_registered.swap(true, Ordering::AcqRel) && r.acknowledged_through_sequence > 0 {
+            // The first registration of this state file: none of its
+            // records was ever uploaded, so numbering them after the
+            // orchestrator's is safe (a file that registered before keeps
+            // its numbers: its records below the watermark are the
+            // orchestrator's own).
             let floor = r.acknowledged_through_sequence.saturating_add(1);
             tracing::info!(
                 floor,
@@ -271,6 +276,8 @@ impl ResilientWorkerClient {
                 held_leases: held,
                 records,
                 request_id: request_id(),
+                // The batch is the lowest unsynced records: none below it.
+                synced_below_sequence: batch.first().map_or(0, |r| r.sequence),
             };
             let answer =
                 self.call(request, |mut grpc, request| async move { grpc.sync_local_state(request).await }).await;
