@@ -210,6 +210,14 @@ impl StateFile {
         }
         conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, false)
             .map_err(|e| sqlite(path, e))?;
+        // Ours: private to its owner, also a file an older version created.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
+                tracing::warn!(path = %path.display(), error = %e, "could not make the state file private (0600)");
+            }
+        }
         conn.pragma_update(None, "journal_mode", "WAL").map_err(|e| sqlite(path, e))?;
         conn.pragma_update(None, "synchronous", if sync_full { "FULL" } else { "NORMAL" })
             .map_err(|e| sqlite(path, e))?;
@@ -658,12 +666,18 @@ mod tests {
         let path = dir.path().join("w.db");
         let (state, _) = open(&path, "w", 10).await.unwrap();
         state.record(new_record(1)).await.unwrap();
+        state.close_and_wait(std::time::Duration::from_secs(5)).await.unwrap();
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+            let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode(&path), 0o600);
+            // A file from before (world-readable) is made private on open.
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+            let (state, _) = open(&path, "w", 10).await.unwrap();
+            assert_eq!(mode(&path), 0o600);
+            state.close_and_wait(std::time::Duration::from_secs(5)).await.unwrap();
         }
-        state.close_and_wait(std::time::Duration::from_secs(5)).await.unwrap();
     }
 
     #[tokio::test]
