@@ -110,7 +110,7 @@ impl OrchestratorServer {
         .map_err(|e| StoreError::Io(e.to_string()))??;
         let workers = loaded.state.workers.len();
         let streams = loaded.state.streams.len();
-        let (handle, store_thread) = StoreHandle::spawn(store)?;
+        let (handle, store_thread) = StoreHandle::spawn(store, loaded.acknowledged_through.clone())?;
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|source| ServeError::Bind { addr: config.listen, source })?;

@@ -154,8 +154,8 @@ async fn an_outage_goes_to_local_mode_and_back_with_every_record_synced_once() {
     assert_eq!(stored, recorded, "every record reached the orchestrator exactly once");
     let kept: Vec<(i64, u64)> = client.leases().borrow().iter().collect();
     assert_eq!(kept, before[..2], "kept with the same epochs; the released one stays released");
-    let status = client.detailed_status().await;
-    assert_eq!(status["local_state"]["unsynced_records"], 0);
+    // The orchestrator stores before the client reads its answer: poll.
+    eventually!(Duration::from_secs(5), client.detailed_status().await["local_state"]["unsynced_records"] == 0);
     client.shutdown().await;
     o.stop().await;
 }

@@ -4,7 +4,7 @@
 //! targets is in `balance`.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap};
+use std::collections::BinaryHeap;
 
 use super::balance::{self, Slot};
 use super::{Change, Engine, Lease, LeaseRecord, LeaseState, Millis, RevokeReason, StreamId, WorkerState};
@@ -97,7 +97,8 @@ impl Engine {
             }
             assert!(w.revoking.is_subset(&w.owned));
         }
-        let removed: BTreeSet<StreamId> = self.streams.iter().filter(|(_, s)| s.removed).map(|(&id, _)| id).collect();
+        let removed: std::collections::BTreeSet<StreamId> =
+            self.streams.iter().filter(|(_, s)| s.removed).map(|(&id, _)| id).collect();
         assert_eq!(removed, self.removed, "removed cache wrong");
     }
 

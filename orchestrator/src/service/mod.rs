@@ -51,8 +51,6 @@ struct State {
     engine: Engine,
     meta: HashMap<StreamId, StreamMeta>,
     versions: HashMap<String, String>,
-    /// Per worker, the highest contiguous sequence of its stored records.
-    acknowledged: HashMap<String, u64>,
 }
 
 const MAX_NAME: usize = 256;
@@ -76,12 +74,7 @@ impl Orchestrator {
         let (fatal, _) = watch::channel(None);
         Self {
             shared: Arc::new(Shared {
-                state: Mutex::new(State {
-                    engine,
-                    meta: loaded.meta,
-                    versions: loaded.client_versions,
-                    acknowledged: loaded.acknowledged_through,
-                }),
+                state: Mutex::new(State { engine, meta: loaded.meta, versions: loaded.client_versions }),
                 store,
                 started,
                 started_wall_ms: status::unix_ms(SystemTime::now()),
@@ -233,21 +226,23 @@ impl WorkerService for WorkerApi {
         let r = request.into_inner();
         check_len("client_version", &r.client_version, MAX_VERSION)?;
         let held = status::leases_in(&r.held_leases);
-        let ((registered, interval, timeout, acknowledged), _) = self
+        let ((registered, interval, timeout), _) = self
             .o
             .run(|st, now| {
                 let registered = st.engine.register(now, &r.server_id, r.max_streams, &r.request_id, &held)?;
                 let interval = Orchestrator::heartbeat_interval(st);
                 let timeout = Duration::from_millis(st.engine.config().session_timeout);
-                let acknowledged = st.acknowledged.get(&r.server_id).copied().unwrap_or(0);
                 let mut batch = Batch::default();
                 if st.versions.get(&r.server_id) != Some(&r.client_version) && !r.client_version.is_empty() {
                     st.versions.insert(r.server_id.clone(), r.client_version.clone());
                     batch.client_version = Some((r.server_id.clone(), r.client_version.clone()));
                 }
-                Ok(((registered, interval, timeout, acknowledged), batch))
+                Ok(((registered, interval, timeout), batch))
             })
             .await?;
+        // Read after this registration's batch is durable: every upload
+        // submitted before it is counted (the store commits in order).
+        let acknowledged = self.o.shared.store.acknowledged_through(&r.server_id);
         Ok(Response::new(v1::RegisterResponse {
             session: Some(status::session_out(registered.session)),
             held_lease_decisions: registered.decisions.into_iter().map(status::decision_out).collect(),
@@ -342,14 +337,7 @@ impl WorkerService for WorkerApi {
                 Ok((decisions, Batch { records: upload, ..Batch::default() }))
             })
             .await?;
-        let acknowledged = {
-            let mut st = self.o.lock();
-            let known = st.acknowledged.entry(session.server_id.clone()).or_insert(0);
-            if let Some(o) = &outcome {
-                *known = (*known).max(o.acknowledged_through);
-            }
-            *known
-        };
+        let acknowledged = self.o.shared.store.acknowledged_through(&session.server_id);
         let outcome = outcome.unwrap_or_default();
         if outcome.stale > 0 {
             tracing::info!(server_id = %session.server_id, stale = outcome.stale, "records made under an old lease epoch");

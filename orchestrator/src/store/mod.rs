@@ -176,6 +176,10 @@ pub struct StoreHandle {
     durable: watch::Receiver<u64>,
     /// Sequence number of the last batch submitted.
     submitted: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Per worker, the acknowledged watermark of its records; updated by
+    /// the store thread before it reports a commit durable, so a reader
+    /// whose own batch is durable sees every earlier upload.
+    watermarks: std::sync::Arc<std::sync::Mutex<HashMap<String, u64>>>,
 }
 
 impl std::fmt::Debug for Job {
@@ -218,9 +222,14 @@ impl StoreHandle {
     /// # Errors
     ///
     /// [`StoreError::Io`] if the thread cannot be started.
-    pub fn spawn(mut store: impl Store) -> Result<(Self, thread::JoinHandle<()>), StoreError> {
+    pub fn spawn(
+        mut store: impl Store,
+        watermarks: HashMap<String, u64>,
+    ) -> Result<(Self, thread::JoinHandle<()>), StoreError> {
         let (jobs, queue) = mpsc::channel::<Msg>();
         let (durable_tx, durable) = watch::channel(0u64);
+        let watermarks = std::sync::Arc::new(std::sync::Mutex::new(watermarks));
+        let thread_watermarks = std::sync::Arc::clone(&watermarks);
         let thread = thread::Builder::new()
             .name("store".into())
             .spawn(move || {
@@ -247,6 +256,14 @@ impl StoreHandle {
                     };
                     match result {
                         Ok(outcomes) => {
+                            let mut marks = thread_watermarks.lock().unwrap_or_else(|p| p.into_inner());
+                            for (batch, outcome) in batches.iter().zip(&outcomes) {
+                                if let (Some(upload), Some(outcome)) = (&batch.records, outcome) {
+                                    let mark = marks.entry(upload.server_id.clone()).or_insert(0);
+                                    *mark = (*mark).max(outcome.acknowledged_through);
+                                }
+                            }
+                            drop(marks);
                             done += jobs.len() as u64;
                             durable_tx.send_replace(done);
                             for (job, outcome) in jobs.into_iter().zip(outcomes) {
@@ -265,7 +282,17 @@ impl StoreHandle {
                 }
             })
             .map_err(|e| StoreError::Io(format!("cannot start the store thread: {e}")))?;
-        Ok((Self { jobs, durable, submitted: std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0)) }, thread))
+        Ok((
+            Self { jobs, durable, submitted: std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0)), watermarks },
+            thread,
+        ))
+    }
+
+    /// The acknowledged watermark of a worker's records (0: none), as of
+    /// the last durable commit. Read it after a batch of one's own is
+    /// durable to see every upload submitted before that batch.
+    pub fn acknowledged_through(&self, server_id: &str) -> u64 {
+        self.watermarks.lock().unwrap_or_else(|p| p.into_inner()).get(server_id).copied().unwrap_or(0)
     }
 
     /// Queues a batch. Call it while holding the engine lock so that batches

@@ -570,7 +570,13 @@ impl ResilientWorkerClient {
             report.timed_out = true;
             tracing::warn!(?limit, "shutdown did not finish in time; the session will expire");
         }
-        report.records_unsynced = self.inner.metrics.records_unsynced.load(std::sync::atomic::Ordering::Relaxed);
+        // From the state file itself (the counter is approximate when the
+        // background task was stopped in the middle of an upload).
+        let m = &self.inner.metrics;
+        if let Ok((_, unsynced)) = self.inner.state.counts().await {
+            m.records_unsynced.store(unsynced, Ordering::Relaxed);
+        }
+        report.records_unsynced = m.records_unsynced.load(Ordering::Relaxed);
         // Closing gets what is left of the deadline, and at least 100 ms.
         let left = deadline.saturating_duration_since(tokio::time::Instant::now()).max(Duration::from_millis(100));
         if let Err(e) = self.inner.state.close_and_wait(left).await {
