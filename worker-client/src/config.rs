@@ -341,7 +341,7 @@ impl ClientBuilder {
     ///
     /// [`Error::Config`] naming the setting.
     pub fn config(self) -> Result<ClientConfig, Error> {
-        let bad = |setting: &'static str, problem: String| Error::Config { setting, problem };
+        let bad = |setting: &'static str, problem: String| Error::Config { setting, problem, source: None };
         if !(self.orchestrator_url.starts_with("http://") || self.orchestrator_url.starts_with("https://")) {
             return Err(bad(
                 "orchestrator_url",

@@ -80,6 +80,9 @@ pub enum Error {
         setting: &'static str,
         /// What is wrong with it.
         problem: String,
+        /// The underlying error (a connector's, say), if any.
+        #[source]
+        source: Option<std::sync::Arc<dyn std::error::Error + Send + Sync>>,
     },
     /// The state file cannot be used.
     #[error("worker state file {path}: {reason}")]
@@ -101,6 +104,9 @@ pub enum Error {
         code: tonic::Code,
         /// The orchestrator's message (it names the field).
         message: String,
+        /// The status itself, with its details and metadata.
+        #[source]
+        status: std::sync::Arc<tonic::Status>,
     },
     /// The stream is not leased to this worker now.
     #[error("stream {0} is not leased to this worker")]
@@ -108,6 +114,16 @@ pub enum Error {
     /// The client was shut down.
     #[error("the client is shut down")]
     ShutDown,
+}
+
+impl Error {
+    fn rejected(status: tonic::Status) -> Self {
+        Self::Rejected {
+            code: status.code(),
+            message: status.message().to_owned(),
+            status: std::sync::Arc::new(status),
+        }
+    }
 }
 
 /// The streams this worker may process now, with their lease epochs.

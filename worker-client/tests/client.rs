@@ -195,13 +195,16 @@ async fn invalid_arguments_come_back_to_the_caller_and_never_trip_the_breaker() 
     let client = fast(&o.url(), "w1", &dir.path().join("w1.db")).max_streams(5).build().await.unwrap();
     for _ in 0..5 {
         match client.register().await {
-            Err(Error::Rejected { code, message }) => {
+            Err(Error::Rejected { code, message, .. }) => {
                 assert_eq!(code, tonic::Code::InvalidArgument);
                 assert!(message.contains("max_streams"), "{message}");
             }
             other => panic!("{other:?}"),
         }
     }
+    let err = client.register().await.unwrap_err();
+    let source = std::error::Error::source(&err).map(ToString::to_string).unwrap_or_default();
+    assert!(source.contains("max_streams"), "the status is the error's source: {source:?}");
     let health = client.health_check().await;
     assert_eq!(health.circuit_breaker_state, "closed");
     assert_eq!(health.metrics.retry_attempts, 0, "never retried");

@@ -241,11 +241,11 @@ impl ResilientWorkerClient {
     }
 
     pub(crate) async fn from_config(config: ClientConfig) -> Result<Self, Error> {
-        let channel = config
-            .connector
-            .0
-            .connect(&config.orchestrator_url)
-            .map_err(|e| Error::Config { setting: "orchestrator_url", problem: e.to_string() })?;
+        let channel = config.connector.0.connect(&config.orchestrator_url).map_err(|e| Error::Config {
+            setting: "orchestrator_url",
+            problem: format!("the connector cannot make a channel: {e}"),
+            source: Some(Arc::from(e)),
+        })?;
         let (path, id, sync_full) = (config.state_path.clone(), config.server_id.clone(), config.state_sync_full);
         let (delay, history) = (config.state_write_delay, config.state_history);
         let (state, snapshot) =

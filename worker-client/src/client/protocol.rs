@@ -41,7 +41,7 @@ impl ResilientWorkerClient {
             Ok(r) => r,
             Err(Failure::Session) => return Ok(false), // cannot happen for Register
             Err(Failure::Rejected(s)) => {
-                return Err(Error::Rejected { code: s.code(), message: s.message().to_owned() });
+                return Err(Error::rejected(s));
             }
             Err(Failure::Unreachable(why)) => {
                 self.maybe_enter_local(core, &why).await?;
@@ -220,7 +220,7 @@ impl ResilientWorkerClient {
                     return Ok(true);
                 }
                 Err(Failure::Rejected(s)) => {
-                    return Err(Error::Rejected { code: s.code(), message: s.message().to_owned() });
+                    return Err(Error::rejected(s));
                 }
                 Err(failure) => {
                     // Fencing or unreachable: keep the release for later.

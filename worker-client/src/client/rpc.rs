@@ -128,9 +128,7 @@ impl ResilientWorkerClient {
     /// What a failed call means for the client.
     pub(super) async fn on_failure(&self, core: &mut Core, failure: Failure) -> Result<(), Error> {
         match failure {
-            Failure::Rejected(status) => {
-                Err(Error::Rejected { code: status.code(), message: status.message().to_owned() })
-            }
+            Failure::Rejected(status) => Err(Error::rejected(status)),
             Failure::Session => {
                 tracing::info!("session no longer valid; registering again");
                 core.session = None;
