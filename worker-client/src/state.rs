@@ -83,6 +83,9 @@ pub(crate) enum Op {
     Leases(BTreeMap<i64, u64>),
     Record(Record),
     SyncedThrough(u64),
+    /// Marks exactly this record synced (a standalone record, never to be
+    /// uploaded; older unsynced records stay unsynced).
+    SyncedOnly(u64),
     PendingRelease {
         stream_id: i64,
         lease_epoch: u64,
@@ -106,6 +109,9 @@ pub(crate) struct NewRecord {
     pub(crate) lease_epoch: u64,
     pub(crate) processed_at_ms: i64,
     pub(crate) local_mode: bool,
+    /// Never to be uploaded (standalone mode): written as synced, in the
+    /// same transaction, so the history limit applies to it.
+    pub(crate) synced: bool,
 }
 
 /// What the file held when it was opened.
@@ -141,6 +147,17 @@ fn create_private(path: &Path) -> std::io::Result<()> {
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     options.open(path).map(drop)
+}
+
+/// Keeps the newest `history` synced records, for audits: the file does
+/// not grow with every record ever made. Unsynced records are never deleted.
+fn prune(tx: &rusqlite::Transaction<'_>, history: u64) -> rusqlite::Result<()> {
+    tx.execute(
+        "DELETE FROM records WHERE synced = 1 AND sequence < (
+             SELECT sequence FROM records WHERE synced = 1 ORDER BY sequence DESC LIMIT 1 OFFSET ?1)",
+        params![history.saturating_sub(1).min(i64::MAX as u64) as i64],
+    )?;
+    Ok(())
 }
 
 fn err(path: &Path, e: impl std::fmt::Display) -> Error {
@@ -324,13 +341,11 @@ impl StateFile {
                         "UPDATE records SET synced = 1 WHERE synced = 0 AND sequence <= ?1",
                         params![*through as i64],
                     )?;
-                    // Keep the newest `history` synced records, for audits;
-                    // the file does not grow with every record ever made.
-                    tx.execute(
-                        "DELETE FROM records WHERE synced = 1 AND sequence < (
-                             SELECT sequence FROM records WHERE synced = 1 ORDER BY sequence DESC LIMIT 1 OFFSET ?1)",
-                        params![self.history.saturating_sub(1).min(i64::MAX as u64) as i64],
-                    )?;
+                    prune(&tx, self.history)?;
+                }
+                Op::SyncedOnly(sequence) => {
+                    tx.execute("UPDATE records SET synced = 1 WHERE sequence = ?1", params![*sequence as i64])?;
+                    prune(&tx, self.history)?;
                 }
                 Op::PendingRelease { stream_id, lease_epoch } => {
                     tx.execute(
@@ -434,6 +449,9 @@ impl Group {
                     processed_at_ms: r.processed_at_ms,
                     local_mode: r.local_mode,
                 }));
+                if r.synced {
+                    self.ops.push(Op::SyncedOnly(sequence));
+                }
                 self.records.push((sequence, reply));
             }
             _ => {}
@@ -632,7 +650,7 @@ mod tests {
     use super::*;
 
     fn new_record(stream_id: i64) -> NewRecord {
-        NewRecord { stream_id, lease_epoch: 1, processed_at_ms: 0, local_mode: true }
+        NewRecord { stream_id, lease_epoch: 1, processed_at_ms: 0, local_mode: true, synced: false }
     }
 
     #[tokio::test]

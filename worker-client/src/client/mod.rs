@@ -471,16 +471,17 @@ impl ResilientWorkerClient {
             (set.epoch(stream_id), set.local_mode())
         };
         let Some(lease_epoch) = epoch else { return Err(Error::NotLeased(stream_id)) };
-        let record = NewRecord { stream_id, lease_epoch, processed_at_ms: now_ms(), local_mode: local };
+        let standalone = self.is_standalone();
+        let record =
+            NewRecord { stream_id, lease_epoch, processed_at_ms: now_ms(), local_mode: local, synced: standalone };
         // The state thread numbers records in commit order: no gap below a
         // committed sequence, so an upload never skips a record.
         let m = &self.inner.metrics;
-        if self.is_standalone() {
-            // Durable, never to be uploaded: marked synced at once, so the
+        if standalone {
+            // Durable, never to be uploaded: written as synced, so the
             // history limit keeps the file bounded and a later orchestrated
             // run with this file has nothing of epoch 0 to upload.
             let sequence = self.inner.state.record(record).await?;
-            self.inner.state.write(vec![Op::SyncedThrough(sequence)]).await?;
             m.records_made.fetch_add(1, Ordering::Relaxed);
             return Ok(sequence);
         }
