@@ -16,8 +16,18 @@
 //! The state lives in one atomic word (state + generation). A call in the
 //! CLOSED state loads that word, runs, and on success bumps one counter: no
 //! lock, no allocation. A call refused while OPEN loads the word, reads the
-//! clock and bumps the rejection counter: no lock, no allocation. Failures,
-//! half-open probes and state changes take a short mutex.
+//! coarse clock (the last kernel tick: see below) and bumps the rejection
+//! counter: no lock, no allocation. Failures, half-open probes and state
+//! changes take a short mutex.
+//!
+//! # Clock
+//!
+//! On Linux and FreeBSD the refusal reads `CLOCK_MONOTONIC_COARSE`, about 5 ns
+//! against about 25 ns for the precise clock, and the recovery timeout may end
+//! up to one kernel tick (1–4 ms) late, never early. That clock does not know
+//! `tokio::time::pause`: tests that pause time and expect a breaker to
+//! recover enable this crate's `paused-clock` feature (as tokio's own
+//! `test-util`), which makes every read tokio's clock.
 //!
 //! Every admitted call carries the generation it was admitted in. When its
 //! result arrives after the breaker has changed state, the result counts in
@@ -44,6 +54,7 @@
 //! # }
 //! ```
 
+mod clock;
 mod config;
 mod error;
 mod future;
@@ -58,8 +69,8 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
+
 use tokio::sync::watch;
-use tokio::time::Instant;
 
 pub use config::{CircuitBreakerConfig, CircuitBreakerConfigBuilder, FailureRate};
 pub use error::CallError;
@@ -67,6 +78,7 @@ pub use future::ResponseFuture;
 pub use layer::{AnyError, CircuitBreakerLayer, CircuitBreakerService, ClassifyResponse};
 pub use state::{CircuitBreakerStats, CircuitState, Transition, TransitionCause};
 
+use self::clock::Clock;
 use self::future::Timed;
 use self::state::STATE_BITS;
 use self::window::Window;
@@ -109,14 +121,14 @@ struct Counters {
 struct Inner {
     /// `state | generation << STATE_BITS`; changed only under `slow`.
     word: CachePadded<AtomicU64>,
-    /// Nanoseconds since `epoch` at which an OPEN breaker admits probes.
+    /// Nanoseconds on `clock` at which an OPEN breaker admits probes.
     open_until: AtomicU64,
     consecutive_failures: CachePadded<AtomicU32>,
     counters: Counters,
     window: Option<Window>,
     slow: Mutex<Slow>,
     config: CircuitBreakerConfig,
-    epoch: Instant,
+    clock: Clock,
     changes: watch::Sender<CircuitState>,
 }
 
@@ -125,7 +137,8 @@ struct Slow {
     probe_successes: u32,
     trips_in_a_row: u32,
     trips: u64,
-    entered_at: Instant,
+    /// Nanoseconds on the clock.
+    entered_at: u64,
     history: VecDeque<Transition>,
 }
 
@@ -154,7 +167,7 @@ fn pack(state: CircuitState, generation: u64) -> u64 {
 impl CircuitBreaker {
     /// A breaker in the CLOSED state.
     pub fn new(config: CircuitBreakerConfig) -> Self {
-        let now = Instant::now();
+        let clock = Clock::start();
         let window = config.failure_rate.map(|rate| Window::new(rate.window));
         let (changes, _) = watch::channel(CircuitState::Closed);
         let slow = Slow {
@@ -162,7 +175,7 @@ impl CircuitBreaker {
             probe_successes: 0,
             trips_in_a_row: 0,
             trips: 0,
-            entered_at: now,
+            entered_at: clock.now(),
             history: VecDeque::with_capacity(config.history_capacity.min(64)),
         };
         Self {
@@ -174,7 +187,7 @@ impl CircuitBreaker {
                 window,
                 slow: Mutex::new(slow),
                 config,
-                epoch: now,
+                clock,
                 changes,
             }),
         }
@@ -270,10 +283,10 @@ impl CircuitBreaker {
         let successful = c.successful.get();
         let failed = c.failed.load(Ordering::Relaxed);
         let rejected = c.rejected.get();
-        let now = Instant::now();
-        let open_remaining = (state == CircuitState::Open).then(|| {
-            let until = inner.epoch.checked_add(Duration::from_nanos(inner.open_until.load(Ordering::Relaxed)));
-            until.map_or(Duration::MAX, |until| until.saturating_duration_since(now))
+        let now = inner.clock.now();
+        let open_remaining = (state == CircuitState::Open).then(|| match inner.open_until.load(Ordering::Relaxed) {
+            u64::MAX => Duration::MAX,
+            until => Duration::from_nanos(until.saturating_sub(now)),
         });
         CircuitBreakerStats {
             state,
@@ -284,7 +297,7 @@ impl CircuitBreaker {
             timed_out_calls: c.timed_out.load(Ordering::Relaxed),
             trips: slow.trips,
             consecutive_failures: inner.consecutive_failures.0.load(Ordering::Relaxed),
-            time_in_state: now.saturating_duration_since(slow.entered_at),
+            time_in_state: Duration::from_nanos(now.saturating_sub(slow.entered_at)),
             open_remaining,
         }
     }
@@ -414,10 +427,6 @@ impl Inner {
         self.slow.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn nanos_since_epoch(&self, at: Instant) -> u64 {
-        u64::try_from(at.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
-    }
-
     /// The admission decision. Lock-free for CLOSED, FORCED_CLOSED,
     /// FORCED_OPEN and an OPEN breaker still inside its recovery timeout.
     #[inline]
@@ -426,8 +435,8 @@ impl Inner {
         match CircuitState::from_bits(word) {
             CircuitState::Closed | CircuitState::ForcedClosed => Ok(Ticket { word, probe: false }),
             CircuitState::Open => {
-                let until = self.open_until.load(Ordering::Relaxed);
-                if self.nanos_since_epoch(Instant::now()) < until {
+                // The coarse clock: one tick late at worst, never early.
+                if self.clock.recent() < self.open_until.load(Ordering::Relaxed) {
                     self.reject(CircuitState::Open)
                 } else {
                     self.acquire_slow()
@@ -449,8 +458,7 @@ impl Inner {
         let mut word = self.word.0.load(Ordering::Acquire);
         let mut changed = None;
         if CircuitState::from_bits(word) == CircuitState::Open {
-            let until = self.open_until.load(Ordering::Relaxed);
-            if self.nanos_since_epoch(Instant::now()) < until {
+            if self.clock.now() < self.open_until.load(Ordering::Relaxed) {
                 drop(slow);
                 return self.reject(CircuitState::Open);
             }
@@ -570,13 +578,13 @@ impl Inner {
         let word = self.word.0.load(Ordering::Acquire);
         let from = CircuitState::from_bits(word);
         let generation = (word >> STATE_BITS).wrapping_add(1);
-        let now = Instant::now();
+        let now = self.clock.now();
         match to {
             CircuitState::Open => {
                 let open_for = self.config.open_duration(slow.trips_in_a_row);
                 // Saturates: an open duration near `Duration::MAX` means
                 // "open until forced closed", never an overflow panic.
-                let until = now.checked_add(open_for).map_or(u64::MAX, |until| self.nanos_since_epoch(until));
+                let until = now.saturating_add(clock::nanos(open_for));
                 self.open_until.store(until, Ordering::Relaxed);
                 slow.trips += 1;
                 slow.trips_in_a_row = slow.trips_in_a_row.saturating_add(1);
