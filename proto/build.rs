@@ -29,6 +29,12 @@ fn main() -> Result<(), Box<dyn Error>> {
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
     fs::write(out_dir.join("orchestrator_v1_descriptor.bin"), fds.encode_to_vec())?;
 
-    tonic_prost_build::configure().build_server(true).build_client(true).compile_fds(fds)?;
+    // `codec::ProtoCodec`: a request that does not decode is INVALID_ARGUMENT,
+    // not tonic's INTERNAL (the contract: bad input never gets INTERNAL).
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .codec_path("crate::codec::ProtoCodec")
+        .compile_fds(fds)?;
     Ok(())
 }

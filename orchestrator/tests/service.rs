@@ -413,7 +413,7 @@ async fn bad_input_gets_invalid_argument_naming_the_field() {
     expect(w.register(reg("w", 1, "")).await, "request_id");
     let mut dup = reg("w", 5, "r");
     dup.held_leases = vec![v1::Lease { stream_id: 1, lease_epoch: 1 }, v1::Lease { stream_id: 1, lease_epoch: 2 }];
-    expect(w.register(dup).await, "held_leases");
+    expect(w.register(dup).await, "held_leases[1].stream_id");
     let mut version = reg("w", 5, "r");
     version.client_version = "v".repeat(300);
     expect(w.register(version).await, "client_version");
@@ -428,8 +428,16 @@ async fn bad_input_gets_invalid_argument_naming_the_field() {
     expect(w.request_streams(count(6)).await, "count");
     let release = |leases| v1::ReleaseStreamsRequest { session: Some(session.clone()), leases, request_id: rid() };
     expect(w.release_streams(release(vec![])).await, "leases");
-    expect(w.release_streams(release(vec![v1::Lease { stream_id: -1, lease_epoch: 1 }])).await, "leases");
-    expect(w.release_streams(release(vec![v1::Lease { stream_id: 1, lease_epoch: 0 }])).await, "leases");
+    expect(w.release_streams(release(vec![v1::Lease { stream_id: -1, lease_epoch: 1 }])).await, "leases[0].stream_id");
+    let second_bad = vec![v1::Lease { stream_id: 1, lease_epoch: 1 }, v1::Lease { stream_id: 2, lease_epoch: 0 }];
+    expect(w.release_streams(release(second_bad)).await, "leases[1].lease_epoch");
+    let ack = |acknowledged| v1::HeartbeatRequest { session: Some(session.clone()), processing_count: 0, acknowledged };
+    let third_bad = vec![
+        v1::Lease { stream_id: 1, lease_epoch: 1 },
+        v1::Lease { stream_id: 2, lease_epoch: 1 },
+        v1::Lease { stream_id: 2, lease_epoch: 1 },
+    ];
+    expect(w.heartbeat(ack(third_bad)).await, "acknowledged[2].stream_id");
     let record = |sequence| v1::ProcessingRecord {
         stream_id: 1,
         lease_epoch: 1,
@@ -456,7 +464,7 @@ async fn bad_input_gets_invalid_argument_naming_the_field() {
         streams: vec![v1::StreamSpec { stream_id, name, source_url: String::new() }],
         request_id: rid(),
     };
-    expect(admin.add_streams(add(0, String::new())).await, "stream_ids");
+    expect(admin.add_streams(add(0, String::new())).await, "streams[0].stream_id");
     expect(admin.add_streams(add(1, "n".repeat(300))).await, "streams[0].name");
     expect(admin.add_streams(v1::AddStreamsRequest { streams: vec![], request_id: rid() }).await, "streams");
     expect(
@@ -467,6 +475,17 @@ async fn bad_input_gets_invalid_argument_naming_the_field() {
         admin.drain_worker(v1::DrainWorkerRequest { server_id: String::new(), request_id: rid() }).await,
         "server_id",
     );
+    expect(
+        admin.drain_worker(v1::DrainWorkerRequest { server_id: "not printable".into(), request_id: rid() }).await,
+        "server_id",
+    );
+    let assignments = |server_id: &str| v1::ListAssignmentsRequest {
+        server_id: server_id.into(),
+        page_size: 0,
+        page_token: String::new(),
+    };
+    expect(admin.list_assignments(assignments(&"x".repeat(129))).await, "server_id");
+    expect(admin.list_assignments(assignments("tab\there")).await, "server_id");
     expect(
         admin.list_streams(v1::ListStreamsRequest { page_size: 1, page_token: "garbage".into() }).await,
         "page_token",

@@ -28,6 +28,8 @@ pub mod v1 {
     tonic::include_proto!("orchestrator.v1");
 }
 
+pub mod codec;
+
 /// The encoded `google.protobuf.FileDescriptorSet` of the contract: the three
 /// `orchestrator/v1/*.proto` files with their comments (source info), plus
 /// the well-known types they import. Register it with server reflection

@@ -34,7 +34,11 @@ async fn an_open_breaker_recovers_on_time_never_early() {
             Err(CallError::Rejected { state: CircuitState::Open }) => refused += 1,
             Err(other) => panic!("unexpected answer while open: {other:?}"),
         }
-        assert!(Instant::now() < deadline, "still open {:?} after a {recovery:?} recovery timeout", before_trip.elapsed());
+        assert!(
+            Instant::now() < deadline,
+            "still open {:?} after a {recovery:?} recovery timeout",
+            before_trip.elapsed()
+        );
         tokio::task::yield_now().await;
     };
     assert!(

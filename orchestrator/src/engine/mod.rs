@@ -63,7 +63,8 @@ pub use types::{
 
 pub use config::EngineConfig;
 use memory::{Answer, Answers, fingerprint};
-use validate::{invalid, validate_request_id, validate_server_id};
+pub(crate) use validate::validate_server_id;
+use validate::{invalid, validate_request_id};
 pub use views::{ClusterStatus, LeaseView, PersistedState, PersistedStream, PersistedWorker, WorkerView};
 
 #[derive(Debug, Clone)]
@@ -474,7 +475,7 @@ impl Engine {
         request_id: &str,
     ) -> Result<(Vec<StreamId>, Vec<StreamId>), EngineError> {
         validate_request_id(request_id)?;
-        self.validate_ids("stream_ids", stream_ids)?;
+        self.validate_ids("streams", ".stream_id", stream_ids)?;
         let print = fingerprint(&("add", stream_ids));
         if let Some(Answer::Added(a, b)) = self.admin_answers.get(request_id, print)? {
             return Ok((a, b));
@@ -519,7 +520,7 @@ impl Engine {
         request_id: &str,
     ) -> Result<(Vec<StreamId>, Vec<StreamId>), EngineError> {
         validate_request_id(request_id)?;
-        self.validate_ids("stream_ids", stream_ids)?;
+        self.validate_ids("stream_ids", "", stream_ids)?;
         let print = fingerprint(&("remove", stream_ids));
         if let Some(Answer::Removed(a, b)) = self.admin_answers.get(request_id, print)? {
             return Ok((a, b));
@@ -550,8 +551,11 @@ impl Engine {
     ///
     /// # Errors
     ///
-    /// [`EngineError::UnknownWorker`] if the engine does not know it.
+    /// [`EngineError::InvalidArgument`] for a malformed `server_id` or
+    /// `request_id`, [`EngineError::UnknownWorker`] if the engine does not
+    /// know it.
     pub fn drain(&mut self, now: Millis, server_id: &str, request_id: &str) -> Result<u32, EngineError> {
+        validate_server_id(server_id)?;
         validate_request_id(request_id)?;
         let print = fingerprint(&("drain", server_id));
         if let Some(Answer::Drained(n)) = self.admin_answers.get(request_id, print)? {

@@ -225,7 +225,7 @@ fn a_retried_register_returns_the_same_session_and_does_not_fence_its_sender() {
     assert_eq!(
         e.register(7, "a", 11, "join-1", &[]),
         Err(EngineError::InvalidArgument {
-            field: "request_id",
+            field: "request_id".into(),
             problem: "already used for a different request".into()
         })
     );
@@ -522,10 +522,12 @@ fn a_lower_max_streams_on_re_registration_revokes_the_excess() {
 #[test]
 fn bad_input_is_refused_with_the_field_named() {
     let mut e = engine();
-    let field = |r: Result<Registered, EngineError>| match r {
-        Err(EngineError::InvalidArgument { field, .. }) => field,
-        other => panic!("expected invalid argument, got {other:?}"),
-    };
+    fn field<T: std::fmt::Debug>(r: Result<T, EngineError>) -> String {
+        match r {
+            Err(EngineError::InvalidArgument { field, .. }) => field,
+            other => panic!("expected invalid argument, got {other:?}"),
+        }
+    }
     assert_eq!(field(e.register(0, "", 1, "r", &[])), "server_id");
     assert_eq!(field(e.register(0, &"x".repeat(129), 1, "r", &[])), "server_id");
     assert_eq!(field(e.register(0, "has space", 1, "r", &[])), "server_id");
@@ -533,14 +535,21 @@ fn bad_input_is_refused_with_the_field_named() {
     assert_eq!(field(e.register(0, "a", 10_001, "r", &[])), "max_streams");
     assert_eq!(field(e.register(0, "a", 1, "", &[])), "request_id");
     let dup = [Lease { stream_id: 1, lease_epoch: 1 }, Lease { stream_id: 1, lease_epoch: 2 }];
-    assert_eq!(field(e.register(0, "a", 1, "r", &dup)), "held_leases");
-    let neg = [Lease { stream_id: -4, lease_epoch: 1 }];
-    assert_eq!(field(e.register(0, "a", 1, "r", &neg)), "held_leases");
+    assert_eq!(field(e.register(0, "a", 1, "r", &dup)), "held_leases[1].stream_id");
+    let neg = [Lease { stream_id: 3, lease_epoch: 1 }, Lease { stream_id: -4, lease_epoch: 1 }];
+    assert_eq!(field(e.register(0, "a", 1, "r", &neg)), "held_leases[1].stream_id");
+    let zero_epoch = [Lease { stream_id: 3, lease_epoch: 1 }, Lease { stream_id: 4, lease_epoch: 0 }];
+    assert_eq!(field(e.register(0, "a", 1, "r", &zero_epoch)), "held_leases[1].lease_epoch");
     let s = e.register(0, "a", 5, "ok", &[]).unwrap().session;
-    assert!(matches!(e.request_streams(0, &s, 0, "q"), Err(EngineError::InvalidArgument { field: "count", .. })));
-    assert!(matches!(e.request_streams(0, &s, 6, "q"), Err(EngineError::InvalidArgument { field: "count", .. })));
-    assert!(matches!(e.release_streams(0, &s, &[], "q"), Err(EngineError::InvalidArgument { field: "leases", .. })));
-    assert!(matches!(e.add_streams(0, &[0], "q"), Err(EngineError::InvalidArgument { field: "stream_ids", .. })));
+    assert_eq!(field(e.request_streams(0, &s, 0, "q")), "count");
+    assert_eq!(field(e.request_streams(0, &s, 6, "q")), "count");
+    assert_eq!(field(e.release_streams(0, &s, &[], "q")), "leases");
+    assert_eq!(field(e.heartbeat(0, &s, &[Lease { stream_id: 0, lease_epoch: 1 }])), "acknowledged[0].stream_id");
+    assert_eq!(field(e.add_streams(0, &[5, 0], "q")), "streams[1].stream_id");
+    assert_eq!(field(e.add_streams(0, &[5, 6, 5], "q")), "streams[2].stream_id");
+    assert_eq!(field(e.remove_streams(0, &[7, -1], "q")), "stream_ids[1]");
+    assert_eq!(field(e.drain(0, "not printable", "q")), "server_id");
+    assert_eq!(field(e.drain(0, "", "q")), "server_id");
     assert!(e.take_changes().len() == 1, "only the good registration changed anything");
 }
 

@@ -130,8 +130,9 @@ pub enum EngineError {
     /// A field is out of its documented range.
     #[error("{field}: {problem}")]
     InvalidArgument {
-        /// The field, by its wire name.
-        field: &'static str,
+        /// The field, by its wire name; an element of a list by its path,
+        /// as in `leases[3].stream_id`.
+        field: String,
         /// What is wrong with it.
         problem: String,
     },

@@ -1,19 +1,20 @@
 //! Argument checks: every event validates before it mutates, and a bad
 //! argument is an [`EngineError::InvalidArgument`] naming the field.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 
 use super::{Engine, EngineError, Lease, StreamId};
 
-pub(super) fn invalid(field: &'static str, problem: impl Into<String>) -> EngineError {
-    EngineError::InvalidArgument { field, problem: problem.into() }
+pub(super) fn invalid(field: impl Into<String>, problem: impl Into<String>) -> EngineError {
+    EngineError::InvalidArgument { field: field.into(), problem: problem.into() }
 }
 
 pub(super) fn is_printable(s: &str) -> bool {
     s.bytes().all(|b| (0x21..=0x7e).contains(&b))
 }
 
-pub(super) fn validate_server_id(server_id: &str) -> Result<(), EngineError> {
+/// A `server_id` as every RPC takes it: 1..=128 printable ASCII bytes.
+pub(crate) fn validate_server_id(server_id: &str) -> Result<(), EngineError> {
     if server_id.is_empty() || server_id.len() > 128 || !is_printable(server_id) {
         return Err(invalid("server_id", "must be 1..=128 printable ASCII bytes"));
     }
@@ -28,27 +29,38 @@ pub(super) fn validate_request_id(request_id: &str) -> Result<(), EngineError> {
 }
 
 impl Engine {
-    pub(super) fn validate_ids(&self, field: &'static str, ids: &[StreamId]) -> Result<(), EngineError> {
+    /// Checks a list of stream ids. `list` is the list's wire name and
+    /// `element` what follows an element's index in its path (`""` for a
+    /// list of ids, `".stream_id"` for a list of messages), so errors name
+    /// `streams[3].stream_id` as the contract does.
+    pub(super) fn validate_ids(&self, list: &str, element: &str, ids: &[StreamId]) -> Result<(), EngineError> {
         if ids.len() > self.config.max_list_len {
-            return Err(invalid(field, format!("at most {} entries", self.config.max_list_len)));
+            return Err(invalid(list, format!("at most {} entries", self.config.max_list_len)));
         }
-        let mut seen = BTreeSet::new();
-        for &id in ids {
+        let mut seen = BTreeMap::new();
+        for (i, &id) in ids.iter().enumerate() {
             if id <= 0 {
-                return Err(invalid(field, format!("stream id {id} must be greater than 0")));
+                return Err(invalid(format!("{list}[{i}]{element}"), format!("stream id {id} must be greater than 0")));
             }
-            if !seen.insert(id) {
-                return Err(invalid(field, format!("stream id {id} appears twice")));
+            if let Some(first) = seen.insert(id, i) {
+                return Err(invalid(
+                    format!("{list}[{i}]{element}"),
+                    format!("stream id {id} appears twice (first at {list}[{first}])"),
+                ));
             }
         }
         Ok(())
     }
 
-    pub(super) fn validate_leases(&self, field: &'static str, leases: &[Lease]) -> Result<(), EngineError> {
-        if let Some(l) = leases.iter().find(|l| l.lease_epoch == 0) {
-            return Err(invalid(field, format!("stream {}: lease_epoch must be at least 1", l.stream_id)));
+    /// Checks a list of leases, naming the element at fault.
+    pub(super) fn validate_leases(&self, list: &str, leases: &[Lease]) -> Result<(), EngineError> {
+        if leases.len() > self.config.max_list_len {
+            return Err(invalid(list, format!("at most {} entries", self.config.max_list_len)));
+        }
+        if let Some(i) = leases.iter().position(|l| l.lease_epoch == 0) {
+            return Err(invalid(format!("{list}[{i}].lease_epoch"), "must be at least 1"));
         }
         let ids: Vec<StreamId> = leases.iter().map(|l| l.stream_id).collect();
-        self.validate_ids(field, &ids)
+        self.validate_ids(list, ".stream_id", &ids)
     }
 }

@@ -541,6 +541,9 @@ impl AdminService for AdminApi {
     ) -> Result<Response<v1::ListAssignmentsResponse>, Status> {
         let r = request.into_inner();
         let (size, after) = page(r.page_size, &r.page_token)?;
+        if !r.server_id.is_empty() {
+            crate::engine::validate_server_id(&r.server_id).map_err(status::engine_error)?;
+        }
         let st = self.o.lock();
         let mut matching = st
             .engine

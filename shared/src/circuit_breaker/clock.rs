@@ -18,7 +18,7 @@
     not(any(test, feature = "paused-clock"))
 ))]
 mod source {
-    use rustix::time::{clock_gettime, ClockId};
+    use rustix::time::{ClockId, clock_gettime};
 
     pub(super) type Raw = u64;
 

@@ -69,7 +69,6 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
-
 use tokio::sync::watch;
 
 pub use config::{CircuitBreakerConfig, CircuitBreakerConfigBuilder, FailureRate};

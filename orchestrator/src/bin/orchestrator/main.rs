@@ -72,10 +72,40 @@ struct ServeArgs {
     /// their streams are held back (the mass-failure brake).
     #[arg(long, env = "ORCHESTRATOR_MASS_FAILURE_THRESHOLD", default_value_t = 0.5)]
     mass_failure_threshold: f64,
-    /// Requests handled at once; more are refused with UNAVAILABLE and a
-    /// retry pushback.
+    /// Worker calls handled at once; more are refused at once with
+    /// UNAVAILABLE (reason OVERLOADED) and a retry pushback. A request takes
+    /// a permit only once its message has arrived.
     #[arg(long, env = "ORCHESTRATOR_MAX_CONCURRENT_REQUESTS", default_value_t = 4096)]
     max_concurrent_requests: usize,
+    /// Admin and reflection calls handled at once: their own pool, so
+    /// operators can act while worker calls are shed. Health checks take no
+    /// permit.
+    #[arg(long, env = "ORCHESTRATOR_MAX_CONCURRENT_ADMIN_REQUESTS", default_value_t = 64)]
+    max_concurrent_admin_requests: usize,
+    /// Share of a pool's permits one connection may hold, in (0, 1]: one
+    /// connection cannot take them all. Limits apply per connection, not per
+    /// address, so a fleet behind one NAT address is not limited as one.
+    #[arg(long, env = "ORCHESTRATOR_MAX_CONNECTION_SHARE", default_value_t = 0.25)]
+    max_connection_share: f64,
+    /// HTTP/2 streams (calls) one connection may have open at once,
+    /// advertised to clients as SETTINGS_MAX_CONCURRENT_STREAMS.
+    #[arg(long, env = "ORCHESTRATOR_MAX_STREAMS_PER_CONNECTION", default_value_t = 256)]
+    max_streams_per_connection: u32,
+    /// A request whose message has not arrived within this is answered
+    /// DEADLINE_EXCEEDED (it holds no permit while it waits).
+    #[arg(long, env = "ORCHESTRATOR_REQUEST_RECEIVE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    request_receive_timeout: Duration,
+    /// A connection with no call in progress for this long is closed; 0
+    /// keeps idle connections open. Workers heartbeat far more often.
+    #[arg(long, env = "ORCHESTRATOR_IDLE_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
+    idle_timeout: Duration,
+    /// How often the server sends an HTTP/2 PING on each connection, to find
+    /// peers that vanished without closing it; 0 disables the pings.
+    #[arg(long, env = "ORCHESTRATOR_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
+    keepalive_interval: Duration,
+    /// A connection whose PING is not answered within this is closed.
+    #[arg(long, env = "ORCHESTRATOR_KEEPALIVE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    keepalive_timeout: Duration,
     /// Largest gRPC message, bytes.
     #[arg(long, env = "ORCHESTRATOR_MAX_MESSAGE_BYTES", default_value_t = 4 * 1024 * 1024)]
     max_message_bytes: usize,
@@ -103,8 +133,21 @@ impl ServeArgs {
         if !(self.mass_failure_threshold > 0.0 && self.mass_failure_threshold <= 1.0) {
             return Err("--mass-failure-threshold must be in (0, 1]".into());
         }
-        if self.max_streams_limit == 0 || self.max_list_len == 0 || self.max_concurrent_requests == 0 {
-            return Err("--max-streams-limit, --max-list-len and --max-concurrent-requests must be at least 1".into());
+        if self.max_streams_limit == 0
+            || self.max_list_len == 0
+            || self.max_concurrent_requests == 0
+            || self.max_concurrent_admin_requests == 0
+            || self.max_streams_per_connection == 0
+        {
+            return Err("--max-streams-limit, --max-list-len, --max-concurrent-requests, \
+                        --max-concurrent-admin-requests and --max-streams-per-connection must be at least 1"
+                .into());
+        }
+        if !(self.max_connection_share > 0.0 && self.max_connection_share <= 1.0) {
+            return Err("--max-connection-share must be in (0, 1], e.g. 0.25".into());
+        }
+        if self.request_receive_timeout.is_zero() || self.keepalive_timeout.is_zero() {
+            return Err("--request-receive-timeout and --keepalive-timeout must be greater than zero".into());
         }
         let grace = self.grace.unwrap_or(self.session_timeout + Duration::from_secs(60));
         Ok(ServerConfig {
@@ -125,6 +168,13 @@ impl ServeArgs {
                 ..EngineConfig::default()
             },
             max_concurrent_requests: self.max_concurrent_requests,
+            max_concurrent_admin_requests: self.max_concurrent_admin_requests,
+            max_connection_share: self.max_connection_share,
+            max_streams_per_connection: self.max_streams_per_connection,
+            request_receive_timeout: self.request_receive_timeout,
+            idle_timeout: (!self.idle_timeout.is_zero()).then_some(self.idle_timeout),
+            keepalive_interval: (!self.keepalive_interval.is_zero()).then_some(self.keepalive_interval),
+            keepalive_timeout: self.keepalive_timeout,
             max_message_bytes: self.max_message_bytes,
             demo_streams: self.demo_streams,
             drain_timeout: self.drain_timeout,
@@ -169,6 +219,15 @@ async fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(limit) = orchestrator::server::raise_fd_limit() {
+        // A worker holds one connection; keep headroom for the database,
+        // the listener and the admin CLI.
+        tracing::info!(
+            limit,
+            "open-file limit {limit}: room for about {} worker connections",
+            limit.saturating_sub(64)
+        );
+    }
     let server = match OrchestratorServer::bind(config).await {
         Ok(s) => s,
         Err(e) => {

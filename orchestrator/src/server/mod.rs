@@ -1,6 +1,7 @@
 //! Binding and serving: the worker and admin services, `grpc.health.v1`
-//! and server reflection on one listener, with load shedding, the liveness
-//! ticker and graceful shutdown.
+//! and server reflection on one listener, with per-connection limits and
+//! admission (`admission.rs`), accepting that survives running out of file
+//! descriptors (`incoming.rs`), the liveness ticker and graceful shutdown.
 //!
 //! Bind first, then serve: [`OrchestratorServer::bind`] opens the store,
 //! rebuilds the engine and binds the listener (port 0 allowed);
@@ -8,16 +9,15 @@
 //! serves until the shutdown future fires, then reports NOT_SERVING, stops
 //! accepting, finishes in-flight calls and flushes the store.
 
+mod admission;
+mod incoming;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tonic::transport::server::TcpIncoming;
+pub use incoming::raise_fd_limit;
 
 use crate::engine::EngineConfig;
 use crate::service::{Orchestrator, ServiceConfig};
@@ -32,8 +32,27 @@ pub struct ServerConfig {
     pub database: PathBuf,
     /// The engine's timings and limits.
     pub engine: EngineConfig,
-    /// Requests handled at once before new ones are shed with UNAVAILABLE.
+    /// Worker calls handled at once before new ones are shed with
+    /// UNAVAILABLE.
     pub max_concurrent_requests: usize,
+    /// Admin and reflection calls handled at once (their own pool, so
+    /// operators can act while worker calls are shed). Health checks take
+    /// no permit.
+    pub max_concurrent_admin_requests: usize,
+    /// Share of a pool's permits one connection may hold, in (0, 1].
+    pub max_connection_share: f64,
+    /// HTTP/2 streams one connection may have open at once (advertised as
+    /// SETTINGS_MAX_CONCURRENT_STREAMS).
+    pub max_streams_per_connection: u32,
+    /// How long a request's message may take to arrive before the request
+    /// is answered DEADLINE_EXCEEDED; it holds no permit meanwhile.
+    pub request_receive_timeout: Duration,
+    /// A connection with no request for this long is closed (`None`: never).
+    pub idle_timeout: Option<Duration>,
+    /// HTTP/2 PING interval on each connection (`None`: no pings).
+    pub keepalive_interval: Option<Duration>,
+    /// A connection whose PING is not answered within this is closed.
+    pub keepalive_timeout: Duration,
     /// Largest request or response message, bytes.
     pub max_message_bytes: usize,
     /// Streams 1..=N to add to an empty catalog, for trying things out.
@@ -50,6 +69,13 @@ impl Default for ServerConfig {
             database: PathBuf::from("orchestrator.db"),
             engine: EngineConfig::default(),
             max_concurrent_requests: 4096,
+            max_concurrent_admin_requests: 64,
+            max_connection_share: 0.25,
+            max_streams_per_connection: 256,
+            request_receive_timeout: Duration::from_secs(10),
+            idle_timeout: Some(Duration::from_secs(300)),
+            keepalive_interval: Some(Duration::from_secs(30)),
+            keepalive_timeout: Duration::from_secs(10),
             max_message_bytes: 4 * 1024 * 1024,
             demo_streams: 0,
             drain_timeout: Duration::from_secs(5),
@@ -229,15 +255,24 @@ impl OrchestratorServer {
         if let Some(addr) = addr {
             tracing::info!(%addr, database = %config.database.display(), "orchestrator serving");
         }
-        let shed = ShedLayer { permits: Arc::new(Semaphore::new(config.max_concurrent_requests.max(1))) };
+        let admission = admission::AdmissionLayer::new(admission::Limits {
+            max_concurrent_requests: config.max_concurrent_requests,
+            max_concurrent_admin_requests: config.max_concurrent_admin_requests,
+            max_connection_share: config.max_connection_share,
+            max_message_bytes: config.max_message_bytes,
+            request_receive_timeout: config.request_receive_timeout,
+        });
         let serving = tonic::transport::Server::builder()
-            .layer(shed)
+            .max_concurrent_streams(config.max_streams_per_connection.max(1))
+            .http2_keepalive_interval(config.keepalive_interval)
+            .http2_keepalive_timeout(Some(config.keepalive_timeout))
+            .layer(admission)
             .add_service(health)
             .add_service(reflection)
             .add_service(reflection_alpha)
             .add_service(worker)
             .add_service(admin)
-            .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), signal);
+            .serve_with_incoming_shutdown(incoming::Incoming::new(listener, config.idle_timeout), signal);
         // Graceful shutdown waits for clients to close their connections;
         // workers keep theirs open, so bound the wait.
         let drain = config.drain_timeout;
@@ -280,117 +315,5 @@ impl Orchestrator {
             api.add_streams(tonic::Request::new(request)).await?;
         }
         Ok(())
-    }
-}
-
-/// Bounded concurrency with load shedding: a request that finds every
-/// permit taken is answered at once with `UNAVAILABLE`, ErrorInfo reason
-/// `OVERLOADED` and `grpc-retry-pushback-ms`, instead of queueing (memory
-/// stays bounded).
-#[derive(Debug, Clone)]
-struct ShedLayer {
-    permits: Arc<Semaphore>,
-}
-
-impl<S> tower::Layer<S> for ShedLayer {
-    type Service = Shed<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        Shed { inner, permits: Arc::clone(&self.permits) }
-    }
-}
-
-#[derive(Debug, Clone)]
-struct Shed<S> {
-    inner: S,
-    permits: Arc<Semaphore>,
-}
-
-/// Milliseconds a shed client is asked to wait.
-const PUSHBACK_MS: u64 = 250;
-
-fn overloaded() -> http::Response<tonic::body::Body> {
-    use tonic_types::{ErrorDetails, StatusExt};
-    let details = ErrorDetails::with_error_info(
-        orchestrator_proto::reason::OVERLOADED,
-        orchestrator_proto::ERROR_DOMAIN,
-        std::collections::HashMap::new(),
-    );
-    let mut status = tonic::Status::with_error_details(
-        tonic::Code::Unavailable,
-        "the orchestrator is overloaded; retry after the pushback",
-        details,
-    );
-    status
-        .metadata_mut()
-        .insert(orchestrator_proto::RETRY_PUSHBACK_HEADER, tonic::metadata::MetadataValue::from(PUSHBACK_MS));
-    status.into_http()
-}
-
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
-
-impl<S, B> tower::Service<http::Request<B>> for Shed<S>
-where
-    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>> + Send,
-    S::Future: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = BoxFuture<Result<S::Response, S::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let permit: Option<OwnedSemaphorePermit> = Arc::clone(&self.permits).try_acquire_owned().ok();
-        match permit {
-            Some(permit) => {
-                let future = self.inner.call(request);
-                Box::pin(async move {
-                    let response = future.await;
-                    drop(permit);
-                    response
-                })
-            }
-            None => {
-                tracing::warn!("shedding a request: every concurrency permit is taken");
-                Box::pin(async { Ok(overloaded()) })
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use tower::{Layer, Service, ServiceExt};
-
-    #[tokio::test]
-    async fn requests_over_the_limit_are_shed_with_unavailable_and_pushback() {
-        let gate = Arc::new(tokio::sync::Notify::new());
-        let inner = {
-            let gate = Arc::clone(&gate);
-            tower::service_fn(move |_: http::Request<()>| {
-                let gate = Arc::clone(&gate);
-                async move {
-                    gate.notified().await;
-                    Ok::<_, std::convert::Infallible>(http::Response::new(tonic::body::Body::empty()))
-                }
-            })
-        };
-        let mut svc = ShedLayer { permits: Arc::new(Semaphore::new(1)) }.layer(inner);
-        let first = svc.ready().await.unwrap().call(http::Request::new(()));
-        let shed = svc.ready().await.unwrap().call(http::Request::new(())).await.unwrap();
-        assert_eq!(shed.headers()["grpc-status"], "14");
-        assert_eq!(shed.headers()["grpc-retry-pushback-ms"], "250");
-        let status = tonic::Status::from_header_map(shed.headers()).unwrap();
-        assert!(status.message().contains("overloaded"), "{status:?}");
-        gate.notify_one();
-        first.await.unwrap();
-        // The permit is back: the next request passes.
-        let next = svc.ready().await.unwrap().call(http::Request::new(()));
-        gate.notify_one();
-        assert!(next.await.unwrap().headers().get("grpc-status").is_none());
     }
 }
