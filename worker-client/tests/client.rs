@@ -489,3 +489,51 @@ async fn standalone_mode_processes_its_streams_without_an_orchestrator() {
     let err = ResilientWorkerClient::standalone("w1", vec![]).build().await.unwrap_err();
     assert!(matches!(err, Error::Config { setting: "streams", .. }), "{err}");
 }
+
+/// An orchestrator that takes at most 100 records per call: 250 records
+/// made in local mode are uploaded when it comes back; the first batch is
+/// refused as too large and the client halves its batches until they pass.
+/// Every record arrives once, and the refusals are not taken for an outage.
+#[tokio::test]
+async fn uploads_are_split_when_the_orchestrator_refuses_a_batch_as_too_large() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("o.db");
+    let start = |listen: SocketAddr| {
+        InProcess::start_with(ServerConfig {
+            listen,
+            database: db.clone(),
+            engine: EngineConfig {
+                heartbeat_interval: 50,
+                session_timeout: 600,
+                grace_period: 5_000,
+                max_list_len: 100,
+                ..EngineConfig::default()
+            },
+            drain_timeout: Duration::from_millis(100),
+            ..ServerConfig::default()
+        })
+    };
+    let mut o = start("127.0.0.1:0".parse().unwrap()).await;
+    add_streams(o.addr, 1..=2).await;
+    let client = fast(&o.url(), "w1", &dir.path().join("w1.db")).build().await.unwrap();
+    let mut leases = client.leases();
+    client.start().await.unwrap();
+    eventually!(Duration::from_secs(5), leases.borrow_and_update().len() == 2);
+    let stream = leases.borrow().iter().next().unwrap().0;
+    let addr = o.addr;
+    o.stop().await;
+    eventually!(Duration::from_secs(5), leases.borrow_and_update().local_mode());
+    let mut made = Vec::new();
+    for _ in 0..250 {
+        made.push(client.record_stream_processing(stream).await.unwrap());
+    }
+    let mut o = start(addr).await;
+    eventually!(Duration::from_secs(10), o.records("w1").len() == made.len());
+    let stored: Vec<u64> = o.records("w1").iter().map(|r| r.0).collect();
+    assert_eq!(stored, made, "every record once, in order");
+    eventually!(Duration::from_secs(5), client.detailed_status().await["local_state"]["unsynced_records"] == 0);
+    assert!(!leases.borrow().local_mode(), "the refusals did not send the client back to local mode");
+    assert_eq!(client.health_check().await.metrics.local_mode_activations, 1, "only the real outage");
+    client.shutdown().await;
+    o.stop().await;
+}

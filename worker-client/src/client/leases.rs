@@ -20,6 +20,9 @@ pub(super) struct Core {
     pub(super) pending_releases: BTreeMap<i64, u64>,
     pub(super) heartbeat_interval: Duration,
     pub(super) stopped: bool,
+    /// Records per `SyncLocalState` call: halved when the orchestrator says
+    /// a batch is too large (a smaller `--max-list-len` or message limit).
+    pub(super) sync_batch: usize,
 }
 
 impl Core {
@@ -139,6 +142,7 @@ mod tests {
             pending_releases: BTreeMap::new(),
             heartbeat_interval: Duration::from_secs(5),
             stopped: false,
+            sync_batch: 1000,
         }
     }
 

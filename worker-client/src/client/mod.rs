@@ -289,6 +289,7 @@ impl ResilientWorkerClient {
             pending_releases: snapshot.pending_releases,
             heartbeat_interval,
             stopped: false,
+            sync_batch: protocol::SYNC_BATCH,
         };
         let metrics = Metrics::default();
         metrics.records_unsynced.store(snapshot.unsynced, Ordering::Relaxed);

@@ -17,8 +17,18 @@ use crate::state::Op;
 /// beyond any real count, and safely inside SQLite's integers.
 const MAX_SEQUENCE: u64 = 1 << 53;
 
-/// Records uploaded per `SyncLocalState` call.
-const SYNC_BATCH: usize = 1000;
+/// Records uploaded per `SyncLocalState` call, at first: about 40 KiB, far
+/// below the orchestrator's default limits (10,000 per list, 4 MiB per
+/// message). A batch the orchestrator refuses as too large is halved.
+pub(super) const SYNC_BATCH: usize = 1000;
+
+/// Whether `status` says the upload was too large: RESOURCE_EXHAUSTED (the
+/// message limit) or INVALID_ARGUMENT on the `records` list itself (the
+/// list limit), not on one record.
+fn batch_too_large(status: &tonic::Status) -> bool {
+    status.code() == tonic::Code::ResourceExhausted
+        || (status.code() == tonic::Code::InvalidArgument && status.message().starts_with("records:"))
+}
 
 impl ResilientWorkerClient {
     pub(super) async fn register_locked(&self, core: &mut Core) -> Result<bool, Error> {
@@ -251,7 +261,7 @@ impl ResilientWorkerClient {
     /// in normal mode, once per heartbeat when something was recorded.
     pub(super) async fn sync_records(&self, core: &mut Core) -> Result<(), Error> {
         loop {
-            let batch = self.inner.state.unsynced(SYNC_BATCH).await?;
+            let batch = self.inner.state.unsynced(core.sync_batch).await?;
             if batch.is_empty() {
                 return Ok(());
             }
@@ -310,6 +320,15 @@ impl ResilientWorkerClient {
                         self.inner.records_waiting.store(true, Ordering::Release);
                         return Ok(());
                     }
+                }
+                Err(Failure::Rejected(status)) if batch_too_large(&status) && core.sync_batch > 1 => {
+                    core.sync_batch /= 2;
+                    tracing::warn!(
+                        records = batch.len(),
+                        now = core.sync_batch,
+                        "the orchestrator refused the upload as too large ({}); uploading in smaller batches",
+                        status.message()
+                    );
                 }
                 Err(failure) => {
                     self.inner.records_waiting.store(true, Ordering::Release);

@@ -28,6 +28,14 @@ pub(super) enum Failure {
     Unreachable(String),
 }
 
+/// RESOURCE_EXHAUSTED without a pushback: the request is over the server's
+/// message limit. An answer about the request, not an outage: not retried,
+/// not a breaker failure (the caller makes the request smaller).
+fn too_large(status: &Status) -> bool {
+    grpc::status_code(status) == tonic::Code::ResourceExhausted
+        && !status.metadata().contains_key(orchestrator_proto::RETRY_PUSHBACK_HEADER)
+}
+
 /// A fresh idempotency key for one mutating call.
 pub(super) fn request_id() -> String {
     format!("wc-{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..))
@@ -75,8 +83,10 @@ impl ResilientWorkerClient {
         let m = &self.inner.metrics;
         m.total.fetch_add(1, Ordering::Relaxed);
         let breaker = &self.inner.breaker;
-        let is_failure = |s: &Status| grpc::breaker_outcome(grpc::status_code(s)) == Outcome::Failure;
-        let classify = CallError::retry_action(grpc::retry_action);
+        let is_failure = |s: &Status| !too_large(s) && grpc::breaker_outcome(grpc::status_code(s)) == Outcome::Failure;
+        let classify = CallError::retry_action(|s: &Status| {
+            if too_large(s) { resilience::RetryAction::DoNotRetry } else { grpc::retry_action(s) }
+        });
         let limit = self.inner.config.local_mode_after;
         let deadline = tokio::time::Instant::now() + limit;
         let attempt = || async {
@@ -112,7 +122,9 @@ impl ResilientWorkerClient {
                         self.inner.last_call_answered.store(true, Ordering::Release);
                         Failure::Session
                     }
-                    CallError::Inner(status) if grpc::is_caller_error(grpc::status_code(&status)) => {
+                    CallError::Inner(status)
+                        if grpc::is_caller_error(grpc::status_code(&status)) || too_large(&status) =>
+                    {
                         self.inner.last_call_answered.store(true, Ordering::Release);
                         Failure::Rejected(status)
                     }
