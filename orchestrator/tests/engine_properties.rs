@@ -80,6 +80,8 @@ struct SimWorker {
     to_release: Vec<Lease>,
     /// Assigned leases it will acknowledge on its next heartbeat.
     to_ack: Vec<Lease>,
+    /// Leases RequestStreams returned that no heartbeat has listed yet.
+    pulled: Vec<Lease>,
 }
 
 /// The last mutating call, to retry with the same request id.
@@ -124,6 +126,7 @@ impl Sim {
                 processing: BTreeSet::new(),
                 to_release: Vec::new(),
                 to_ack: Vec::new(),
+                pulled: Vec::new(),
             })
             .collect();
         let mut sim = Self {
@@ -165,6 +168,7 @@ impl Sim {
         self.workers[w].session = Some(r.session.clone());
         self.workers[w].to_release.clear();
         self.workers[w].to_ack.clear();
+        self.workers[w].pulled.clear();
         self.last = Some(LastCall::Register(w, rid, held, r));
         self.generation += 1;
     }
@@ -206,6 +210,15 @@ impl Sim {
         let acks = std::mem::take(&mut self.workers[w].to_ack);
         match self.e.heartbeat(self.now, &session, &acks) {
             Ok(reply) => {
+                // The contract: a pulled lease is repeated in `assign` until
+                // acknowledged (unless it has been revoked or moved since).
+                let id = self.workers[w].id.clone();
+                for l in std::mem::take(&mut self.workers[w].pulled) {
+                    let revoked = reply.revoke.iter().any(|(r, _)| *r == l);
+                    if self.e.is_current_for(&id, l) && !revoked {
+                        assert!(reply.assign.contains(&l), "pulled lease {l:?} missing from assign");
+                    }
+                }
                 for l in &reply.assign {
                     self.workers[w].processing.insert(*l);
                 }
@@ -236,8 +249,10 @@ impl Sim {
                 let rid = self.rid();
                 match self.e.request_streams(self.now, &session, n, &rid) {
                     Ok(granted) => {
+                        // Processed at once, acknowledged in a heartbeat
+                        // like any grant (they stay in `assign` until then).
                         self.workers[w].processing.extend(granted.iter().copied());
-                        self.workers[w].to_ack.retain(|l| !granted.contains(l));
+                        self.workers[w].pulled.extend(granted.iter().copied());
                         self.last = Some(LastCall::Request(w, rid, n, granted));
                     }
                     Err(e) => self.on_error(w, e),
@@ -248,6 +263,7 @@ impl Sim {
                 worker.process = Process::Down;
                 worker.processing.clear();
                 worker.to_ack.clear();
+                worker.pulled.clear();
                 worker.to_release.clear();
                 worker.session = None;
                 self.generation += 1;
@@ -279,6 +295,7 @@ impl Sim {
                 worker.process = Process::Down;
                 worker.processing.clear();
                 worker.to_ack.clear();
+                worker.pulled.clear();
                 worker.to_release.clear();
                 self.generation += 1;
             }

@@ -183,10 +183,16 @@ async fn a_worker_lifecycle_through_every_worker_rpc() {
     let released = w.release_streams(release.clone()).await.unwrap().into_inner();
     assert_eq!(released.released, [one]);
     assert_eq!(w.release_streams(release).await.unwrap().into_inner(), released, "a retry gets the same answer");
+    // The release's placement round already granted a replacement (back to
+    // the capacity of 4), so a pull has nothing new to give: RequestStreams
+    // never returns a lease the worker already has.
     let pull = v1::RequestStreamsRequest { session: Some(session.clone()), count: 2, request_id: "pull-1".into() };
     let granted = w.request_streams(pull.clone()).await.unwrap().into_inner().granted;
-    assert_eq!(granted.len(), 1, "back to its capacity of 4");
-    assert_eq!(w.request_streams(pull).await.unwrap().into_inner().granted, granted, "a retry never grants twice");
+    assert_eq!(granted, []);
+    assert_eq!(w.request_streams(pull).await.unwrap().into_inner().granted, granted, "a retry gets the same answer");
+    let refill = w.heartbeat(hb(vec![])).await.unwrap().into_inner();
+    assert_eq!(refill.assign.len(), 1, "the replacement comes in assign");
+    assert!(w.heartbeat(hb(refill.assign)).await.unwrap().into_inner().assign.is_empty());
 
     // Sync after "local mode": leases keep, records are stored once.
     let held: Vec<v1::Lease> = assignments(&mut admin, "w1").await;

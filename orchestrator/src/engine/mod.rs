@@ -314,9 +314,10 @@ impl Engine {
         Ok(self.pending_for(server_id))
     }
 
-    /// Grants up to `count` streams to a worker that pulls: first its
-    /// granted-but-unacknowledged leases, then new ones within its balanced
-    /// share. Returned leases count as acknowledged.
+    /// Grants up to `count` streams to a worker that pulls, from the streams
+    /// nobody holds, within its balanced share. Returns only the grants this
+    /// call made (never a lease the worker already had); like every grant
+    /// they stay in Heartbeat `assign` until acknowledged there.
     ///
     /// # Errors
     ///
@@ -340,14 +341,18 @@ impl Engine {
             return Ok(g);
         }
         self.touch(session, now);
+        let server_id = session.server_id.as_str();
+        let before = self.workers[server_id].owned.clone();
         self.last_round = None; // a pull does not wait for the batching interval
         self.rebalance(now);
-        let server_id = session.server_id.as_str();
-        let granted: Vec<Lease> = self.pending_for(server_id).assign.into_iter().take(count as usize).collect();
+        let granted: Vec<Lease> = self
+            .pending_for(server_id)
+            .assign
+            .into_iter()
+            .filter(|l| !before.contains(&l.stream_id))
+            .take(count as usize)
+            .collect();
         if let Some(w) = self.workers.get_mut(server_id) {
-            for lease in &granted {
-                w.unacknowledged.remove(&lease.stream_id);
-            }
             w.answers.put(request_id, print, Answer::Granted(granted.clone()));
         }
         Ok(granted)

@@ -232,16 +232,22 @@ fn a_retried_register_returns_the_same_session_and_does_not_fence_its_sender() {
 }
 
 #[test]
-fn a_retried_request_never_grants_twice() {
-    let mut f = Fleet::new(engine(), 10);
-    let s = f.join("a", 100).session;
-    let first = f.e.request_streams(0, &s, 4, "pull-1").unwrap();
+fn a_pull_returns_only_new_grants_which_stay_in_assign_until_acknowledged() {
+    // Rounds batched: the registration at t=10 places nothing yet.
+    let mut e = Engine::new(EngineConfig { min_rebalance_interval: 100, ..EngineConfig::default() });
+    e.add_streams(0, &(1..=10).collect::<Vec<_>>(), "add").unwrap();
+    let s = e.register(10, "a", 100, "ra", &[]).unwrap().session;
+    let first = e.request_streams(10, &s, 4, "pull-1").unwrap();
     assert_eq!(first.len(), 4);
-    let again = f.e.request_streams(0, &s, 4, "pull-1").unwrap();
-    assert_eq!(first, again);
-    let next = f.e.request_streams(0, &s, 4, "pull-2").unwrap();
-    assert!(next.iter().all(|l| !first.contains(l)));
-    let grants = f.e.take_changes().iter().filter(|c| matches!(c, Change::LeaseGranted { .. })).count();
+    assert_eq!(e.request_streams(10, &s, 4, "pull-1").unwrap(), first, "a retry gets the same grants");
+    // Every grant, the pulled ones included, is in `assign` until acknowledged.
+    let reply = e.heartbeat(20, &s, &[]).unwrap();
+    assert_eq!(reply.assign.len(), 10);
+    assert!(first.iter().all(|l| reply.assign.contains(l)), "pulled grants are repeated in assign");
+    assert!(e.heartbeat(30, &s, &reply.assign).unwrap().assign.is_empty());
+    // Holding its whole share, a pull returns nothing it already holds.
+    assert_eq!(e.request_streams(40, &s, 4, "pull-2").unwrap(), []);
+    let grants = e.take_changes().iter().filter(|c| matches!(c, Change::LeaseGranted { .. })).count();
     assert_eq!(grants, 10, "every stream granted once");
 }
 
