@@ -34,6 +34,11 @@ pub struct EngineConfig {
     /// them (the binary: a twentieth of the heartbeat interval). The ticker
     /// runs the deferred round; `request_streams` never waits.
     pub min_rebalance_interval: Millis,
+    /// A worker gone this long (expired or deregistered, holding no stream)
+    /// is forgotten: its memory of answers, its row in the store (default
+    /// 24 h). Fencing survives: a forgotten server_id that comes back starts
+    /// above every epoch ever issued (`PersistedState::worker_epoch_floor`).
+    pub worker_retention: Millis,
 }
 
 impl Default for EngineConfig {
@@ -49,6 +54,7 @@ impl Default for EngineConfig {
             mass_failure_min_sessions: 3,
             instance_id: 0,
             min_rebalance_interval: 0,
+            worker_retention: 24 * 60 * 60 * 1000,
         }
     }
 }

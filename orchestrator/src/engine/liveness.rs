@@ -43,6 +43,7 @@ impl Engine {
             self.dirty = true;
         }
         self.rebalance(now);
+        self.prune(now);
     }
 
     pub(super) fn is_live_state(&self, state: WorkerState) -> bool {
@@ -51,6 +52,34 @@ impl Engine {
 
     pub(super) fn is_live(&self, server_id: &str) -> bool {
         self.workers.get(server_id).is_some_and(|w| self.is_live_state(w.state))
+    }
+
+    /// Whether a worker in `state` holds its streams as far as the admin
+    /// views go: live, or awaiting re-registration (which only exists during
+    /// the grace period after a restart).
+    pub(super) fn holds_state(state: WorkerState) -> bool {
+        matches!(state, WorkerState::Live | WorkerState::Draining | WorkerState::AwaitingReregistration)
+    }
+
+    pub(super) fn holds(&self, server_id: &str) -> bool {
+        self.workers.get(server_id).is_some_and(|w| Self::holds_state(w.state))
+    }
+
+    /// Forgets workers gone longer than `worker_retention` that hold
+    /// nothing. O(workers), run by the ticker.
+    pub(super) fn prune(&mut self, now: Millis) {
+        let retention = self.config.worker_retention;
+        let gone: Vec<String> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| w.state == WorkerState::Expired && w.owned.is_empty())
+            .filter(|(_, w)| now.saturating_sub(w.last_heartbeat) >= retention)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for server_id in gone {
+            self.workers.remove(&server_id);
+            self.changes.push(Change::WorkerPruned { server_id });
+        }
     }
 
     pub(super) fn check_session(&self, session: &SessionRef) -> Result<(), EngineError> {
@@ -116,6 +145,7 @@ impl Engine {
                 w.state = WorkerState::Expired;
             }
         }
+        self.changes.push(Change::GraceEnded { missing: missing.clone() });
         let live = self.workers.values().filter(|w| self.is_live_state(w.state)).count();
         let window = missing.len() + live;
         if window >= self.config.mass_failure_min_sessions

@@ -127,6 +127,8 @@ pub struct Engine {
     dirty: bool,
     /// When the last placement round ran.
     last_round: Option<Millis>,
+    /// The highest worker epoch ever issued (see `PersistedState`).
+    worker_epoch_floor: u64,
 }
 
 impl Engine {
@@ -147,6 +149,7 @@ impl Engine {
             changes: Vec::new(),
             dirty: false,
             last_round: None,
+            worker_epoch_floor: 0,
         }
     }
 
@@ -158,6 +161,8 @@ impl Engine {
         let mut engine = Self::new(config);
         engine.rebalancing_paused = state.rebalancing_paused;
         engine.retired = state.retired_epochs.into_iter().collect();
+        engine.worker_epoch_floor =
+            state.workers.iter().map(|w| w.worker_epoch).fold(state.worker_epoch_floor, u64::max);
         for w in state.workers {
             engine.workers.insert(
                 w.server_id,
@@ -236,8 +241,12 @@ impl Engine {
         }
 
         let instance = self.config.instance_id;
+        // A server_id the engine does not know (new, or forgotten after the
+        // retention) starts above every epoch ever issued: an old session of
+        // a forgotten worker stays fenced.
+        let floor = self.worker_epoch_floor;
         let worker = self.workers.entry(server_id.to_owned()).or_insert_with(|| Worker {
-            worker_epoch: 0,
+            worker_epoch: floor,
             session_id: String::new(),
             max_streams,
             state: WorkerState::Expired,
@@ -248,6 +257,7 @@ impl Engine {
             answers: Answers::default(),
         });
         worker.worker_epoch += 1;
+        self.worker_epoch_floor = self.worker_epoch_floor.max(worker.worker_epoch);
         worker.session_id = format!("{instance:x}.{}", worker.worker_epoch);
         worker.max_streams = max_streams;
         // A drain survives re-registration; it ends with the session's
@@ -457,6 +467,8 @@ impl Engine {
             // The session is gone, not merely expired: later calls with it
             // get `SessionUnknown`, as the contract says.
             w.session_id.clear();
+            // The retention counts from here.
+            w.last_heartbeat = now;
             w.answers.put(request_id, 0, Answer::Done);
         }
         self.changes.push(Change::WorkerLeft { server_id: session.server_id.clone() });
@@ -635,7 +647,7 @@ impl Engine {
                     server_id: l.owner.clone(),
                     lease: Lease { stream_id, lease_epoch: l.epoch },
                     state: l.state,
-                    owner_live: self.is_live(&l.owner),
+                    owner_live: self.holds(&l.owner),
                 })
             })
             .collect()
@@ -660,12 +672,14 @@ impl Engine {
         let live = self.workers.values().filter(|w| self.is_live_state(w.state)).count();
         let capacity = self.workers.values().filter(|w| w.state == WorkerState::Live).map(|w| u64::from(w.max_streams));
         // Through the workers and the few removed streams: O(workers).
+        // Holders: live workers, and during the grace period those awaiting
+        // re-registration (the contract counts their streams as ASSIGNED).
         let held_live: usize =
-            self.workers.values().filter(|w| self.is_live_state(w.state)).map(|w| w.owned.len()).sum();
+            self.workers.values().filter(|w| Self::holds_state(w.state)).map(|w| w.owned.len()).sum();
         let removed_live = self
             .removed
             .iter()
-            .filter(|id| self.streams.get(id).and_then(|s| s.lease.as_ref()).is_some_and(|l| self.is_live(&l.owner)))
+            .filter(|id| self.streams.get(id).and_then(|s| s.lease.as_ref()).is_some_and(|l| self.holds(&l.owner)))
             .count();
         ClusterStatus {
             live_workers: u32::try_from(live).unwrap_or(u32::MAX),
@@ -702,6 +716,7 @@ impl Engine {
                 .collect(),
             rebalancing_paused: self.rebalancing_paused,
             retired_epochs: self.retired.iter().map(|(&id, &epoch)| (id, epoch)).collect(),
+            worker_epoch_floor: self.worker_epoch_floor,
         }
     }
 

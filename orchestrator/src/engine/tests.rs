@@ -398,6 +398,10 @@ fn restart_with_grace_moves_nothing_and_returning_workers_keep_their_leases() {
     let snapshot = f.e.snapshot();
     let mut e = Engine::restore(f.e.config().clone(), snapshot, 1_000);
     assert!(e.status().grace_until.is_some());
+    // The admin view during grace: workers awaiting re-registration hold
+    // their streams (ASSIGNED), nothing shows as unassigned.
+    assert_eq!(e.status().assigned_streams, 6);
+    assert!(e.leases().iter().all(|l| l.owner_live));
     e.tick(2_000);
     assert!(e.take_changes().is_empty(), "nothing moves during grace");
     for id in ["a", "b"] {
@@ -422,7 +426,12 @@ fn a_worker_missing_after_grace_loses_its_streams() {
         let held: Vec<Lease> = f.e.leases().iter().filter(|l| l.server_id == id).map(|l| l.lease).collect();
         e.register(1, id, 100, "again", &held).unwrap();
     }
+    e.take_changes();
     e.tick(T);
+    assert!(
+        e.take_changes().contains(&Change::GraceEnded { missing: vec!["c".to_owned()] }),
+        "the end of grace names the missing worker"
+    );
     assert!(!e.status().brake_engaged, "1 of 3 missing is below the brake");
     assert!(e.leases().iter().all(|l| l.server_id != "c"));
     assert_eq!(e.status().assigned_streams, 4);
@@ -588,4 +597,31 @@ fn placement_rounds_can_be_batched_and_a_pull_does_not_wait() {
     let b = e.register(310, "b", 10, "rb", &[]).unwrap().session;
     let pulled = e.request_streams(320, &b, 1, "pull").unwrap();
     assert_eq!(pulled.len(), 1, "a pull runs its round at once");
+}
+
+#[test]
+fn workers_gone_past_the_retention_are_forgotten_and_fencing_survives() {
+    let mut e = Engine::new(EngineConfig { worker_retention: 1_000, ..EngineConfig::default() });
+    let old = e.register(0, "a", 5, "r1", &[]).unwrap().session;
+    e.deregister(10, &old, "bye").unwrap();
+    e.register(0, "b", 5, "r2", &[]).unwrap();
+    e.tick(500);
+    assert_eq!(e.workers().len(), 2, "within the retention");
+    e.tick(1_010);
+    let changes = e.take_changes();
+    assert!(changes.contains(&Change::WorkerPruned { server_id: "a".into() }));
+    // Live "b" stays.
+    let ids: Vec<String> = e.workers().into_iter().map(|w| w.server_id).collect();
+    assert_eq!(ids, ["b"]);
+    // The forgotten id comes back: its epoch is above every epoch issued, so
+    // the old session stays fenced.
+    let again = e.register(2_000, "a", 5, "r3", &[]).unwrap().session;
+    assert!(again.worker_epoch > old.worker_epoch);
+    assert!(matches!(e.heartbeat(2_000, &old, &[]), Err(EngineError::SessionFenced { .. })));
+    // The floor survives a restart, also with no worker left.
+    let snapshot = e.snapshot();
+    assert_eq!(snapshot.worker_epoch_floor, again.worker_epoch);
+    let mut restored = Engine::restore(e.config().clone(), PersistedState { workers: vec![], ..snapshot }, 0);
+    let fresh = restored.register(0, "z", 5, "r4", &[]).unwrap().session;
+    assert!(fresh.worker_epoch > again.worker_epoch);
 }

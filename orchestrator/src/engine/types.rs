@@ -188,6 +188,19 @@ pub enum Change {
         /// The worker.
         server_id: String,
     },
+    /// The grace period after a restart ended; `missing` did not
+    /// re-register in it (their sessions are expired and their streams
+    /// placed elsewhere, unless the brake holds them).
+    GraceEnded {
+        /// The workers that did not come back.
+        missing: Vec<String>,
+    },
+    /// A worker gone (expired or deregistered, holding nothing) for longer
+    /// than `worker_retention` was forgotten.
+    WorkerPruned {
+        /// The worker.
+        server_id: String,
+    },
     /// A stream was granted.
     LeaseGranted {
         /// The new owner.

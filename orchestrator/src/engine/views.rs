@@ -36,6 +36,10 @@ pub struct PersistedState {
     pub rebalancing_paused: bool,
     /// The last lease epoch of each deleted stream that ever had one.
     pub retired_epochs: Vec<(StreamId, u64)>,
+    /// The highest `worker_epoch` ever issued to any worker: a server_id the
+    /// engine does not know (new, or pruned after `worker_retention`) starts
+    /// above it, so fencing survives pruning.
+    pub worker_epoch_floor: u64,
 }
 
 /// A worker as the admin API shows it.
@@ -65,6 +69,8 @@ pub struct LeaseView {
     /// Its state.
     pub state: LeaseState,
     /// Whether the owner's session is live (false: orphaned, assignable).
+    /// (The owner is live, or awaiting re-registration during the grace
+    /// period after a restart: it holds the stream.)
     pub owner_live: bool,
 }
 

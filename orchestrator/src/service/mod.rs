@@ -65,7 +65,9 @@ impl Orchestrator {
     /// empty database, otherwise a restored one in its grace period.
     pub fn new(config: ServiceConfig, loaded: Loaded, store: StoreHandle) -> Self {
         let started = tokio::time::Instant::now();
-        let fresh = loaded.state.workers.is_empty() && loaded.state.streams.is_empty();
+        let fresh = loaded.state.workers.is_empty()
+            && loaded.state.streams.is_empty()
+            && loaded.state.worker_epoch_floor == 0;
         let engine = if fresh {
             Engine::new(config.engine.clone())
         } else {
@@ -170,6 +172,11 @@ impl Orchestrator {
             };
             batch.changes = st.engine.take_changes();
             log_changes(&batch.changes);
+            for change in &batch.changes {
+                if let Change::WorkerPruned { server_id } = change {
+                    st.versions.remove(server_id);
+                }
+            }
             batch.at_ms = self.wall_ms(now);
             let own_changes = !batch.is_empty();
             (result, self.shared.store.submit(batch), own_changes)
@@ -194,6 +201,24 @@ fn log_changes(changes: &[Change]) {
             }
             Change::WorkerExpired { server_id } => tracing::warn!(%server_id, "worker session expired"),
             Change::WorkerLeft { server_id } => tracing::info!(%server_id, "worker deregistered"),
+            Change::GraceEnded { missing } if missing.is_empty() => {
+                tracing::info!("grace period over: every known worker re-registered");
+            }
+            Change::GraceEnded { missing } => {
+                const SHOWN: usize = 20;
+                let names = missing.iter().take(SHOWN).cloned().collect::<Vec<_>>().join(", ");
+                let more = missing.len().saturating_sub(SHOWN);
+                tracing::warn!(
+                    missing = missing.len(),
+                    "grace period over: {} known worker(s) did not re-register ({names}{}); their sessions are \
+                     expired and their streams are placed on the live workers (unless the mass-failure brake holds them)",
+                    missing.len(),
+                    if more > 0 { format!(" and {more} more") } else { String::new() }
+                );
+            }
+            Change::WorkerPruned { server_id } => {
+                tracing::debug!(%server_id, "worker forgotten after the retention period");
+            }
             Change::LeaseGranted { server_id, lease } => tracing::debug!(%server_id, %lease, "lease granted"),
             Change::LeaseRevoking { server_id, lease, reason } => {
                 tracing::debug!(%server_id, %lease, ?reason, "lease revoked, waiting for release");

@@ -213,7 +213,23 @@ impl SqliteStore {
                      ON CONFLICT (server_id) DO UPDATE SET worker_epoch = excluded.worker_epoch, max_streams = excluded.max_streams",
                     params![server_id, *worker_epoch as i64, max_streams],
                 )?;
+                tx.execute(
+                    "INSERT INTO settings (key, value) VALUES ('worker_epoch_floor', ?1)
+                     ON CONFLICT (key) DO UPDATE SET value = CAST(MAX(CAST(value AS INTEGER), CAST(excluded.value AS INTEGER)) AS TEXT)",
+                    params![worker_epoch.to_string()],
+                )?;
                 audit("worker_registered", Some(server_id), None, Some(*worker_epoch), None)?;
+            }
+            Change::GraceEnded { missing } => {
+                for server_id in missing {
+                    audit("worker_expired", Some(server_id), None, None, Some("did not re-register within the grace period"))?;
+                }
+                let detail = format!("{} worker(s) did not re-register", missing.len());
+                audit("grace_ended", None, None, None, Some(&detail))?;
+            }
+            Change::WorkerPruned { server_id } => {
+                tx.execute("DELETE FROM workers WHERE server_id = ?1", params![server_id])?;
+                audit("worker_pruned", Some(server_id), None, None, None)?;
             }
             Change::WorkerExpired { server_id } => {
                 audit("worker_expired", Some(server_id), None, None, None)?;
@@ -448,6 +464,12 @@ impl Store for SqliteStore {
             .optional()
             .map_err(io)?
             .is_some_and(|v| v == "1");
+        loaded.state.worker_epoch_floor = conn
+            .query_row("SELECT value FROM settings WHERE key = 'worker_epoch_floor'", [], |r| r.get::<_, String>(0))
+            .optional()
+            .map_err(io)?
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
         Ok(loaded)
     }
 
