@@ -82,6 +82,8 @@ struct SimWorker {
     to_ack: Vec<Lease>,
     /// Leases RequestStreams returned that no heartbeat has listed yet.
     pulled: Vec<Lease>,
+    /// Leases this session's heartbeats have handed out in `assign`.
+    shown: BTreeSet<Lease>,
 }
 
 /// The last mutating call, to retry with the same request id.
@@ -127,6 +129,7 @@ impl Sim {
                 to_release: Vec::new(),
                 to_ack: Vec::new(),
                 pulled: Vec::new(),
+                shown: BTreeSet::new(),
             })
             .collect();
         let mut sim = Self {
@@ -169,6 +172,7 @@ impl Sim {
         self.workers[w].to_release.clear();
         self.workers[w].to_ack.clear();
         self.workers[w].pulled.clear();
+        self.workers[w].shown.clear();
         self.last = Some(LastCall::Register(w, rid, held, r));
         self.generation += 1;
     }
@@ -221,6 +225,7 @@ impl Sim {
                 }
                 for l in &reply.assign {
                     self.workers[w].processing.insert(*l);
+                    self.workers[w].shown.insert(*l);
                 }
                 self.workers[w].to_ack = reply.assign;
                 self.workers[w].to_release = reply.revoke.iter().map(|(l, _)| *l).collect();
@@ -253,6 +258,12 @@ impl Sim {
                         // like any grant (they stay in `assign` until then).
                         self.workers[w].processing.extend(granted.iter().copied());
                         self.workers[w].pulled.extend(granted.iter().copied());
+                        for l in &granted {
+                            assert!(
+                                !self.workers[w].shown.contains(l),
+                                "RequestStreams returned {l:?}, already in assign"
+                            );
+                        }
                         self.last = Some(LastCall::Request(w, rid, n, granted));
                     }
                     Err(e) => self.on_error(w, e),
@@ -264,6 +275,7 @@ impl Sim {
                 worker.processing.clear();
                 worker.to_ack.clear();
                 worker.pulled.clear();
+                worker.shown.clear();
                 worker.to_release.clear();
                 worker.session = None;
                 self.generation += 1;
@@ -296,6 +308,7 @@ impl Sim {
                 worker.processing.clear();
                 worker.to_ack.clear();
                 worker.pulled.clear();
+                worker.shown.clear();
                 worker.to_release.clear();
                 self.generation += 1;
             }

@@ -183,16 +183,18 @@ async fn a_worker_lifecycle_through_every_worker_rpc() {
     let released = w.release_streams(release.clone()).await.unwrap().into_inner();
     assert_eq!(released.released, [one]);
     assert_eq!(w.release_streams(release).await.unwrap().into_inner(), released, "a retry gets the same answer");
-    // The release's placement round already granted a replacement (back to
-    // the capacity of 4), so a pull has nothing new to give: RequestStreams
-    // never returns a lease the worker already has.
+    // The release's placement round granted a replacement (back to the
+    // capacity of 4) that no answer has shown the worker: the pull hands it
+    // out, and it is still repeated in `assign` until acknowledged.
     let pull = v1::RequestStreamsRequest { session: Some(session.clone()), count: 2, request_id: "pull-1".into() };
     let granted = w.request_streams(pull.clone()).await.unwrap().into_inner().granted;
-    assert_eq!(granted, []);
-    assert_eq!(w.request_streams(pull).await.unwrap().into_inner().granted, granted, "a retry gets the same answer");
-    let refill = w.heartbeat(hb(vec![])).await.unwrap().into_inner();
-    assert_eq!(refill.assign.len(), 1, "the replacement comes in assign");
-    assert!(w.heartbeat(hb(refill.assign)).await.unwrap().into_inner().assign.is_empty());
+    assert_eq!(granted.len(), 1, "back to its capacity of 4");
+    assert_eq!(w.request_streams(pull).await.unwrap().into_inner().granted, granted, "a retry never grants twice");
+    let repeated = w.heartbeat(hb(vec![])).await.unwrap().into_inner();
+    assert_eq!(repeated.assign, granted, "a pulled grant is repeated in assign until acknowledged");
+    assert!(w.heartbeat(hb(granted.clone())).await.unwrap().into_inner().assign.is_empty());
+    let again = v1::RequestStreamsRequest { session: Some(session.clone()), count: 2, request_id: "pull-2".into() };
+    assert_eq!(w.request_streams(again).await.unwrap().into_inner().granted, [], "at capacity: nothing it holds");
 
     // Sync after "local mode": leases keep, records are stored once.
     let held: Vec<v1::Lease> = assignments(&mut admin, "w1").await;
@@ -347,7 +349,7 @@ async fn drain_and_pause_resume_through_the_admin_service() {
     assert!(r.revoke.iter().all(|d| d.reason == v1::RevokeReason::Drain as i32));
     b.beat(&mut w).await.unwrap();
     assert_eq!((a.held.len(), b.held.len()), (0, 4));
-    let workers = admin.list_workers(v1::ListWorkersRequest {}).await.unwrap().into_inner().workers;
+    let workers = admin.list_workers(v1::ListWorkersRequest::default()).await.unwrap().into_inner().workers;
     let a_info = workers.iter().find(|x| x.server_id == "a").unwrap();
     assert_eq!(a_info.state, v1::WorkerState::Draining as i32);
     assert_eq!(a_info.client_version, "test/1");
@@ -529,4 +531,113 @@ async fn health_serves_and_reflection_lists_the_services() {
         assert!(names.iter().any(|n| n == expected), "{expected} missing from {names:?}");
     }
     f.stop().await;
+}
+
+/// ListWorkers and ListAssignments page through the fleet; assignments come
+/// by ascending (server_id, stream_id) as the contract says; each item once.
+#[tokio::test]
+async fn workers_and_assignments_are_listed_page_by_page_in_contract_order() {
+    let f = Fixture::start(EngineConfig::default()).await;
+    let (mut w, mut admin) = (f.worker().await, f.admin().await);
+    add_streams(&mut admin, 1..=30).await;
+    let mut sessions = Vec::new();
+    for id in ["c", "a", "b"] {
+        sessions.push(register(&mut w, id, 10).await);
+    }
+    let mut workers = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = admin
+            .list_workers(v1::ListWorkersRequest { page_size: 2, page_token: token.clone() })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(page.workers.len() <= 2);
+        workers.extend(page.workers.into_iter().map(|w| w.server_id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(workers, ["a", "b", "c"]);
+
+    let mut listed = Vec::new();
+    let mut token = String::new();
+    let mut pages = 0;
+    loop {
+        let page = admin
+            .list_assignments(v1::ListAssignmentsRequest {
+                server_id: String::new(),
+                page_size: 7,
+                page_token: token.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        pages += 1;
+        listed.extend(page.assignments.into_iter().map(|a| (a.server_id, a.lease.unwrap().stream_id)));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(listed.len(), 30, "every lease once");
+    assert_eq!(pages, 5);
+    let mut sorted = listed.clone();
+    sorted.sort();
+    assert_eq!(listed, sorted, "by ascending (server_id, stream_id)");
+    let err = admin.list_workers(v1::ListWorkersRequest { page_size: 0, page_token: "bad id".into() }).await;
+    assert_eq!(err.unwrap_err().code(), Code::InvalidArgument);
+    for bad in ["garbage", "a/x", "bad id/3"] {
+        let request = v1::ListAssignmentsRequest { server_id: String::new(), page_size: 0, page_token: bad.into() };
+        assert_eq!(admin.list_assignments(request).await.unwrap_err().code(), Code::InvalidArgument, "{bad}");
+    }
+    f.stop().await;
+}
+
+/// After a restart, before the workers re-register, the admin views count
+/// their streams as assigned (the contract: ASSIGNED covers workers awaiting
+/// re-registration).
+#[tokio::test]
+async fn during_grace_the_admin_views_show_the_streams_held() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = || ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        database: dir.path().join("o.db"),
+        engine: EngineConfig { grace_period: 60_000, ..EngineConfig::default() },
+        drain_timeout: Duration::from_millis(100),
+        ..ServerConfig::default()
+    };
+    let mut o = InProcess::start_with(config()).await;
+    let mut admin =
+        AdminServiceClient::new(tonic::transport::Endpoint::from_shared(o.url()).unwrap().connect().await.unwrap());
+    add_streams(&mut admin, 1..=4).await;
+    let mut w =
+        WorkerServiceClient::new(tonic::transport::Endpoint::from_shared(o.url()).unwrap().connect().await.unwrap());
+    register(&mut w, "w1", 10).await;
+    o.stop().await;
+
+    let mut o = InProcess::start_with(config()).await;
+    let mut admin =
+        AdminServiceClient::new(tonic::transport::Endpoint::from_shared(o.url()).unwrap().connect().await.unwrap());
+    let status = admin.get_cluster_status(v1::GetClusterStatusRequest {}).await.unwrap().into_inner();
+    assert!(status.in_grace_period);
+    assert_eq!((status.assigned_streams, status.unassigned_streams), (4, 0));
+    let listed = admin
+        .list_assignments(v1::ListAssignmentsRequest {
+            server_id: "w1".into(),
+            page_size: 0,
+            page_token: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.assignments.len(), 4);
+    let streams = admin
+        .list_streams(v1::ListStreamsRequest { page_size: 0, page_token: String::new() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(streams.streams.iter().all(|s| s.owner_server_id == "w1" && s.state == v1::StreamState::Assigned as i32));
+    o.stop().await;
 }

@@ -176,7 +176,7 @@ async fn an_expired_session_is_fenced_and_the_client_registers_again() {
     assert_eq!(client.leases().borrow().len(), 2);
     // Silent until the orchestrator expired the session (600 ms).
     eventually!(Duration::from_secs(5), {
-        let workers = fixtures::admin(o.addr).await.list_workers(v1::ListWorkersRequest {}).await.unwrap();
+        let workers = fixtures::admin(o.addr).await.list_workers(v1::ListWorkersRequest::default()).await.unwrap();
         workers.into_inner().workers.iter().any(|w| w.state == v1::WorkerState::Expired as i32)
     });
     assert!(client.send_heartbeat().await.unwrap() || client.send_heartbeat().await.unwrap());
@@ -320,7 +320,7 @@ async fn a_dropped_client_stops_and_its_session_expires() {
     client.start().await.unwrap();
     eventually!(Duration::from_secs(5), client.leases().borrow().len() == 2);
     let worker_state = |o: std::net::SocketAddr| async move {
-        let workers = fixtures::admin(o).await.list_workers(v1::ListWorkersRequest {}).await.unwrap();
+        let workers = fixtures::admin(o).await.list_workers(v1::ListWorkersRequest::default()).await.unwrap();
         workers.into_inner().workers.into_iter().find(|w| w.server_id == "w1").map(|w| w.state)
     };
     assert_eq!(worker_state(o.addr).await, Some(v1::WorkerState::Live as i32));

@@ -565,7 +565,7 @@ async fn scale(args: ScaleArgs) -> Result<(), Error> {
     // stream is assigned.
     let stopped_ids: std::collections::HashSet<String> = (0..stop_n).map(|i| format!("load-{i}")).collect();
     loop {
-        let workers = admin.list_workers(v1::ListWorkersRequest {}).await?.into_inner().workers;
+        let workers = admin.list_workers(v1::ListWorkersRequest::default()).await?.into_inner().workers;
         let left: u32 = workers.iter().filter(|w| stopped_ids.contains(&w.server_id)).map(|w| w.assigned_streams).sum();
         let s = status(&mut admin).await?;
         if left == 0 && s.assigned_streams == s.total_streams {

@@ -109,6 +109,7 @@ impl Engine {
         if let Some(w) = self.workers.get_mut(server_id) {
             w.state = WorkerState::Expired;
             w.unacknowledged.clear();
+            w.undelivered.clear();
             self.expiries.push_back(now);
             self.changes.push(Change::WorkerExpired { server_id: server_id.to_owned() });
             self.dirty = true;

@@ -55,6 +55,7 @@ mod validate;
 mod views;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::ops::Bound;
 
 pub use types::{
     Change, EngineError, HeartbeatReply, Lease, LeaseDecision, LeaseState, Millis, Registered, Released, RevokeReason,
@@ -81,6 +82,10 @@ struct Worker {
     revoking: BTreeSet<StreamId>,
     /// Granted leases the worker has not acknowledged yet.
     unacknowledged: BTreeSet<StreamId>,
+    /// The part of `unacknowledged` no answer has shown the worker yet
+    /// (granted by a round after its last heartbeat): what RequestStreams
+    /// may hand out as new.
+    undelivered: BTreeSet<StreamId>,
     answers: Answers,
 }
 
@@ -175,6 +180,7 @@ impl Engine {
                     owned: BTreeSet::new(),
                     revoking: BTreeSet::new(),
                     unacknowledged: BTreeSet::new(),
+                    undelivered: BTreeSet::new(),
                     answers: Answers::default(),
                 },
             );
@@ -254,6 +260,7 @@ impl Engine {
             owned: BTreeSet::new(),
             revoking: BTreeSet::new(),
             unacknowledged: BTreeSet::new(),
+            undelivered: BTreeSet::new(),
             answers: Answers::default(),
         });
         worker.worker_epoch += 1;
@@ -265,6 +272,7 @@ impl Engine {
         worker.state = if worker.state == WorkerState::Draining { WorkerState::Draining } else { WorkerState::Live };
         worker.last_heartbeat = now;
         worker.unacknowledged.clear();
+        worker.undelivered.clear();
         let session = SessionRef {
             server_id: server_id.to_owned(),
             session_id: worker.session_id.clone(),
@@ -315,19 +323,30 @@ impl Engine {
                 && let Some(w) = self.workers.get_mut(server_id)
             {
                 w.unacknowledged.remove(&lease.stream_id);
+                w.undelivered.remove(&lease.stream_id);
             }
         }
         if let Some(w) = self.workers.get_mut(server_id) {
             w.last_heartbeat = now;
         }
         self.rebalance(now);
-        Ok(self.pending_for(server_id))
+        let reply = self.pending_for(server_id);
+        if let Some(w) = self.workers.get_mut(server_id)
+            && !w.undelivered.is_empty()
+        {
+            for lease in &reply.assign {
+                w.undelivered.remove(&lease.stream_id);
+            }
+        }
+        Ok(reply)
     }
 
     /// Grants up to `count` streams to a worker that pulls, from the streams
-    /// nobody holds, within its balanced share. Returns only the grants this
-    /// call made (never a lease the worker already had); like every grant
-    /// they stay in Heartbeat `assign` until acknowledged there.
+    /// nobody holds, within its balanced share: grants no answer has shown
+    /// the worker yet (made by this call's placement round or an earlier
+    /// one since its last heartbeat), never a lease a heartbeat already
+    /// handed it. Like every grant they stay in Heartbeat `assign` until
+    /// acknowledged there.
     ///
     /// # Errors
     ///
@@ -352,17 +371,20 @@ impl Engine {
         }
         self.touch(session, now);
         let server_id = session.server_id.as_str();
-        let before = self.workers[server_id].owned.clone();
         self.last_round = None; // a pull does not wait for the batching interval
         self.rebalance(now);
+        let undelivered = &self.workers[server_id].undelivered;
         let granted: Vec<Lease> = self
             .pending_for(server_id)
             .assign
             .into_iter()
-            .filter(|l| !before.contains(&l.stream_id))
+            .filter(|l| undelivered.contains(&l.stream_id))
             .take(count as usize)
             .collect();
         if let Some(w) = self.workers.get_mut(server_id) {
+            for lease in &granted {
+                w.undelivered.remove(&lease.stream_id);
+            }
             w.answers.put(request_id, print, Answer::Granted(granted.clone()));
         }
         Ok(granted)
@@ -464,6 +486,7 @@ impl Engine {
         if let Some(w) = self.workers.get_mut(&session.server_id) {
             w.state = WorkerState::Expired;
             w.unacknowledged.clear();
+            w.undelivered.clear();
             // The session is gone, not merely expired: later calls with it
             // get `SessionUnknown`, as the contract says.
             w.session_id.clear();
@@ -624,33 +647,98 @@ impl Engine {
 
     /// The workers the engine knows.
     pub fn workers(&self) -> Vec<WorkerView> {
-        self.workers
-            .iter()
-            .map(|(id, w)| WorkerView {
-                server_id: id.clone(),
-                worker_epoch: w.worker_epoch,
-                state: w.state,
-                max_streams: w.max_streams,
-                owned: u32::try_from(w.owned.len()).unwrap_or(u32::MAX),
-                last_heartbeat: w.last_heartbeat,
-            })
-            .collect()
+        self.workers.iter().map(|(id, w)| Self::worker_view(id, w)).collect()
+    }
+
+    fn worker_view(id: &str, w: &Worker) -> WorkerView {
+        WorkerView {
+            server_id: id.to_owned(),
+            worker_epoch: w.worker_epoch,
+            state: w.state,
+            max_streams: w.max_streams,
+            owned: u32::try_from(w.owned.len()).unwrap_or(u32::MAX),
+            last_heartbeat: w.last_heartbeat,
+        }
+    }
+
+    /// Up to `limit` workers after `after` (by server_id), and whether more
+    /// follow. A range read: O(limit), whatever the fleet's size.
+    pub fn workers_page(&self, after: Option<&str>, limit: usize) -> (Vec<WorkerView>, bool) {
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut page: Vec<WorkerView> = self
+            .workers
+            .range::<str, _>((start, Bound::Unbounded))
+            .take(limit + 1)
+            .map(|(id, w)| Self::worker_view(id, w))
+            .collect();
+        let more = page.len() > limit;
+        page.truncate(limit);
+        (page, more)
+    }
+
+    fn lease_view(&self, stream_id: StreamId, l: &LeaseRecord) -> LeaseView {
+        LeaseView {
+            server_id: l.owner.clone(),
+            lease: Lease { stream_id, lease_epoch: l.epoch },
+            state: l.state,
+            owner_live: self.holds(&l.owner),
+        }
     }
 
     /// Every lease, by stream id.
     pub fn leases(&self) -> Vec<LeaseView> {
-        self.streams
-            .iter()
-            .filter_map(|(&stream_id, s)| {
-                let l = s.lease.as_ref()?;
-                Some(LeaseView {
-                    server_id: l.owner.clone(),
-                    lease: Lease { stream_id, lease_epoch: l.epoch },
-                    state: l.state,
-                    owner_live: self.holds(&l.owner),
-                })
-            })
-            .collect()
+        self.streams.iter().filter_map(|(&id, s)| Some(self.lease_view(id, s.lease.as_ref()?))).collect()
+    }
+
+    /// Up to `limit` catalog streams with id above `after`, each with its
+    /// lease, and whether more follow. A range read: O(limit) (plus the few
+    /// streams being removed), whatever the catalog's size.
+    pub fn streams_page(&self, after: StreamId, limit: usize) -> (Vec<(StreamId, Option<LeaseView>)>, bool) {
+        let mut page: Vec<(StreamId, Option<LeaseView>)> = self
+            .streams
+            .range((Bound::Excluded(after), Bound::Unbounded))
+            .filter(|(_, s)| !s.removed)
+            .take(limit + 1)
+            .map(|(&id, s)| (id, s.lease.as_ref().map(|l| self.lease_view(id, l))))
+            .collect();
+        let more = page.len() > limit;
+        page.truncate(limit);
+        (page, more)
+    }
+
+    /// Up to `limit` current leases (held by a live worker, or during grace
+    /// by one awaiting re-registration) by ascending (server_id, stream_id),
+    /// after the position `after`, only `server_id`'s if given; and whether
+    /// more follow. Walks the workers' own lease sets from the position:
+    /// O(limit + workers passed that hold nothing), never O(streams).
+    pub fn assignments_page(
+        &self,
+        server_id: Option<&str>,
+        after: Option<(&str, StreamId)>,
+        limit: usize,
+    ) -> (Vec<LeaseView>, bool) {
+        let start = after.map_or(Bound::Unbounded, |(id, _)| Bound::Included(id));
+        let workers: Box<dyn Iterator<Item = (&String, &Worker)>> = match server_id {
+            Some(id) => Box::new(self.workers.get_key_value(id).into_iter()),
+            None => Box::new(self.workers.range::<str, _>((start, Bound::Unbounded))),
+        };
+        let mut page = Vec::new();
+        for (id, w) in workers.filter(|(_, w)| Self::holds_state(w.state)) {
+            let from = match after {
+                Some((after_id, stream)) if after_id == id.as_str() => Bound::Excluded(stream),
+                Some((after_id, _)) if id.as_str() < after_id => continue,
+                _ => Bound::Unbounded,
+            };
+            for &stream_id in w.owned.range((from, Bound::Unbounded)) {
+                if let Some(l) = self.streams.get(&stream_id).and_then(|s| s.lease.as_ref()) {
+                    if page.len() == limit {
+                        return (page, true);
+                    }
+                    page.push(self.lease_view(stream_id, l));
+                }
+            }
+        }
+        (page, false)
     }
 
     /// The catalog's stream ids (streams being removed excluded).

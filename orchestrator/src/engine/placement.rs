@@ -18,6 +18,7 @@ impl Engine {
             w.owned.remove(&stream_id);
             w.revoking.remove(&stream_id);
             w.unacknowledged.remove(&stream_id);
+            w.undelivered.remove(&stream_id);
         }
         stream.epoch += 1;
         stream.left = None;
@@ -28,6 +29,7 @@ impl Engine {
         if let Some(w) = self.workers.get_mut(server_id) {
             w.owned.insert(stream_id);
             w.unacknowledged.insert(stream_id);
+            w.undelivered.insert(stream_id);
         }
         self.changes.push(Change::LeaseGranted { server_id: server_id.to_owned(), lease });
     }
@@ -46,6 +48,7 @@ impl Engine {
         let owner = l.owner.clone();
         if let Some(w) = self.workers.get_mut(&owner) {
             w.unacknowledged.remove(&stream_id);
+            w.undelivered.remove(&stream_id);
             w.revoking.insert(stream_id);
         }
         self.changes.push(change);
@@ -63,6 +66,7 @@ impl Engine {
             w.owned.remove(&stream_id);
             w.revoking.remove(&stream_id);
             w.unacknowledged.remove(&stream_id);
+            w.undelivered.remove(&stream_id);
         }
         self.changes.push(Change::LeaseEnded { server_id: l.owner, lease: Lease { stream_id, lease_epoch: l.epoch } });
         if removed {

@@ -247,8 +247,16 @@ fn a_pull_returns_only_new_grants_which_stay_in_assign_until_acknowledged() {
     assert!(e.heartbeat(30, &s, &reply.assign).unwrap().assign.is_empty());
     // Holding its whole share, a pull returns nothing it already holds.
     assert_eq!(e.request_streams(40, &s, 4, "pull-2").unwrap(), []);
+    // Nor a grant a heartbeat has already shown it but it has not
+    // acknowledged yet.
+    e.add_streams(50, &[11], "add-11").unwrap();
+    e.tick(200);
+    let shown = e.heartbeat(200, &s, &[]).unwrap().assign;
+    assert_eq!(shown.iter().map(|l| l.stream_id).collect::<Vec<_>>(), [11]);
+    assert_eq!(e.request_streams(210, &s, 4, "pull-3").unwrap(), [], "already handed out by the heartbeat");
+    assert_eq!(e.heartbeat(220, &s, &[]).unwrap().assign, shown, "still repeated until acknowledged");
     let grants = e.take_changes().iter().filter(|c| matches!(c, Change::LeaseGranted { .. })).count();
-    assert_eq!(grants, 10, "every stream granted once");
+    assert_eq!(grants, 11, "every stream granted once");
 }
 
 #[test]

@@ -65,9 +65,8 @@ impl Orchestrator {
     /// empty database, otherwise a restored one in its grace period.
     pub fn new(config: ServiceConfig, loaded: Loaded, store: StoreHandle) -> Self {
         let started = tokio::time::Instant::now();
-        let fresh = loaded.state.workers.is_empty()
-            && loaded.state.streams.is_empty()
-            && loaded.state.worker_epoch_floor == 0;
+        let fresh =
+            loaded.state.workers.is_empty() && loaded.state.streams.is_empty() && loaded.state.worker_epoch_floor == 0;
         let engine = if fresh {
             Engine::new(config.engine.clone())
         } else {
@@ -106,8 +105,12 @@ impl Orchestrator {
     }
 
     /// Cluster figures, for logs and tests.
-    pub fn status(&self) -> crate::engine::ClusterStatus {
-        self.lock().engine.status()
+    ///
+    /// # Errors
+    ///
+    /// INTERNAL if the engine lock is poisoned (the server is stopping).
+    pub fn status(&self) -> Result<crate::engine::ClusterStatus, Status> {
+        Ok(self.lock()?.engine.status())
     }
 
     /// Advances the engine's clock: expiries, the brake, the end of grace,
@@ -125,10 +128,20 @@ impl Orchestrator {
         .map(|_| ())
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
-        // The engine is never left half-updated by a panic (its methods
-        // validate before they mutate), so a poisoned lock is still usable.
-        self.shared.state.lock().unwrap_or_else(|p| p.into_inner())
+    /// The engine lock. A poisoned lock (a panic while it was held) may
+    /// guard a half-updated engine: that is fatal, like a storage failure.
+    /// The call gets INTERNAL, the server reports NOT_SERVING and stops, and
+    /// a restart rebuilds the engine from the store.
+    fn lock(&self) -> Result<MutexGuard<'_, State>, Status> {
+        self.shared.state.lock().map_err(|_| {
+            let reason = "internal error: a panic while the engine lock was held; the state in memory cannot be \
+                          trusted, restart to rebuild it from the store";
+            if self.shared.fatal.borrow().is_none() {
+                tracing::error!("{reason}; shutting down");
+                self.shared.fatal.send_replace(Some(reason.to_owned()));
+            }
+            Status::internal(format!("{reason}; the orchestrator is shutting down"))
+        })
     }
 
     fn now_ms(&self) -> Millis {
@@ -162,7 +175,7 @@ impl Orchestrator {
         reports_decisions: impl FnOnce(&T) -> bool,
     ) -> Result<(T, Option<RecordsOutcome>), Status> {
         let (result, pending, own_changes) = {
-            let mut st = self.lock();
+            let mut st = self.lock()?;
             let now = self.now_ms();
             // The event's batch is moved, not copied: it may carry thousands
             // of processing records, and this runs under the engine lock.
@@ -343,7 +356,7 @@ impl WorkerService for WorkerApi {
         let r = request.into_inner();
         let session = status::session(r.session)?;
         let held = status::leases_in(&r.held_leases);
-        let records = validate_records(&r.records, self.o.lock().engine.config().max_list_len)?;
+        let records = validate_records(&r.records, self.o.lock()?.engine.config().max_list_len)?;
         if let Some(first) = records.first()
             && r.synced_below_sequence > first.sequence
         {
@@ -513,22 +526,23 @@ impl AdminService for AdminApi {
     ) -> Result<Response<v1::ListStreamsResponse>, Status> {
         let r = request.into_inner();
         let (size, after) = page(r.page_size, &r.page_token)?;
-        let st = self.o.lock();
-        let leases: HashMap<StreamId, crate::engine::LeaseView> =
-            st.engine.leases().into_iter().map(|l| (l.lease.stream_id, l)).collect();
-        let ids: Vec<StreamId> = st.engine.stream_ids().into_iter().filter(|&id| id > after).take(size + 1).collect();
-        let more = ids.len() > size;
-        let streams: Vec<v1::StreamInfo> = ids
-            .iter()
-            .take(size)
-            .map(|&id| {
+        let st = self.o.lock()?;
+        let (page, more) = st.engine.streams_page(after, size);
+        let streams: Vec<v1::StreamInfo> = page
+            .into_iter()
+            .map(|(id, lease)| {
                 let meta = st.meta.get(&id).cloned().unwrap_or_default();
-                let lease = leases.get(&id);
                 v1::StreamInfo {
                     spec: Some(v1::StreamSpec { stream_id: id, name: meta.name, source_url: meta.source_url }),
-                    owner_server_id: lease.filter(|l| l.owner_live).map(|l| l.server_id.clone()).unwrap_or_default(),
-                    lease_epoch: lease.map_or(0, |l| l.lease.lease_epoch),
-                    state: lease.map_or(v1::StreamState::Unassigned, |l| status::stream_state(l.state, l.owner_live))
+                    owner_server_id: lease
+                        .as_ref()
+                        .filter(|l| l.owner_live)
+                        .map(|l| l.server_id.clone())
+                        .unwrap_or_default(),
+                    lease_epoch: lease.as_ref().map_or(0, |l| l.lease.lease_epoch),
+                    state: lease
+                        .as_ref()
+                        .map_or(v1::StreamState::Unassigned, |l| status::stream_state(l.state, l.owner_live))
                         as i32,
                 }
             })
@@ -540,12 +554,18 @@ impl AdminService for AdminApi {
 
     async fn list_workers(
         &self,
-        _: Request<v1::ListWorkersRequest>,
+        request: Request<v1::ListWorkersRequest>,
     ) -> Result<Response<v1::ListWorkersResponse>, Status> {
-        let st = self.o.lock();
-        let workers = st
-            .engine
-            .workers()
+        let r = request.into_inner();
+        let (size, _) = page(r.page_size, "")?;
+        let after = (!r.page_token.is_empty()).then_some(r.page_token.as_str());
+        if let Some(token) = after {
+            crate::engine::validate_server_id(token)
+                .map_err(|_| status::invalid("page_token", "not a token this server returned"))?;
+        }
+        let st = self.o.lock()?;
+        let (page, more) = st.engine.workers_page(after, size);
+        let workers: Vec<v1::WorkerInfo> = page
             .into_iter()
             .map(|w| v1::WorkerInfo {
                 client_version: st.versions.get(&w.server_id).cloned().unwrap_or_default(),
@@ -557,7 +577,8 @@ impl AdminService for AdminApi {
                 last_heartbeat: Some(status::timestamp_ms(self.o.wall_ms(w.last_heartbeat))),
             })
             .collect();
-        Ok(Response::new(v1::ListWorkersResponse { workers }))
+        let next = if more { workers.last().map(|w| w.server_id.clone()) } else { None };
+        Ok(Response::new(v1::ListWorkersResponse { workers, next_page_token: next.unwrap_or_default() }))
     }
 
     async fn list_assignments(
@@ -565,28 +586,33 @@ impl AdminService for AdminApi {
         request: Request<v1::ListAssignmentsRequest>,
     ) -> Result<Response<v1::ListAssignmentsResponse>, Status> {
         let r = request.into_inner();
-        let (size, after) = page(r.page_size, &r.page_token)?;
+        let (size, _) = page(r.page_size, "")?;
         if !r.server_id.is_empty() {
             crate::engine::validate_server_id(&r.server_id).map_err(status::engine_error)?;
         }
-        let st = self.o.lock();
-        let mut matching = st
-            .engine
-            .leases()
+        // The token is the last (server_id, stream_id) returned.
+        let bad_token = || status::invalid("page_token", "not a token this server returned");
+        let after = if r.page_token.is_empty() {
+            None
+        } else {
+            let (id, stream) = r.page_token.rsplit_once('/').ok_or_else(bad_token)?;
+            let stream: StreamId = stream.parse().map_err(|_| bad_token())?;
+            crate::engine::validate_server_id(id).map_err(|_| bad_token())?;
+            Some((id, stream))
+        };
+        let filter = (!r.server_id.is_empty()).then_some(r.server_id.as_str());
+        let st = self.o.lock()?;
+        let (page, more) = st.engine.assignments_page(filter, after, size);
+        drop(st);
+        let next = if more { page.last().map(|l| format!("{}/{}", l.server_id, l.lease.stream_id)) } else { None };
+        let assignments: Vec<v1::Assignment> = page
             .into_iter()
-            .filter(|l| l.owner_live && l.lease.stream_id > after)
-            .filter(|l| r.server_id.is_empty() || l.server_id == r.server_id);
-        let assignments: Vec<v1::Assignment> = matching
-            .by_ref()
-            .take(size)
             .map(|l| v1::Assignment {
                 server_id: l.server_id,
                 lease: Some(status::lease_out(l.lease)),
                 state: status::stream_state(l.state, true) as i32,
             })
             .collect();
-        let more = matching.next().is_some();
-        let next = if more { assignments.last().and_then(|a| a.lease).map(|l| l.stream_id.to_string()) } else { None };
         Ok(Response::new(v1::ListAssignmentsResponse { assignments, next_page_token: next.unwrap_or_default() }))
     }
 
@@ -594,7 +620,7 @@ impl AdminService for AdminApi {
         &self,
         _: Request<v1::GetClusterStatusRequest>,
     ) -> Result<Response<v1::GetClusterStatusResponse>, Status> {
-        let s = self.o.status();
+        let s = self.o.status()?;
         Ok(Response::new(v1::GetClusterStatusResponse {
             live_workers: s.live_workers,
             total_streams: s.total_streams,
@@ -649,5 +675,43 @@ impl AdminService for AdminApi {
             .await?;
         tracing::info!("rebalancing resumed");
         Ok(Response::new(v1::ResumeRebalancingResponse { paused }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{SqliteStore, Store};
+
+    /// A panic while the engine lock is held poisons it; the next call gets
+    /// INTERNAL and the orchestrator is told to stop (fatal), instead of
+    /// reusing an engine that may be half-updated.
+    #[tokio::test]
+    async fn a_poisoned_engine_lock_is_fatal() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = SqliteStore::open(&dir.path().join("o.db")).unwrap();
+        let loaded = store.load().unwrap();
+        let (handle, thread) = StoreHandle::spawn(store, loaded.acknowledged_through.clone()).unwrap();
+        let o = Orchestrator::new(ServiceConfig { engine: EngineConfig::default() }, loaded, handle);
+        let fatal = o.fatal();
+        assert!(o.tick().await.is_ok());
+
+        let poisoner = o.clone();
+        let panicked = std::thread::spawn(move || {
+            let _guard = poisoner.shared.state.lock().unwrap();
+            panic!("a bug while the engine lock is held");
+        })
+        .join();
+        assert!(panicked.is_err());
+
+        let err = o.tick().await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Internal);
+        assert!(err.message().contains("shutting down"), "{err:?}");
+        assert!(fatal.borrow().as_deref().is_some_and(|r| r.contains("panic")), "the server is told to stop");
+        let admin = AdminApi::from(o.clone());
+        let listed = admin.list_workers(Request::new(v1::ListWorkersRequest::default())).await;
+        assert_eq!(listed.unwrap_err().code(), tonic::Code::Internal, "no call reuses the poisoned engine");
+        o.close_store();
+        thread.join().unwrap();
     }
 }

@@ -222,7 +222,13 @@ impl SqliteStore {
             }
             Change::GraceEnded { missing } => {
                 for server_id in missing {
-                    audit("worker_expired", Some(server_id), None, None, Some("did not re-register within the grace period"))?;
+                    audit(
+                        "worker_expired",
+                        Some(server_id),
+                        None,
+                        None,
+                        Some("did not re-register within the grace period"),
+                    )?;
                 }
                 let detail = format!("{} worker(s) did not re-register", missing.len());
                 audit("grace_ended", None, None, None, Some(&detail))?;

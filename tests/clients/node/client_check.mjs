@@ -371,7 +371,15 @@ function makeChecks(addr, v1) {
       expectEq(status.live_workers, 0, "GetClusterStatus.live_workers after Deregister");
       expectEq(status.total_streams, "5", "GetClusterStatus.total_streams");
       expectEq(status.assigned_streams, "0", "GetClusterStatus.assigned_streams after Deregister");
-      const { workers } = await unary(admin, "ListWorkers", {});
+      // ListWorkers is paginated like the other lists: page through
+      // (two per page here, so a fleet of any size is read whole).
+      const workers = [];
+      for (let token = ""; ; ) {
+        const page = await unary(admin, "ListWorkers", { page_size: 2, page_token: token });
+        workers.push(...page.workers);
+        if (!page.next_page_token) break;
+        token = page.next_page_token;
+      }
       const mine = workers.filter((w) => w.server_id === serverId);
       expectEq(mine.length, 1, "ListWorkers entries for the worker");
       expectEq(mine[0].state, "WORKER_STATE_EXPIRED", "worker state");

@@ -461,7 +461,15 @@ class Checks:
         expect_eq(status.live_workers, 0, "GetClusterStatus.live_workers after Deregister")
         expect_eq(status.total_streams, 5, "GetClusterStatus.total_streams")
         expect_eq(status.assigned_streams, 0, "GetClusterStatus.assigned_streams after Deregister")
-        workers = self.admin.ListWorkers(a.ListWorkersRequest(), timeout=RPC_TIMEOUT).workers
+        # ListWorkers is paginated like the other lists: page through
+        # (two per page here, so a fleet of any size is read whole).
+        workers, token = [], ""
+        while True:
+            page = self.admin.ListWorkers(a.ListWorkersRequest(page_size=2, page_token=token), timeout=RPC_TIMEOUT)
+            workers.extend(page.workers)
+            if not page.next_page_token:
+                break
+            token = page.next_page_token
         mine = [x for x in workers if x.server_id == server_id]
         expect_eq(len(mine), 1, "ListWorkers entries for the worker")
         expect_eq(a.WorkerState.Name(mine[0].state), "WORKER_STATE_EXPIRED", "worker state")

@@ -65,6 +65,11 @@ struct ServeArgs {
     /// Longest list in one request (stream ids, leases, records).
     #[arg(long, env = "ORCHESTRATOR_MAX_LIST_LEN", default_value_t = 10_000)]
     max_list_len: usize,
+    /// A worker gone this long (expired or deregistered, holding no stream)
+    /// is forgotten: removed from memory and from the database. A forgotten
+    /// server_id may register again; its old sessions stay fenced.
+    #[arg(long, env = "ORCHESTRATOR_WORKER_RETENTION", default_value = "24h", value_parser = humantime::parse_duration)]
+    worker_retention: Duration,
     /// Cap on streams revoked per rebalancing round (0: no cap).
     #[arg(long, env = "ORCHESTRATOR_MAX_MOVES_PER_ROUND", default_value_t = 0)]
     max_moves_per_round: u32,
@@ -165,6 +170,7 @@ impl ServeArgs {
                 // Batch placement rounds on busy fleets: a grant waits at
                 // most a twentieth of a heartbeat interval.
                 min_rebalance_interval: ms(self.heartbeat_interval) / 20,
+                worker_retention: ms(self.worker_retention),
                 ..EngineConfig::default()
             },
             max_concurrent_requests: self.max_concurrent_requests,

@@ -52,8 +52,8 @@ use std::time::SystemTime;
 
 use orchestrator_proto::v1::{
     AddStreamsRequest, AddStreamsResponse, DrainWorkerRequest, GetClusterStatusRequest, ListAssignmentsRequest,
-    ListStreamsRequest, ListWorkersRequest, PauseRebalancingRequest, RemoveStreamsRequest, RemoveStreamsResponse,
-    ResumeRebalancingRequest, StreamSpec,
+    ListStreamsRequest, ListWorkersRequest, ListWorkersResponse, PauseRebalancingRequest, RemoveStreamsRequest,
+    RemoveStreamsResponse, ResumeRebalancingRequest, StreamSpec,
 };
 
 pub(crate) use args::{AdminArgs, AdminCommand};
@@ -147,9 +147,21 @@ async fn execute(args: &AdminArgs, command: AdminCommand) -> Result<String, Admi
         }
         AdminCommand::Workers => {
             let mut client = connect(args).await?;
-            let resp =
-                client.list_workers(ListWorkersRequest {}).await.map_err(rpc_error(addr, "ListWorkers"))?.into_inner();
-            Ok(render_workers(&resp, SystemTime::now(), json))
+            let mut all = ListWorkersResponse::default();
+            let mut page_token = String::new();
+            loop {
+                let resp = client
+                    .list_workers(ListWorkersRequest { page_size: 0, page_token: page_token.clone() })
+                    .await
+                    .map_err(rpc_error(addr, "ListWorkers"))?
+                    .into_inner();
+                all.workers.extend(resp.workers);
+                if resp.next_page_token.is_empty() || resp.next_page_token == page_token {
+                    break;
+                }
+                page_token = resp.next_page_token;
+            }
+            Ok(render_workers(&all, SystemTime::now(), json))
         }
         AdminCommand::Assignments { server_id } => {
             let mut client = connect(args).await?;

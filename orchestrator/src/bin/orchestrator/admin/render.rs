@@ -353,6 +353,7 @@ mod tests {
                 },
                 WorkerInfo { server_id: "w-c".into(), state: 99, ..Default::default() },
             ],
+            next_page_token: String::new(),
         }
     }
 
