@@ -597,14 +597,17 @@ async fn workers_and_assignments_are_listed_page_by_page_in_contract_order() {
 
 /// After a restart, before the workers re-register, the admin views count
 /// their streams as assigned (the contract: ASSIGNED covers workers awaiting
-/// re-registration).
+/// re-registration). When grace ends without them, it is audited.
 #[tokio::test]
 async fn during_grace_the_admin_views_show_the_streams_held() {
     let dir = tempfile::tempdir().unwrap();
     let config = || ServerConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         database: dir.path().join("o.db"),
-        engine: EngineConfig { grace_period: 60_000, ..EngineConfig::default() },
+        engine: EngineConfig {
+            grace_period: u64::try_from(fixtures::patient(Duration::from_secs(3)).as_millis()).unwrap(),
+            ..EngineConfig::default()
+        },
         drain_timeout: Duration::from_millis(100),
         ..ServerConfig::default()
     };
@@ -639,5 +642,22 @@ async fn during_grace_the_admin_views_show_the_streams_held() {
         .unwrap()
         .into_inner();
     assert!(streams.streams.iter().all(|s| s.owner_server_id == "w1" && s.state == v1::StreamState::Assigned as i32));
+
+    // Grace ends without w1: audited, and the streams are no longer its.
+    eventually!(Duration::from_secs(10), {
+        let s = admin.get_cluster_status(v1::GetClusterStatusRequest {}).await.unwrap().into_inner();
+        !s.in_grace_period
+    });
+    let db = rusqlite::Connection::open(dir.path().join("o.db")).unwrap();
+    let audited = |event: &str| -> i64 {
+        db.query_row("SELECT COUNT(*) FROM audit_log WHERE event = ?1", [event], |r| r.get(0)).unwrap()
+    };
+    eventually!(Duration::from_secs(5), audited("grace_ended") == 1);
+    let missing: String = db
+        .query_row("SELECT server_id FROM audit_log WHERE event = 'worker_expired' ORDER BY id DESC LIMIT 1", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(missing, "w1");
     o.stop().await;
 }
