@@ -14,13 +14,7 @@ impl Engine {
         {
             self.end_grace();
         }
-        let silent: Vec<String> = self
-            .workers
-            .iter()
-            .filter(|(_, w)| matches!(w.state, WorkerState::Live | WorkerState::Draining))
-            .filter(|(_, w)| now.saturating_sub(w.last_heartbeat) >= timeout)
-            .map(|(id, _)| id.clone())
-            .collect();
+        let silent = self.silent_sessions(now);
         if !silent.is_empty() {
             while self.expiries.front().is_some_and(|&t| now.saturating_sub(t) >= timeout) {
                 self.expiries.pop_front();
@@ -44,6 +38,30 @@ impl Engine {
         }
         self.rebalance(now);
         self.prune(now);
+    }
+
+    /// Live sessions with no heartbeat seen for `session_timeout` at `now`:
+    /// the ones [`tick`](Self::tick) would expire. O(workers).
+    pub fn silent_sessions(&self, now: Millis) -> Vec<String> {
+        let timeout = self.config.session_timeout;
+        self.workers
+            .iter()
+            .filter(|(_, w)| matches!(w.state, WorkerState::Live | WorkerState::Draining))
+            .filter(|(_, w)| now.saturating_sub(w.last_heartbeat) >= timeout)
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// A heartbeat of `server_id`'s live session at `at`, answered outside
+    /// the engine (it carried nothing to acknowledge and had no decision
+    /// waiting): folded into the session's liveness before expiries are
+    /// decided. Never moves the clock back.
+    pub fn observe_heartbeat(&mut self, server_id: &str, at: Millis) {
+        if let Some(w) = self.workers.get_mut(server_id)
+            && matches!(w.state, WorkerState::Live | WorkerState::Draining)
+        {
+            w.last_heartbeat = w.last_heartbeat.max(at);
+        }
     }
 
     pub(super) fn is_live_state(&self, state: WorkerState) -> bool {

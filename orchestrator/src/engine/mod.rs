@@ -66,7 +66,7 @@ pub use config::EngineConfig;
 use memory::{Answer, Answers, fingerprint};
 pub(crate) use validate::validate_server_id;
 use validate::{invalid, validate_request_id};
-pub use views::{ClusterStatus, LeaseView, PersistedState, PersistedStream, PersistedWorker, WorkerView};
+pub use views::{ClusterStatus, LeaseView, PersistedState, PersistedStream, PersistedWorker, SessionView, WorkerView};
 
 #[derive(Debug, Clone)]
 struct Worker {
@@ -644,6 +644,20 @@ impl Engine {
     }
 
     // ------------------------------------------------------------ queries
+
+    /// The current session of `server_id` as the heartbeat fast path sees
+    /// it; `None` for a worker the engine does not know. O(log workers).
+    pub fn session_view(&self, server_id: &str) -> Option<SessionView> {
+        let w = self.workers.get(server_id)?;
+        Some(SessionView {
+            session_id: w.session_id.clone(),
+            worker_epoch: w.worker_epoch,
+            live: self.is_live_state(w.state),
+            busy: !w.unacknowledged.is_empty() || !w.revoking.is_empty(),
+            draining: w.state == WorkerState::Draining,
+            last_heartbeat: w.last_heartbeat,
+        })
+    }
 
     /// The workers the engine knows.
     pub fn workers(&self) -> Vec<WorkerView> {

@@ -92,3 +92,22 @@ pub struct ClusterStatus {
     /// End of the restart grace period, if in it.
     pub grace_until: Option<Millis>,
 }
+
+/// What the heartbeat fast path needs to know about a worker's session
+/// (see `service/liveness.rs`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionView {
+    /// The session's id.
+    pub session_id: String,
+    /// The session's epoch.
+    pub worker_epoch: u64,
+    /// Live or draining: its calls are accepted.
+    pub live: bool,
+    /// A heartbeat would carry decisions (grants to acknowledge, leases to
+    /// release): it must take the slow path.
+    pub busy: bool,
+    /// Being drained.
+    pub draining: bool,
+    /// The last heartbeat the engine has seen.
+    pub last_heartbeat: Millis,
+}

@@ -9,6 +9,7 @@
 //! on disk. A storage failure is fatal: the answer is `INTERNAL` and the
 //! server shuts down (a restart rebuilds everything from the store).
 
+mod liveness;
 mod status;
 
 use std::collections::HashMap;
@@ -44,6 +45,9 @@ struct Shared {
     started: tokio::time::Instant,
     started_wall_ms: i64,
     fatal: watch::Sender<Option<String>>,
+    /// The heartbeat fast path's view of the live sessions.
+    sessions: liveness::Sessions,
+    heartbeat_interval: Duration,
 }
 
 #[derive(Debug)]
@@ -80,6 +84,8 @@ impl Orchestrator {
                 started,
                 started_wall_ms: status::unix_ms(SystemTime::now()),
                 fatal,
+                sessions: liveness::Sessions::default(),
+                heartbeat_interval: Duration::from_millis(config.engine.heartbeat_interval),
             }),
         }
     }
@@ -121,6 +127,8 @@ impl Orchestrator {
     /// A `Status` if the store failed (the server then shuts down).
     pub async fn tick(&self) -> Result<(), Status> {
         self.run(|st, now| {
+            // Heartbeats answered on the fast path count before anyone expires.
+            self.shared.sessions.fold(&mut st.engine, now);
             st.engine.tick(now);
             Ok(((), Batch::default()))
         })
@@ -185,6 +193,7 @@ impl Orchestrator {
             };
             batch.changes = st.engine.take_changes();
             log_changes(&batch.changes);
+            self.shared.sessions.publish_changes(&st.engine, &batch.changes);
             for change in &batch.changes {
                 if let Change::WorkerPruned { server_id } = change {
                     st.versions.remove(server_id);
@@ -296,12 +305,27 @@ impl WorkerService for WorkerApi {
     ) -> Result<Response<v1::HeartbeatResponse>, Status> {
         let r = request.into_inner();
         let session = status::session(r.session)?;
+        // The fast path: nothing to acknowledge, nothing waiting (see
+        // `liveness.rs`): answered without the engine lock.
+        if r.acknowledged.is_empty()
+            && let Some(draining) = self.o.shared.sessions.beat(&session, self.o.now_ms())
+        {
+            return Ok(Response::new(v1::HeartbeatResponse {
+                assign: Vec::new(),
+                revoke: Vec::new(),
+                next_heartbeat_interval: Some(status::duration_out(self.o.shared.heartbeat_interval)),
+                draining,
+            }));
+        }
         let acknowledged = status::leases_in(&r.acknowledged);
+        let sessions = &self.o.shared.sessions;
         let ((reply, interval), _) = self
             .o
             .run_reporting(
                 |st, now| {
                     let reply = st.engine.heartbeat(now, &session, &acknowledged)?;
+                    // Acknowledgements may leave it with nothing waiting.
+                    sessions.publish(&st.engine, &session.server_id);
                     Ok(((reply, Orchestrator::heartbeat_interval(st)), Batch::default()))
                 },
                 |(reply, _)| !reply.assign.is_empty() || !reply.revoke.is_empty(),
@@ -567,14 +591,19 @@ impl AdminService for AdminApi {
         let (page, more) = st.engine.workers_page(after, size);
         let workers: Vec<v1::WorkerInfo> = page
             .into_iter()
-            .map(|w| v1::WorkerInfo {
-                client_version: st.versions.get(&w.server_id).cloned().unwrap_or_default(),
-                server_id: w.server_id,
-                worker_epoch: w.worker_epoch,
-                state: status::worker_state(w.state) as i32,
-                max_streams: w.max_streams,
-                assigned_streams: w.owned,
-                last_heartbeat: Some(status::timestamp_ms(self.o.wall_ms(w.last_heartbeat))),
+            .map(|w| {
+                // Heartbeats answered on the fast path are folded lazily.
+                let stamp = self.o.shared.sessions.stamp(&w.server_id);
+                let last_heartbeat = stamp.map_or(w.last_heartbeat, |s| s.max(w.last_heartbeat));
+                v1::WorkerInfo {
+                    client_version: st.versions.get(&w.server_id).cloned().unwrap_or_default(),
+                    server_id: w.server_id,
+                    worker_epoch: w.worker_epoch,
+                    state: status::worker_state(w.state) as i32,
+                    max_streams: w.max_streams,
+                    assigned_streams: w.owned,
+                    last_heartbeat: Some(status::timestamp_ms(self.o.wall_ms(last_heartbeat))),
+                }
             })
             .collect();
         let next = if more { workers.last().map(|w| w.server_id.clone()) } else { None };
@@ -643,8 +672,17 @@ impl AdminService for AdminApi {
         if r.server_id.is_empty() {
             return Err(status::invalid("server_id", "required"));
         }
-        let (n, _) =
-            self.o.run(|st, now| Ok((st.engine.drain(now, &r.server_id, &r.request_id)?, Batch::default()))).await?;
+        let sessions = &self.o.shared.sessions;
+        let (n, _) = self
+            .o
+            .run(|st, now| {
+                let n = st.engine.drain(now, &r.server_id, &r.request_id)?;
+                // Its heartbeats now say draining (a drain of a worker with
+                // no stream changes no lease).
+                sessions.publish(&st.engine, &r.server_id);
+                Ok((n, Batch::default()))
+            })
+            .await?;
         tracing::info!(server_id = %r.server_id, streams = n, "draining worker");
         Ok(Response::new(v1::DrainWorkerResponse { streams_to_move: n }))
     }
