@@ -530,6 +530,9 @@ impl Engine {
                         s.removed = false;
                     }
                     self.removed.remove(&id);
+                    // Durable again, with its lease (the store retired the
+                    // stream at removal).
+                    self.changes.push(Change::StreamRestored { stream_id: id });
                     added.push(id);
                 }
                 None => {
@@ -830,6 +833,7 @@ impl Engine {
     fn reconcile(&mut self, server_id: &str, held: &[Lease]) -> Vec<LeaseDecision> {
         let max = self.workers.get(server_id).map_or(0, |w| w.max_streams) as usize;
         let mut kept = 0;
+        let mut reoffer = Vec::new();
         let mut decisions = Vec::with_capacity(held.len());
         for &lease in held {
             let decision = match self.streams.get(&lease.stream_id) {
@@ -840,7 +844,13 @@ impl Engine {
                         LeaseState::Active => LeaseDecision::Keep(lease),
                         LeaseState::Revoking(reason) => LeaseDecision::Revoke(lease, reason),
                     },
-                    Some(l) if l.owner == server_id => LeaseDecision::Revoke(lease, RevokeReason::StaleEpoch),
+                    Some(l) if l.owner == server_id => {
+                        // Its lease of the stream is at another epoch (an
+                        // answer that granted it was lost): stop the one
+                        // presented; the current one is offered again below.
+                        reoffer.push(lease.stream_id);
+                        LeaseDecision::Revoke(lease, RevokeReason::StaleEpoch)
+                    }
                     Some(_) => LeaseDecision::Revoke(lease, RevokeReason::Moved),
                     None if s.epoch > lease.lease_epoch => LeaseDecision::Revoke(lease, RevokeReason::Moved),
                     None => LeaseDecision::Revoke(lease, RevokeReason::StaleEpoch),
@@ -858,6 +868,28 @@ impl Engine {
                 revoke => revoke,
             };
             decisions.push(decision);
+        }
+        // The worker's current lease of a stream it presented at another
+        // epoch: in `assign` again (within its capacity), or ended (it is
+        // not processing it at the current epoch, and has no room for it).
+        for stream_id in reoffer {
+            let active = self
+                .streams
+                .get(&stream_id)
+                .and_then(|s| s.lease.as_ref())
+                .is_some_and(|l| l.owner == server_id && l.state == LeaseState::Active);
+            if !active {
+                continue;
+            }
+            if kept < max {
+                kept += 1;
+                if let Some(w) = self.workers.get_mut(server_id) {
+                    w.unacknowledged.insert(stream_id);
+                    w.undelivered.insert(stream_id);
+                }
+            } else {
+                self.end_lease(stream_id);
+            }
         }
         decisions
     }

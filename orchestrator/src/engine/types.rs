@@ -229,6 +229,12 @@ pub enum Change {
         /// The stream.
         stream_id: StreamId,
     },
+    /// A stream removed while leased, added back before its lease ended:
+    /// in the catalog again, with that lease.
+    StreamRestored {
+        /// The stream.
+        stream_id: StreamId,
+    },
     /// A stream left the catalog for good.
     StreamDeleted {
         /// The stream.

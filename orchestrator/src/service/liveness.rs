@@ -126,7 +126,10 @@ impl Sessions {
                     }
                     continue;
                 }
-                Change::StreamAdded { .. } | Change::StreamDeleted { .. } | Change::RebalancingPaused { .. } => {
+                Change::StreamAdded { .. }
+                | Change::StreamRestored { .. }
+                | Change::StreamDeleted { .. }
+                | Change::RebalancingPaused { .. } => {
                     continue;
                 }
             };

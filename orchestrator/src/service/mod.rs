@@ -69,8 +69,11 @@ impl Orchestrator {
     /// empty database, otherwise a restored one in its grace period.
     pub fn new(config: ServiceConfig, loaded: Loaded, store: StoreHandle) -> Self {
         let started = tokio::time::Instant::now();
-        let fresh =
-            loaded.state.workers.is_empty() && loaded.state.streams.is_empty() && loaded.state.worker_epoch_floor == 0;
+        // Anything persisted (even only a pause, or the epoch floor) is restored.
+        let fresh = loaded.state.workers.is_empty()
+            && loaded.state.streams.is_empty()
+            && loaded.state.worker_epoch_floor == 0
+            && !loaded.state.rebalancing_paused;
         let engine = if fresh {
             Engine::new(config.engine.clone())
         } else {
@@ -247,6 +250,9 @@ fn log_changes(changes: &[Change]) {
             }
             Change::LeaseEnded { server_id, lease } => tracing::debug!(%server_id, %lease, "lease ended"),
             Change::StreamAdded { stream_id } => tracing::debug!(stream_id, "stream added"),
+            Change::StreamRestored { stream_id } => {
+                tracing::debug!(stream_id, "stream added back before its removal completed")
+            }
             Change::StreamDeleted { stream_id } => tracing::debug!(stream_id, "stream deleted"),
             Change::RebalancingPaused { paused } => tracing::info!(paused, "rebalancing paused changed"),
         }
@@ -381,6 +387,9 @@ impl WorkerService for WorkerApi {
         let session = status::session(r.session)?;
         let held = status::leases_in(&r.held_leases);
         let records = validate_records(&r.records, self.o.lock()?.engine.config().max_list_len)?;
+        if r.synced_below_sequence > i64::MAX as u64 {
+            return Err(status::invalid("synced_below_sequence", "must be at most 9223372036854775807"));
+        }
         if let Some(first) = records.first()
             && r.synced_below_sequence > first.sequence
         {
@@ -435,6 +444,9 @@ fn validate_records(records: &[v1::ProcessingRecord], max: usize) -> Result<Vec<
         }
         if r.lease_epoch == 0 {
             return Err(status::invalid(&field("lease_epoch"), "must be at least 1"));
+        }
+        if r.sequence > i64::MAX as u64 {
+            return Err(status::invalid(&field("sequence"), "must be 1..=9223372036854775807"));
         }
         if r.sequence <= previous {
             return Err(status::invalid(

@@ -265,6 +265,15 @@ impl SqliteStore {
                     "UPDATE leases SET revoking = ?3 WHERE stream_id = ?1 AND lease_epoch = ?2",
                     params![lease.stream_id, lease.lease_epoch as i64, reason_name(*reason)],
                 )?;
+                if *reason == RevokeReason::StreamRemoved {
+                    // The removal is durable now, not when the lease ends: a
+                    // restart before the release must not bring the stream
+                    // back (its owner is told STREAM_REMOVED on return).
+                    tx.execute(
+                        "UPDATE streams SET retired = 1, name = '', source_url = '' WHERE stream_id = ?1",
+                        params![lease.stream_id],
+                    )?;
+                }
                 audit(
                     "lease_revoking",
                     Some(server_id),
@@ -280,7 +289,14 @@ impl SqliteStore {
                 )?;
                 audit("lease_ended", Some(server_id), Some(lease.stream_id), Some(lease.lease_epoch), None)?;
             }
+            Change::StreamRestored { stream_id } => {
+                tx.execute("UPDATE streams SET retired = 0 WHERE stream_id = ?1", params![stream_id])?;
+                audit("stream_added", None, Some(*stream_id), None, Some("restored before its removal completed"))?;
+            }
             Change::StreamAdded { stream_id } => {
+                // A lease row left by a removal that a restart cut short
+                // belongs to no one now.
+                tx.execute("DELETE FROM leases WHERE stream_id = ?1", params![stream_id])?;
                 tx.execute(
                     "INSERT INTO streams (stream_id) VALUES (?1) ON CONFLICT (stream_id) DO UPDATE SET retired = 0",
                     params![stream_id],
@@ -289,7 +305,10 @@ impl SqliteStore {
             }
             Change::StreamDeleted { stream_id } => {
                 tx.execute("DELETE FROM leases WHERE stream_id = ?1", params![stream_id])?;
-                tx.execute("UPDATE streams SET retired = 1 WHERE stream_id = ?1", params![stream_id])?;
+                tx.execute(
+                    "UPDATE streams SET retired = 1, name = '', source_url = '' WHERE stream_id = ?1",
+                    params![stream_id],
+                )?;
                 audit("stream_deleted", None, Some(*stream_id), None, None)?;
             }
             Change::RebalancingPaused { paused } => {
@@ -344,6 +363,14 @@ impl SqliteStore {
             ])?;
             if inserted == 0 {
                 outcome.duplicates += 1;
+                // A retry reports what the first call reported: the stored
+                // record's own staleness.
+                let was_stale: bool = tx
+                    .prepare_cached("SELECT stale FROM processing_records WHERE server_id = ?1 AND sequence = ?2")?
+                    .query_row(params![upload.server_id, r.sequence as i64], |row| row.get(0))?;
+                if was_stale {
+                    outcome.stale += 1;
+                }
             } else if stale {
                 outcome.stale += 1;
             }
@@ -363,8 +390,12 @@ impl SqliteStore {
         let mut through = before.max(claim);
         let mut stored =
             tx.prepare_cached("SELECT 1 FROM processing_records WHERE server_id = ?1 AND sequence = ?2")?;
-        while stored.query_row(params![upload.server_id, through + 1], |_| Ok(())).optional()?.is_some() {
-            through += 1;
+        // Sequences are at most i64::MAX (the service refuses more): the
+        // watermark stops there rather than overflow.
+        while let Some(next) = through.checked_add(1)
+            && stored.query_row(params![upload.server_id, next], |_| Ok(())).optional()?.is_some()
+        {
+            through = next;
         }
         if through != before {
             tx.execute(
@@ -587,7 +618,8 @@ mod tests {
         let first = s.commit(&[Batch { records: Some(upload.clone()), ..batch(vec![]) }]).unwrap();
         assert_eq!(first, [Some(RecordsOutcome { acknowledged_through: 2, stale: 1, duplicates: 0 })]);
         let again = s.commit(&[Batch { records: Some(upload), ..batch(vec![]) }]).unwrap();
-        assert_eq!(again, [Some(RecordsOutcome { acknowledged_through: 2, stale: 0, duplicates: 2 })]);
+        // A retry reports what the first call did (the contract's retry rule).
+        assert_eq!(again, [Some(RecordsOutcome { acknowledged_through: 2, stale: 1, duplicates: 2 })]);
         assert_eq!(s.records_of("w").unwrap(), [(1, 1, 1, false), (2, 1, 1, true)]);
     }
 
