@@ -27,9 +27,9 @@
 //! `PROPTEST_CASES=20000 cargo test -p orchestrator --test fuzz` (the count
 //! per test), or the `cargo fuzz` target in `orchestrator/fuzz/` (nightly).
 //!
-//! Bugs found so far are tolerated by narrow, documented switches in
-//! `fuzz/harness.rs` (`KNOWN BUG`); `minimal_cases_found_so_far` replays
-//! their minimal cases.
+//! The six bugs found so far are fixed (the history is in
+//! `fuzz/harness.rs`); `minimal_cases_found_so_far` replays their minimal
+//! cases as regression tests.
 
 #[path = "fuzz/harness.rs"]
 mod harness;
@@ -110,9 +110,6 @@ fn request_bytes(kind: usize) -> impl Strategy<Value = Vec<u8>> {
 
 fn arbitrary_bytes(rpc: &str, bytes: &[u8]) {
     let Some(request) = Req::decode(u8::try_from(kind(rpc)).expect("few RPCs"), bytes) else { return };
-    if harness::known_bug(&request).is_some() {
-        return;
-    }
     block_on(async {
         let mut h = Harness::start(harness::config()).await;
         h.seed().await;
@@ -770,10 +767,6 @@ fn run(seed: bool, ops: &[Op]) {
             match op {
                 Op::Call(call) => {
                     let request = resolve(&h, call);
-                    if harness::known_bug(&request).is_some() {
-                        last = None;
-                        continue;
-                    }
                     let answer = h.exercise(&request).await;
                     last = Some((request, answer));
                 }
@@ -807,8 +800,8 @@ proptest! {
     }
 }
 
-/// The minimal cases property B found (see the KNOWN BUG notes in
-/// `fuzz/harness.rs`), replayed as they are: proptest's regression file
+/// The minimal cases property B found (the bugs are fixed; see the history
+/// in `fuzz/harness.rs`), replayed as they are: proptest's regression file
 /// keeps only seeds, which stop reproducing a case when a strategy changes.
 #[test]
 fn minimal_cases_found_so_far() {
@@ -823,7 +816,7 @@ fn minimal_cases_found_so_far() {
     let cases: Vec<(bool, Vec<Op>)> = vec![
         // A stream removed while a live worker holds it is back after a restart.
         (true, vec![Op::Call(Call::RemoveStreams { stream_ids: vec![1], request_id: rid("r0") }), Op::Restart]),
-        // The store's watermark overflows (filtered by `known_bug`).
+        // The store's watermark overflowed at i64::MAX (fixed).
         (
             true,
             vec![Op::Call(Call::SyncLocalState {

@@ -26,9 +26,6 @@ thread_local! {
 fuzz_target!(|data: &[u8]| {
     let Some((&kind, bytes)) = data.split_first() else { return };
     let Some(request) = harness::Req::decode(kind, bytes) else { return };
-    if harness::known_bug(&request).is_some() {
-        return;
-    }
     RUNTIME.with(|rt| {
         rt.block_on(async {
             let mut h = harness::Harness::start(harness::config()).await;

@@ -54,93 +54,14 @@ pub(crate) const MAX_LIST_LEN: usize = 16;
 /// The `max_streams` limit of [`config`].
 pub(crate) const MAX_STREAMS_LIMIT: u32 = 64;
 
-/// KNOWN BUG (found by this fuzzing, not fixed here): `RemoveStreams` of a
-/// stream that a live worker holds answers `removed`, but the store marks
-/// the stream deleted only when its lease ends (`Change::StreamDeleted`);
-/// the removal itself is not persisted. After a restart before the owner
-/// released it, the stream is back in the catalog (with its lease, now
-/// revoking), and once released it is granted again. Minimal case: seed
-/// (streams 1..=6, `w0` holding 1), `RemoveStreams [1]`, restart →
-/// `ListStreams` shows 1. `true` tolerates exactly that (the stream counts
-/// as added again); set it to `false` to see the failure.
-pub(crate) const RESURRECTED_AFTER_RESTART: bool = false;
-
-/// KNOWN BUG (found by this fuzzing, not fixed here): a worker that
-/// presents (`Register` or `SyncLocalState`) a stream it holds, but at
-/// another lease epoch than its current lease, is answered `REVOKE
-/// STALE_EPOCH` for the presented lease, while the engine keeps its own
-/// lease of that stream for the worker `ACTIVE` (`Engine::reconcile`
-/// revokes nothing, and `register` does not end it as "forgotten" because
-/// the stream id was presented). The worker stops the stream, the engine
-/// believes it is processed: it is never granted again while the session
-/// lives (not even repeated in `assign`: `register` clears the
-/// unacknowledged set). Such a kept lease does not count against the
-/// `max_streams` the worker registered with either: outside the grace
-/// period the next placement round revokes the excess, but during the
-/// grace period after a restart nothing does. Minimal case the fuzzer
-/// found: seed (`w0` holds streams 1..=4 at epoch 1, max 4), restart,
-/// `Register w0 max_streams 1 held [{1, 1}, {2, 2}]` → `ListAssignments`
-/// shows `w0` with streams 1 and 2 ASSIGNED, max_streams 1. `true`
-/// tolerates exactly that during grace: active leases of streams answered
-/// `STALE_EPOCH` are not counted against capacity.
-pub(crate) const STALE_EPOCH_KEEPS_LEASE: bool = false;
-
-/// KNOWN BUG (found by this fuzzing, not fixed here): `RemoveStreams`
-/// drops a stream's name and source_url in memory only; the store keeps
-/// them (a deleted stream's row is only marked retired, and `StreamAdded`
-/// of the same id sets `retired = 0` without touching the metadata).
-/// Adding the id again without a name shows an empty name, until a restart
-/// brings the old one back. Minimal case: seed, `RemoveStreams [1]`,
-/// `AddStreams [{1, "", ""}]` → `ListStreams` shows stream 1 with name "";
-/// restart → "s1". `true` ignores names and source URLs across a restart
-/// for streams removed at some point of the case.
-pub(crate) const OLD_METADATA_AFTER_RESTART: bool = false;
-
-/// KNOWN DEVIATION (found by this fuzzing, not fixed here): common.proto
-/// promises that a retry with the same `request_id` gets the result of the
-/// first execution, but a retried `SyncLocalState` answers `stale_records`
-/// 0 where the first answer counted stale records (the store counts only
-/// records stored for the first time; the engine's memory keeps only the
-/// decisions). Minimal case: seed, `SyncLocalState` (session of `w0`, one
-/// record {stream 1, epoch 2 (not `w0`'s), sequence 1}) → `stale_records`
-/// 1; the same request again → 0. Informational field only. `true`
-/// compares retried `SyncLocalState` answers without it.
-pub(crate) const RETRY_COUNTS_NO_STALE_RECORDS: bool = false;
-
-/// KNOWN BUG (found by this fuzzing, not fixed here): `PauseRebalancing`
-/// is persisted, but `Orchestrator::new` builds a fresh engine, ignoring
-/// the loaded `rebalancing_paused`, when the database has no stream and no
-/// worker: after a restart the orchestrator is no longer paused. Minimal
-/// case: empty database, `PauseRebalancing`, restart →
-/// `GetClusterStatus.rebalancing_paused` is false. `true` tolerates exactly
-/// that (paused before, nothing in the catalog or the worker list).
-pub(crate) const PAUSE_LOST_WHEN_EMPTY: bool = false;
-
-/// KNOWN BUG (found by this fuzzing, not fixed here): `SyncLocalState`
-/// whose records let the acknowledged watermark reach `i64::MAX` makes
-/// `SqliteStore::store_records` compute `through + 1` with overflow
-/// (`orchestrator/src/store/sqlite.rs`, the watermark loop): in a build
-/// with overflow checks (debug, tests, `cargo fuzz`) the store thread
-/// panics, the call and every later write answer `INTERNAL` ("the store is
-/// closed") and the orchestrator shuts down. In release the addition wraps
-/// and nothing fails, but sequences above `i64::MAX` are stored as negative
-/// numbers (`sequence as i64`). Minimal case: seed, then `SyncLocalState`
-/// with the live session of `w0`, one record {stream 1, epoch 1, a valid
-/// time, sequence 9223372036854775807}, `synced_below_sequence`
-/// 9223372036854775807. (`synced_below_sequence` >= 2^63 with a record at
-/// or above it overflows at once.)
-///
-/// Returns why a request must not be sent while the bug is there: a
-/// `SyncLocalState` carrying a record with a sequence >= `i64::MAX`
-/// (every trigger carries one). Remove the filter with the fix.
-pub(crate) fn known_bug(request: &Req) -> Option<&'static str> {
-    match request {
-        Req::SyncLocalState(r) if r.records.iter().any(|x| x.sequence >= i64::MAX as u64) => {
-            Some("record sequence >= i64::MAX overflows the store's watermark loop")
-        }
-        _ => None,
-    }
-}
+// History: this fuzzing found six bugs, all fixed in issue 14, each kept as
+// a regression case in `minimal_cases_found_so_far` (tests/fuzz.rs): a record
+// sequence at i64::MAX overflowed the store's watermark loop (a panic of the
+// store thread); a stream removed while leased came back after a restart;
+// a worker presenting a stream at another epoch kept an active lease nobody
+// processed; a removed stream's old name came back after a restart; a pause
+// was lost by a restart of an empty database; a retried SyncLocalState
+// reported a different stale count.
 
 /// The engine configuration every fuzz case runs with.
 pub(crate) fn config() -> EngineConfig {
@@ -273,15 +194,14 @@ pub(crate) struct Harness {
     held: BTreeMap<String, Vec<v1::Lease>>,
     /// Per worker, the streams its latest `Register` (and the
     /// `SyncLocalState`s since) presented at an epoch answered
-    /// `STALE_EPOCH` (see [`STALE_EPOCH_KEEPS_LEASE`]).
+    /// `STALE_EPOCH`.
     stale_presented: BTreeMap<String, BTreeSet<i64>>,
     /// The request ids of the admin side's executed mutating calls, as the
     /// engine remembers them (the last [`REMEMBERED_REQUESTS`]): a call
     /// with one of these ids is a replay, answered from memory and applied
     /// again to nothing.
     admin_memory: std::collections::VecDeque<String>,
-    /// Streams `RemoveStreams` removed at some point (see
-    /// [`OLD_METADATA_AFTER_RESTART`]).
+    /// Streams `RemoveStreams` removed at some point.
     removed_once: BTreeSet<i64>,
     /// What `GetClusterStatus.rebalancing_paused` must be after the call
     /// just answered (a pause or resume that was executed, not replayed).
@@ -477,13 +397,6 @@ impl Harness {
         }
         let what = format!("retried {} {request:?}", request.rpc());
         match (first, &again) {
-            // KNOWN DEVIATION, tolerated (see [`RETRY_COUNTS_NO_STALE_RECORDS`]).
-            (Ok(Resp::SyncLocalState(a)), Ok(Resp::SyncLocalState(b))) if RETRY_COUNTS_NO_STALE_RECORDS => {
-                let without_stale =
-                    |r: &v1::SyncLocalStateResponse| v1::SyncLocalStateResponse { stale_records: 0, ..r.clone() };
-                assert_eq!(without_stale(a), without_stale(b), "{what}: another answer");
-                assert!(b.stale_records == a.stale_records || b.stale_records == 0, "{what}: {a:?} then {b:?}");
-            }
             (Ok(a), Ok(b)) => assert_eq!(a, b, "{what}: another answer"),
             (Err(a), Err(b)) => assert_eq!(a.code(), b.code(), "{what}: {a:?} then {b:?}"),
             (a, b) => panic!("{what}: {a:?} then {b:?}"),
@@ -713,14 +626,7 @@ impl Harness {
         for w in &s.workers {
             if live(&w.server_id) {
                 let streams = active.get(w.server_id.as_str()).map_or(&[][..], Vec::as_slice);
-                // KNOWN BUG, tolerated in grace (see [`STALE_EPOCH_KEEPS_LEASE`]).
-                let stale = self.stale_presented.get(&w.server_id);
-                let tolerated = if STALE_EPOCH_KEEPS_LEASE && s.status.in_grace_period {
-                    streams.iter().filter(|id| stale.is_some_and(|set| set.contains(id))).count()
-                } else {
-                    0
-                };
-                let n = streams.len() - tolerated;
+                let n = streams.len();
                 assert!(
                     n <= w.max_streams as usize,
                     "{} holds {n} active leases > max_streams {} (active: {streams:?})",
@@ -802,20 +708,8 @@ impl Harness {
 
     /// Stops the orchestrator (flushing the store) and starts a new one on
     /// the same database: everything answered before is still there.
-    ///
-    /// KNOWN BUG, tolerated here (see [`RESURRECTED_AFTER_RESTART`]): a
-    /// stream removed while a live worker holds it comes back into the
-    /// catalog after a restart.
     pub(crate) async fn restart(&mut self) {
         let before = self.check().await;
-        // Removed streams whose lease has not ended yet: the removal is
-        // only in memory (the store deletes a stream when its lease ends).
-        let removal_pending: BTreeSet<i64> = before
-            .assignments
-            .iter()
-            .filter_map(|a| a.lease.map(|l| l.stream_id))
-            .filter(|id| !self.catalog.contains(id))
-            .collect();
         self.stop();
         // The engine's memory of request ids is not durable.
         self.admin_memory.clear();
@@ -824,44 +718,16 @@ impl Harness {
         self.admin = AdminServiceClient::new(orchestrator.admin_service());
         self.orchestrator = orchestrator;
         self.store_thread = Some(store_thread);
-        let listed = self.snapshot().await;
-        let resurrected: BTreeSet<i64> = listed
-            .streams
-            .iter()
-            .filter_map(|x| x.spec.as_ref().map(|s| s.stream_id))
-            .filter(|id| removal_pending.contains(id))
-            .collect();
-        if RESURRECTED_AFTER_RESTART {
-            self.catalog.extend(&resurrected);
-        }
         let after = self.check().await;
         let catalog = |s: &Snapshot| -> Vec<(Option<v1::StreamSpec>, u64)> {
-            s.streams
-                .iter()
-                .filter(|x| x.spec.as_ref().is_none_or(|s| !resurrected.contains(&s.stream_id)))
-                .map(|x| {
-                    let mut spec = x.spec.clone();
-                    // KNOWN BUG, tolerated (see [`OLD_METADATA_AFTER_RESTART`]).
-                    if let Some(spec) = spec.as_mut().filter(|s| self.removed_once.contains(&s.stream_id))
-                        && OLD_METADATA_AFTER_RESTART
-                    {
-                        spec.name.clear();
-                        spec.source_url.clear();
-                    }
-                    (spec, x.lease_epoch)
-                })
-                .collect()
+            s.streams.iter().map(|x| (x.spec.clone(), x.lease_epoch)).collect()
         };
         assert_eq!(catalog(&before), catalog(&after), "the catalog or a lease epoch changed across a restart");
         let workers = |s: &Snapshot| -> Vec<(String, u64, u32)> {
             s.workers.iter().map(|w| (w.server_id.clone(), w.worker_epoch, w.max_streams)).collect()
         };
         assert_eq!(workers(&before), workers(&after), "workers changed across a restart");
-        // KNOWN BUG, tolerated (see [`PAUSE_LOST_WHEN_EMPTY`]).
-        let lost = PAUSE_LOST_WHEN_EMPTY && before.streams.is_empty() && before.workers.is_empty();
-        if !lost {
-            assert_eq!(before.status.rebalancing_paused, after.status.rebalancing_paused, "paused across a restart");
-        }
+        assert_eq!(before.status.rebalancing_paused, after.status.rebalancing_paused, "paused across a restart");
     }
 
     fn stop(&mut self) {
