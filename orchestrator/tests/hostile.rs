@@ -2,8 +2,9 @@
 //! sockets: raw HTTP/2 (the `h2` crate) and raw protobuf bytes where typed
 //! messages cannot express the probe, tonic clients where they can.
 //!
-//! - one connection parking streams that never send their message cannot
-//!   starve anyone, and the server advertises MAX_CONCURRENT_STREAMS;
+//! - one connection parking streams that never send their message (or never
+//!   end their body) cannot starve anyone, and the server advertises
+//!   MAX_CONCURRENT_STREAMS;
 //! - malformed bytes get INVALID_ARGUMENT, oversized messages
 //!   RESOURCE_EXHAUSTED, never INTERNAL;
 //! - idle connections and connections whose peer stopped answering PINGs are
@@ -134,13 +135,16 @@ async fn streams_that_never_send_their_message_starve_nobody() {
     let addr = server.addr;
     assert_eq!(advertised_max_concurrent_streams(addr).await, Some(16));
 
-    // One connection parks 16 calls (HEADERS, no message), four times the
-    // worker permits.
+    // One connection parks 16 calls, four times the worker permits: half
+    // send HEADERS and no message, half a whole message but never the end
+    // of the body.
     let mut send = h2(addr).await;
     let mut parked = Vec::new();
-    for _ in 0..16 {
+    let message = frame(&v1::HeartbeatRequest::default().encode_to_vec());
+    for i in 0..16 {
         send = send.ready().await.unwrap();
-        parked.push(open(&mut send, addr, "/orchestrator.v1.WorkerService/Heartbeat", Vec::new(), false));
+        let body = if i % 2 == 0 { Vec::new() } else { message.clone() };
+        parked.push(open(&mut send, addr, "/orchestrator.v1.WorkerService/Heartbeat", body, false));
     }
     let started = Instant::now();
 

@@ -580,7 +580,12 @@ impl Engine {
             match stream.lease.clone() {
                 None => self.delete_stream(id),
                 Some(lease) if !self.is_live(&lease.owner) => self.end_lease(id),
-                Some(_) => self.revoke(id, RevokeReason::StreamRemoved),
+                Some(_) => {
+                    // Durable now, whatever state the lease is in; the
+                    // stream is deleted when the lease ends.
+                    self.changes.push(Change::StreamRemoved { stream_id: id });
+                    self.revoke(id, RevokeReason::StreamRemoved);
+                }
             }
         }
         self.admin_answers.put(request_id, print, Answer::Removed(removed.clone(), missing.clone()));

@@ -633,3 +633,26 @@ fn workers_gone_past_the_retention_are_forgotten_and_fencing_survives() {
     let fresh = restored.register(0, "z", 5, "r4", &[]).unwrap().session;
     assert!(fresh.worker_epoch > again.worker_epoch);
 }
+
+#[test]
+fn removing_a_stream_whose_lease_is_already_revoking_is_a_durable_change() {
+    let mut f = Fleet::new(engine(), 2);
+    f.join("a", 100);
+    f.settle();
+    f.e.drain(0, "a", "d").unwrap();
+    f.e.take_changes();
+    // Draining with nowhere to go keeps the leases; revoke one for a
+    // second worker's share first.
+    let b = f.join("b", 100).session;
+    f.e.heartbeat(0, &b, &[]).unwrap();
+    let revoking: Vec<StreamId> =
+        f.e.leases()
+            .into_iter()
+            .filter(|l| l.server_id == "a" && matches!(l.state, LeaseState::Revoking(_)))
+            .map(|l| l.lease.stream_id)
+            .collect();
+    assert!(!revoking.is_empty(), "the drain revoked a's streams for b");
+    f.e.take_changes();
+    f.e.remove_streams(0, &revoking[..1], "rm").unwrap();
+    assert!(f.e.take_changes().contains(&Change::StreamRemoved { stream_id: revoking[0] }));
+}

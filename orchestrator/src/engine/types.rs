@@ -229,6 +229,12 @@ pub enum Change {
         /// The stream.
         stream_id: StreamId,
     },
+    /// A stream removed from the catalog while leased: gone from the
+    /// catalog now, deleted when its lease ends.
+    StreamRemoved {
+        /// The stream.
+        stream_id: StreamId,
+    },
     /// A stream removed while leased, added back before its lease ended:
     /// in the catalog again, with that lease.
     StreamRestored {

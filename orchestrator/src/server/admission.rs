@@ -117,7 +117,15 @@ struct Shared {
     /// Rate limit for the shedding warning: the last one's second.
     last_shed_log: AtomicU64,
     started: std::time::Instant,
+    /// KiB of request bytes buffered by calls being received or handled:
+    /// [`BUFFER_BUDGET_KIB`].
+    buffer_budget: Arc<Semaphore>,
 }
+
+/// Request bytes all calls together may hold in buffers (256 MiB): a peer
+/// that sends large messages slowly on many streams cannot exhaust memory
+/// before any permit is taken. Beyond it, calls are shed (OVERLOADED).
+const BUFFER_BUDGET_KIB: usize = 256 * 1024;
 
 /// The tower layer; cheap to clone.
 #[derive(Debug, Clone)]
@@ -127,6 +135,8 @@ pub(crate) struct AdmissionLayer {
 
 impl AdmissionLayer {
     pub(crate) fn new(limits: Limits) -> Self {
+        // At least four of the largest messages.
+        let budget_kib = BUFFER_BUDGET_KIB.max(limits.max_message_bytes.div_ceil(1024).saturating_mul(4));
         let pools = [
             Pool::new("worker", limits.max_concurrent_requests, limits.max_connection_share),
             Pool::new("admin", limits.max_concurrent_admin_requests, limits.max_connection_share),
@@ -137,6 +147,8 @@ impl AdmissionLayer {
                 limits,
                 last_shed_log: AtomicU64::new(u64::MAX),
                 started: std::time::Instant::now(),
+                // At least four of the largest messages.
+                buffer_budget: Arc::new(Semaphore::new(budget_kib)),
             }),
         }
     }
@@ -234,11 +246,14 @@ where
     let activity = Activity::begin(conn.as_ref());
     let (parts, body) = request.into_parts();
     let limits = &shared.limits;
-    let arrived = match tokio::time::timeout(
-        limits.request_receive_timeout,
-        first_message(body, limits.max_message_bytes),
-    )
-    .await
+    let framing = Framing {
+        max_message_bytes: limits.max_message_bytes,
+        unary: !parts.uri.path().starts_with("/grpc.reflection."),
+        encoding: parts.headers.contains_key("grpc-encoding"),
+        budget: &shared.buffer_budget,
+    };
+    let (arrived, buffered) = match tokio::time::timeout(limits.request_receive_timeout, first_message(body, framing))
+        .await
     {
         Ok(Ok(arrived)) => arrived,
         Ok(Err(status)) => return Ok(respond(status, activity)),
@@ -261,6 +276,7 @@ where
     let request = http::Request::from_parts(parts, Body::new(arrived));
     let response = inner.call(request).await;
     drop(permit);
+    drop(buffered);
     Ok(response?.map(|body| Body::new(WithActivity { inner: body, _activity: activity })))
 }
 
@@ -323,27 +339,71 @@ pub(crate) fn overloaded(why: &str) -> Status {
     status
 }
 
-/// Reads the body until its first gRPC message is whole (or the body
-/// ends), checking the frame header on the way. Returns a body that replays
-/// what was read, then the rest.
-async fn first_message(mut body: Body, max_message_bytes: usize) -> Result<Replay, Status> {
+/// How the body of a call is read before it is admitted.
+struct Framing<'a> {
+    max_message_bytes: usize,
+    /// A unary call (everything but reflection's bidirectional stream):
+    /// exactly one message, then the end of the body. Read whole, so that
+    /// no admitted call waits on its peer any more.
+    unary: bool,
+    /// The request's `grpc-encoding`, if any.
+    encoding: bool,
+    /// The budget of bytes buffered by calls not yet admitted.
+    budget: &'a Arc<Semaphore>,
+}
+
+/// Reads the body until its first gRPC message is whole (for a unary call:
+/// until the body ends), checking the frame header on the way. Returns a
+/// body that replays what was read, then the rest, and the share of the
+/// buffer budget it holds.
+async fn first_message(mut body: Body, framing: Framing<'_>) -> Result<(Replay, Option<OwnedSemaphorePermit>), Status> {
     let mut buffered = BytesMut::new();
     let mut trailers = None;
     let mut ended = false;
+    let mut reserved = None;
     loop {
+        let mut whole = None;
         if buffered.len() >= FRAME_HEADER {
-            let declared = u32::from_be_bytes([buffered[1], buffered[2], buffered[3], buffered[4]]) as usize;
-            if declared > max_message_bytes {
-                return Err(Status::resource_exhausted(format!(
-                    "the request message is {declared} bytes; this server accepts at most {max_message_bytes} \
-                     (--max-message-bytes): split the request"
+            let flag = buffered[0];
+            if flag > 1 || (flag == 1 && !framing.encoding) {
+                return Err(Status::invalid_argument(format!(
+                    "bad message header: compression flag {flag} {}",
+                    if flag > 1 { "(must be 0 or 1)" } else { "without a grpc-encoding header" }
                 )));
             }
-            if buffered.len() >= FRAME_HEADER + declared {
+            let declared = u32::from_be_bytes([buffered[1], buffered[2], buffered[3], buffered[4]]) as usize;
+            if declared > framing.max_message_bytes {
+                return Err(Status::resource_exhausted(format!(
+                    "the request message is {declared} bytes; this server accepts at most {} \
+                     (--max-message-bytes): split the request",
+                    framing.max_message_bytes
+                )));
+            }
+            if reserved.is_none() {
+                // Memory held before any permit is bounded too.
+                let kib = u32::try_from((FRAME_HEADER + declared).div_ceil(1024)).unwrap_or(u32::MAX);
+                match Arc::clone(framing.budget).try_acquire_many_owned(kib) {
+                    Ok(permit) => reserved = Some(permit),
+                    Err(_) => return Err(overloaded("the buffers for arriving requests are full")),
+                }
+            }
+            whole = Some(FRAME_HEADER + declared);
+        }
+        if let Some(len) = whole
+            && buffered.len() >= len
+        {
+            if !framing.unary {
                 break;
             }
-        }
-        if ended {
+            if buffered.len() > len {
+                return Err(Status::invalid_argument(
+                    "a unary call carries exactly one message; more bytes followed it",
+                ));
+            }
+            if ended {
+                break;
+            }
+        } else if ended {
             return Err(match buffered.len() {
                 0 => Status::invalid_argument("the request has no message"),
                 n if n < FRAME_HEADER => {
@@ -370,7 +430,7 @@ async fn first_message(mut body: Body, max_message_bytes: usize) -> Result<Repla
             }
         }
     }
-    Ok(Replay { buffered: Some(buffered.freeze()), trailers, rest: (!ended).then_some(body) })
+    Ok((Replay { buffered: Some(buffered.freeze()), trailers, rest: (!ended).then_some(body) }, reserved))
 }
 
 /// The request body after admission: the bytes read, then the rest.

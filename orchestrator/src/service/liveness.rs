@@ -128,6 +128,7 @@ impl Sessions {
                 }
                 Change::StreamAdded { .. }
                 | Change::StreamRestored { .. }
+                | Change::StreamRemoved { .. }
                 | Change::StreamDeleted { .. }
                 | Change::RebalancingPaused { .. } => {
                     continue;

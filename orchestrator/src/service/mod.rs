@@ -250,6 +250,7 @@ fn log_changes(changes: &[Change]) {
             }
             Change::LeaseEnded { server_id, lease } => tracing::debug!(%server_id, %lease, "lease ended"),
             Change::StreamAdded { stream_id } => tracing::debug!(stream_id, "stream added"),
+            Change::StreamRemoved { stream_id } => tracing::debug!(stream_id, "stream removed, deleted when released"),
             Change::StreamRestored { stream_id } => {
                 tracing::debug!(stream_id, "stream added back before its removal completed")
             }
@@ -314,6 +315,7 @@ impl WorkerService for WorkerApi {
         // The fast path: nothing to acknowledge, nothing waiting (see
         // `liveness.rs`): answered without the engine lock.
         if r.acknowledged.is_empty()
+            && self.o.shared.fatal.borrow().is_none()
             && let Some(draining) = self.o.shared.sessions.beat(&session, self.o.now_ms())
         {
             return Ok(Response::new(v1::HeartbeatResponse {
@@ -405,6 +407,8 @@ impl WorkerService for WorkerApi {
             .o
             .run(|st, now| {
                 let decisions = st.engine.sync_local_state(now, &session, &held, &r.request_id)?;
+                // Reconciling may offer a lease again without a change.
+                self.o.shared.sessions.publish(&st.engine, &session.server_id);
                 Ok((decisions, Batch { records: upload, ..Batch::default() }))
             })
             .await?;

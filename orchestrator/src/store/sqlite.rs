@@ -265,15 +265,7 @@ impl SqliteStore {
                     "UPDATE leases SET revoking = ?3 WHERE stream_id = ?1 AND lease_epoch = ?2",
                     params![lease.stream_id, lease.lease_epoch as i64, reason_name(*reason)],
                 )?;
-                if *reason == RevokeReason::StreamRemoved {
-                    // The removal is durable now, not when the lease ends: a
-                    // restart before the release must not bring the stream
-                    // back (its owner is told STREAM_REMOVED on return).
-                    tx.execute(
-                        "UPDATE streams SET retired = 1, name = '', source_url = '' WHERE stream_id = ?1",
-                        params![lease.stream_id],
-                    )?;
-                }
+
                 audit(
                     "lease_revoking",
                     Some(server_id),
@@ -288,6 +280,16 @@ impl SqliteStore {
                     params![lease.stream_id, lease.lease_epoch as i64],
                 )?;
                 audit("lease_ended", Some(server_id), Some(lease.stream_id), Some(lease.lease_epoch), None)?;
+            }
+            Change::StreamRemoved { stream_id } => {
+                // The removal is durable now, not when the lease ends: a
+                // restart before the release must not bring the stream back
+                // (its owner is told STREAM_REMOVED on return).
+                tx.execute(
+                    "UPDATE streams SET retired = 1, name = '', source_url = '' WHERE stream_id = ?1",
+                    params![stream_id],
+                )?;
+                audit("stream_removed", None, Some(*stream_id), None, Some("deleted when its lease ends"))?;
             }
             Change::StreamRestored { stream_id } => {
                 tx.execute("UPDATE streams SET retired = 0 WHERE stream_id = ?1", params![stream_id])?;

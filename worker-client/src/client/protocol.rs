@@ -322,7 +322,7 @@ impl ResilientWorkerClient {
                     }
                 }
                 Err(Failure::Rejected(status)) if batch_too_large(&status) && core.sync_batch > 1 => {
-                    core.sync_batch /= 2;
+                    core.sync_batch = (batch.len() / 2).max(1);
                     tracing::warn!(
                         records = batch.len(),
                         now = core.sync_batch,

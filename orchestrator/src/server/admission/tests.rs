@@ -188,10 +188,58 @@ async fn malformed_framing_is_invalid_argument_and_too_large_is_resource_exhaust
     }
     assert!(seen_rx.try_recv().is_err(), "no malformed request reached the service");
 
-    // A whole message, followed by more bytes, reaches the service intact.
+    // A unary call carries one message: more is refused; a bad flag too.
     let mut two = frame(b"first");
     two.extend_from_slice(&frame(b"second"));
     let answer = svc.ready().await.unwrap().call(request(LIST, full(two.clone()), None)).await.unwrap();
+    let status = status_of(&answer).expect("a status");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(status.message().contains("exactly one message"), "{status:?}");
+    let mut flagged = frame(b"x");
+    flagged[0] = 7;
+    let answer = svc.ready().await.unwrap().call(request(LIST, full(flagged), None)).await.unwrap();
+    assert!(status_of(&answer).unwrap().message().contains("compression flag 7"));
+    let mut compressed = frame(b"x");
+    compressed[0] = 1;
+    let answer = svc.ready().await.unwrap().call(request(LIST, full(compressed), None)).await.unwrap();
+    assert!(status_of(&answer).unwrap().message().contains("without a grpc-encoding"));
+    assert!(seen_rx.try_recv().is_err(), "no malformed request reached the service");
+
+    // A stream (reflection) is replayed to the service intact, every message.
+    let reflection = "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo";
+    let answer = svc.ready().await.unwrap().call(request(reflection, full(two.clone()), None)).await.unwrap();
     assert!(status_of(&answer).is_none());
     assert_eq!(seen_rx.recv().await.unwrap(), two);
+}
+
+/// A body that sends one whole message and then never ends.
+struct OneMessageNoEnd(Option<Bytes>);
+
+impl http_body::Body for OneMessageNoEnd {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        match self.0.take() {
+            Some(data) => Poll::Ready(Some(Ok(Frame::data(data)))),
+            None => Poll::Pending,
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_unary_call_whose_body_never_ends_holds_no_permit_and_times_out() {
+    let gate = Arc::new(Semaphore::new(100));
+    let (seen, mut seen_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut svc = AdmissionLayer::new(limits(1, 1)).layer(gated(gate, seen));
+    let body = Body::new(OneMessageNoEnd(Some(Bytes::from(frame(b"whole")))));
+    let parked = tokio::spawn(svc.ready().await.unwrap().call(request(HEARTBEAT, body, None)));
+    tokio::task::yield_now().await;
+    // The only permit is still free.
+    let ok = svc.ready().await.unwrap().call(request(HEARTBEAT, full(frame(b"x")), None)).await.unwrap();
+    assert!(status_of(&ok).is_none());
+    assert_eq!(seen_rx.recv().await.unwrap(), frame(b"x"));
+    let status = status_of(&parked.await.unwrap().unwrap()).expect("a status");
+    assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+    assert!(seen_rx.try_recv().is_err(), "the parked call never reached the service");
 }
