@@ -3,14 +3,19 @@
 //!
 //! In order, for every request:
 //!
-//! 1. **Its first message must arrive** within `request_receive_timeout`,
-//!    else DEADLINE_EXCEEDED. Until then the request holds no concurrency
-//!    permit, so streams that send HEADERS and nothing else (or a client
-//!    stream that never yields) cannot starve anyone; the per-connection
-//!    stream limit bounds how many such requests one connection can park.
+//! 1. **Its body must arrive** within `request_receive_timeout`, else
+//!    DEADLINE_EXCEEDED: for a unary call (every call but reflection's
+//!    stream) one whole message and then the end of the body, for a stream
+//!    its first message. Until then the request holds no concurrency permit,
+//!    so streams that send HEADERS and nothing else, or a message but never
+//!    the end, cannot starve anyone; the per-connection stream limit bounds
+//!    how many such requests one connection can park, and one byte budget
+//!    bounds what they buffer.
 //! 2. **The message is checked from its gRPC frame header** before it is
-//!    read whole: larger than `max_message_bytes` is RESOURCE_EXHAUSTED; a
-//!    request with no message, or whose body ends inside the message, is
+//!    read whole: a compression flag other than 0 (or 1 with
+//!    `grpc-encoding`) is INVALID_ARGUMENT, larger than `max_message_bytes`
+//!    is RESOURCE_EXHAUSTED; a request with no message, a body that ends
+//!    inside the message or a unary call with more than one message is
 //!    INVALID_ARGUMENT. (A message that arrives whole but does not decode is
 //!    INVALID_ARGUMENT from the codec, `orchestrator_proto::codec`.)
 //! 3. **A permit** from its pool: worker calls and admin/reflection calls
@@ -252,9 +257,7 @@ where
         encoding: parts.headers.contains_key("grpc-encoding"),
         budget: &shared.buffer_budget,
     };
-    let (arrived, buffered) = match tokio::time::timeout(limits.request_receive_timeout, first_message(body, framing))
-        .await
-    {
+    let (arrived, buffered) = match tokio::time::timeout(limits.request_receive_timeout, receive(body, framing)).await {
         Ok(Ok(arrived)) => arrived,
         Ok(Err(status)) => return Ok(respond(status, activity)),
         Err(_) => {
@@ -356,7 +359,7 @@ struct Framing<'a> {
 /// until the body ends), checking the frame header on the way. Returns a
 /// body that replays what was read, then the rest, and the share of the
 /// buffer budget it holds.
-async fn first_message(mut body: Body, framing: Framing<'_>) -> Result<(Replay, Option<OwnedSemaphorePermit>), Status> {
+async fn receive(mut body: Body, framing: Framing<'_>) -> Result<(Replay, Option<OwnedSemaphorePermit>), Status> {
     let mut buffered = BytesMut::new();
     let mut trailers = None;
     let mut ended = false;

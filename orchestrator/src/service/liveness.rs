@@ -51,6 +51,9 @@ struct Slot {
 #[derive(Debug, Default)]
 pub(crate) struct Sessions {
     slots: RwLock<HashMap<String, Arc<Slot>>>,
+    /// The server is stopping (storage failed, the engine lock is
+    /// poisoned): every heartbeat goes to the engine, which refuses it.
+    closed: AtomicBool,
 }
 
 impl Sessions {
@@ -58,6 +61,9 @@ impl Sessions {
     /// `now` was recorded here and needs nothing else; `None` to go through
     /// the engine.
     pub(crate) fn beat(&self, session: &SessionRef, now: Millis) -> Option<bool> {
+        if self.closed.load(Ordering::Acquire) {
+            return None;
+        }
         let slots = self.slots.read().ok()?;
         let slot = slots.get(&session.server_id)?;
         if slot.session_id != session.session_id
@@ -68,6 +74,11 @@ impl Sessions {
         }
         slot.stamp.fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| (s != EXPIRED).then_some(s.max(now))).ok()?;
         Some(slot.draining.load(Ordering::Acquire))
+    }
+
+    /// No more fast answers: the server is stopping.
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::Release);
     }
 
     /// The last heartbeat answered on the fast path, for display.

@@ -147,12 +147,21 @@ impl Orchestrator {
         self.shared.state.lock().map_err(|_| {
             let reason = "internal error: a panic while the engine lock was held; the state in memory cannot be \
                           trusted, restart to rebuild it from the store";
-            if self.shared.fatal.borrow().is_none() {
-                tracing::error!("{reason}; shutting down");
-                self.shared.fatal.send_replace(Some(reason.to_owned()));
-            }
+            self.stop_serving(reason);
             Status::internal(format!("{reason}; the orchestrator is shutting down"))
         })
+    }
+
+    /// Something fatal happened (storage failed, the engine lock is
+    /// poisoned): the heartbeat fast path stops answering, and the server
+    /// is told to stop (NOT_SERVING, shut down; a restart rebuilds from the
+    /// store). The first reason wins.
+    fn stop_serving(&self, reason: &str) {
+        self.shared.sessions.close();
+        if self.shared.fatal.borrow().is_none() {
+            tracing::error!("{reason}; shutting down");
+            self.shared.fatal.send_replace(Some(reason.to_owned()));
+        }
     }
 
     fn now_ms(&self) -> Millis {
@@ -210,8 +219,7 @@ impl Orchestrator {
             return Ok((result.map_err(status::engine_error)?, None));
         }
         let outcome = pending.wait().await.map_err(|e| {
-            tracing::error!(error = %e, "storage failed; shutting down");
-            self.shared.fatal.send_replace(Some(e.to_string()));
+            self.stop_serving(&format!("storage failed: {e}"));
             status::store_error(&e)
         })?;
         Ok((result.map_err(status::engine_error)?, outcome))
@@ -315,7 +323,6 @@ impl WorkerService for WorkerApi {
         // The fast path: nothing to acknowledge, nothing waiting (see
         // `liveness.rs`): answered without the engine lock.
         if r.acknowledged.is_empty()
-            && self.o.shared.fatal.borrow().is_none()
             && let Some(draining) = self.o.shared.sessions.beat(&session, self.o.now_ms())
         {
             return Ok(Response::new(v1::HeartbeatResponse {
@@ -487,17 +494,17 @@ impl From<Orchestrator> for AdminApi {
     }
 }
 
-fn page(size: u32, token: &str) -> Result<(usize, StreamId), Status> {
-    let size = match size as usize {
+/// A list RPC's `page_size`: 0 is the default, anything above the maximum
+/// is the maximum.
+fn page_size(size: u32) -> usize {
+    match size as usize {
         0 => DEFAULT_PAGE,
         n => n.min(MAX_PAGE),
-    };
-    let after = if token.is_empty() {
-        0
-    } else {
-        token.parse::<StreamId>().map_err(|_| status::invalid("page_token", "not a token this server returned"))?
-    };
-    Ok((size, after))
+    }
+}
+
+fn bad_page_token() -> Status {
+    status::invalid("page_token", "not a token this server returned")
 }
 
 #[tonic::async_trait]
@@ -565,7 +572,9 @@ impl AdminService for AdminApi {
         request: Request<v1::ListStreamsRequest>,
     ) -> Result<Response<v1::ListStreamsResponse>, Status> {
         let r = request.into_inner();
-        let (size, after) = page(r.page_size, &r.page_token)?;
+        let size = page_size(r.page_size);
+        // The token is the last stream id returned.
+        let after = if r.page_token.is_empty() { 0 } else { r.page_token.parse().map_err(|_| bad_page_token())? };
         let st = self.o.lock()?;
         let (page, more) = st.engine.streams_page(after, size);
         let streams: Vec<v1::StreamInfo> = page
@@ -597,11 +606,11 @@ impl AdminService for AdminApi {
         request: Request<v1::ListWorkersRequest>,
     ) -> Result<Response<v1::ListWorkersResponse>, Status> {
         let r = request.into_inner();
-        let (size, _) = page(r.page_size, "")?;
+        let size = page_size(r.page_size);
+        // The token is the last server_id returned.
         let after = (!r.page_token.is_empty()).then_some(r.page_token.as_str());
         if let Some(token) = after {
-            crate::engine::validate_server_id(token)
-                .map_err(|_| status::invalid("page_token", "not a token this server returned"))?;
+            crate::engine::validate_server_id(token).map_err(|_| bad_page_token())?;
         }
         let st = self.o.lock()?;
         let (page, more) = st.engine.workers_page(after, size);
@@ -631,18 +640,17 @@ impl AdminService for AdminApi {
         request: Request<v1::ListAssignmentsRequest>,
     ) -> Result<Response<v1::ListAssignmentsResponse>, Status> {
         let r = request.into_inner();
-        let (size, _) = page(r.page_size, "")?;
+        let size = page_size(r.page_size);
         if !r.server_id.is_empty() {
             crate::engine::validate_server_id(&r.server_id).map_err(status::engine_error)?;
         }
         // The token is the last (server_id, stream_id) returned.
-        let bad_token = || status::invalid("page_token", "not a token this server returned");
         let after = if r.page_token.is_empty() {
             None
         } else {
-            let (id, stream) = r.page_token.rsplit_once('/').ok_or_else(bad_token)?;
-            let stream: StreamId = stream.parse().map_err(|_| bad_token())?;
-            crate::engine::validate_server_id(id).map_err(|_| bad_token())?;
+            let (id, stream) = r.page_token.rsplit_once('/').ok_or_else(bad_page_token)?;
+            let stream: StreamId = stream.parse().map_err(|_| bad_page_token())?;
+            crate::engine::validate_server_id(id).map_err(|_| bad_page_token())?;
             Some((id, stream))
         };
         let filter = (!r.server_id.is_empty()).then_some(r.server_id.as_str());
@@ -749,6 +757,17 @@ mod tests {
         let o = Orchestrator::new(ServiceConfig { engine: EngineConfig::default() }, loaded, handle);
         let fatal = o.fatal();
         assert!(o.tick().await.is_ok());
+        let worker = WorkerApi { o: o.clone() };
+        let register = v1::RegisterRequest {
+            server_id: "w".into(),
+            max_streams: 1,
+            request_id: "r".into(),
+            held_leases: vec![],
+            client_version: String::new(),
+        };
+        let session = worker.register(Request::new(register)).await.unwrap().into_inner().session;
+        let beat = || v1::HeartbeatRequest { session: session.clone(), processing_count: 0, acknowledged: vec![] };
+        assert!(worker.heartbeat(Request::new(beat())).await.is_ok(), "answered on the fast path");
 
         let poisoner = o.clone();
         let panicked = std::thread::spawn(move || {
@@ -762,6 +781,8 @@ mod tests {
         assert_eq!(err.code(), tonic::Code::Internal);
         assert!(err.message().contains("shutting down"), "{err:?}");
         assert!(fatal.borrow().as_deref().is_some_and(|r| r.contains("panic")), "the server is told to stop");
+        let refused = worker.heartbeat(Request::new(beat())).await;
+        assert_eq!(refused.unwrap_err().code(), tonic::Code::Internal, "no fast answer once stopping");
         let admin = AdminApi::from(o.clone());
         let listed = admin.list_workers(Request::new(v1::ListWorkersRequest::default())).await;
         assert_eq!(listed.unwrap_err().code(), tonic::Code::Internal, "no call reuses the poisoned engine");

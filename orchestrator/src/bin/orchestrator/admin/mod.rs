@@ -128,61 +128,51 @@ async fn execute(args: &AdminArgs, command: AdminCommand) -> Result<String, Admi
             Ok(render_remove(&merged, json))
         }
         AdminCommand::Streams(StreamsCommand::List { page_size }) => {
-            let mut client = connect(args).await?;
-            let mut streams = Vec::new();
-            let mut page_token = String::new();
-            loop {
-                let resp = client
-                    .list_streams(ListStreamsRequest { page_size, page_token: page_token.clone() })
-                    .await
-                    .map_err(rpc_error(addr, "ListStreams"))?
-                    .into_inner();
-                streams.extend(resp.streams);
-                if resp.next_page_token.is_empty() || resp.next_page_token == page_token {
-                    break;
+            let client = connect(args).await?;
+            let streams = all_pages(|page_token| {
+                let request = ListStreamsRequest { page_size, page_token };
+                let mut client = client.clone();
+                async move {
+                    let resp = client.list_streams(request).await.map_err(rpc_error(addr, "ListStreams"))?.into_inner();
+                    Ok((resp.streams, resp.next_page_token))
                 }
-                page_token = resp.next_page_token;
-            }
+            })
+            .await?;
             Ok(render_streams(&streams, json))
         }
         AdminCommand::Workers => {
-            let mut client = connect(args).await?;
-            let mut all = ListWorkersResponse::default();
-            let mut page_token = String::new();
-            loop {
-                let resp = client
-                    .list_workers(ListWorkersRequest { page_size: 0, page_token: page_token.clone() })
-                    .await
-                    .map_err(rpc_error(addr, "ListWorkers"))?
-                    .into_inner();
-                all.workers.extend(resp.workers);
-                if resp.next_page_token.is_empty() || resp.next_page_token == page_token {
-                    break;
+            let client = connect(args).await?;
+            let workers = all_pages(|page_token| {
+                let mut client = client.clone();
+                async move {
+                    let resp = client
+                        .list_workers(ListWorkersRequest { page_size: 0, page_token })
+                        .await
+                        .map_err(rpc_error(addr, "ListWorkers"))?
+                        .into_inner();
+                    Ok((resp.workers, resp.next_page_token))
                 }
-                page_token = resp.next_page_token;
-            }
+            })
+            .await?;
+            let all = ListWorkersResponse { workers, next_page_token: String::new() };
             Ok(render_workers(&all, SystemTime::now(), json))
         }
         AdminCommand::Assignments { server_id } => {
-            let mut client = connect(args).await?;
-            let mut assignments = Vec::new();
-            let mut page_token = String::new();
-            loop {
-                let resp = client
-                    .list_assignments(ListAssignmentsRequest {
-                        server_id: server_id.clone().unwrap_or_default(),
-                        page_size: 0,
-                        page_token: page_token.clone(),
-                    })
-                    .await
-                    .map_err(rpc_error(addr, "ListAssignments"))?
-                    .into_inner();
-                assignments.extend(resp.assignments);
-                if resp.next_page_token.is_empty() || resp.next_page_token == page_token {
-                    break;
+            let client = connect(args).await?;
+            let server_id = server_id.unwrap_or_default();
+            let assignments = all_pages(|page_token| {
+                let request = ListAssignmentsRequest { server_id: server_id.clone(), page_size: 0, page_token };
+                let mut client = client.clone();
+                async move {
+                    let resp = client
+                        .list_assignments(request)
+                        .await
+                        .map_err(rpc_error(addr, "ListAssignments"))?
+                        .into_inner();
+                    Ok((resp.assignments, resp.next_page_token))
                 }
-                page_token = resp.next_page_token;
-            }
+            })
+            .await?;
             Ok(render_assignments(&assignments, json))
         }
         AdminCommand::Status => {
@@ -227,6 +217,25 @@ async fn execute(args: &AdminArgs, command: AdminCommand) -> Result<String, Admi
 /// A fresh idempotency key for one mutating call.
 fn request_id() -> String {
     format!("cli-{:016x}", fastrand::u64(..))
+}
+
+/// Every item of a paginated list: calls `page` with each page token (empty
+/// first) until the server returns no next token (or the same one again).
+async fn all_pages<T, F, Fut>(mut page: F) -> Result<Vec<T>, AdminError>
+where
+    F: FnMut(String) -> Fut,
+    Fut: std::future::Future<Output = Result<(Vec<T>, String), AdminError>>,
+{
+    let mut items = Vec::new();
+    let mut token = String::new();
+    loop {
+        let (mut got, next) = page(token.clone()).await?;
+        items.append(&mut got);
+        if next.is_empty() || next == token {
+            return Ok(items);
+        }
+        token = next;
+    }
 }
 
 #[cfg(test)]
