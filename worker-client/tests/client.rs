@@ -18,16 +18,19 @@ use worker_client::{ClientBuilder, Connector, Error, Mode, ResilientWorkerClient
 
 /// The orchestrator in-process: heartbeat 50 ms, session timeout 600 ms.
 async fn orchestrator(db: &Path, listen: SocketAddr, max_streams_limit: u32) -> InProcess {
+    orchestrator_with(db, listen, EngineConfig { max_streams_limit, ..fast_engine() }).await
+}
+
+/// The engine timings of [`orchestrator`].
+fn fast_engine() -> EngineConfig {
+    EngineConfig { heartbeat_interval: 50, session_timeout: 600, grace_period: 5_000, ..EngineConfig::default() }
+}
+
+async fn orchestrator_with(db: &Path, listen: SocketAddr, engine: EngineConfig) -> InProcess {
     InProcess::start_with(ServerConfig {
         listen,
         database: db.to_path_buf(),
-        engine: EngineConfig {
-            heartbeat_interval: 50,
-            session_timeout: 600,
-            grace_period: 5_000,
-            max_streams_limit,
-            ..EngineConfig::default()
-        },
+        engine,
         drain_timeout: Duration::from_millis(100),
         ..ServerConfig::default()
     })
@@ -498,21 +501,8 @@ async fn standalone_mode_processes_its_streams_without_an_orchestrator() {
 async fn uploads_are_split_when_the_orchestrator_refuses_a_batch_as_too_large() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("o.db");
-    let start = |listen: SocketAddr| {
-        InProcess::start_with(ServerConfig {
-            listen,
-            database: db.clone(),
-            engine: EngineConfig {
-                heartbeat_interval: 50,
-                session_timeout: 600,
-                grace_period: 5_000,
-                max_list_len: 100,
-                ..EngineConfig::default()
-            },
-            drain_timeout: Duration::from_millis(100),
-            ..ServerConfig::default()
-        })
-    };
+    let start =
+        |listen: SocketAddr| orchestrator_with(&db, listen, EngineConfig { max_list_len: 100, ..fast_engine() });
     let mut o = start("127.0.0.1:0".parse().unwrap()).await;
     add_streams(o.addr, 1..=2).await;
     let client = fast(&o.url(), "w1", &dir.path().join("w1.db")).build().await.unwrap();
