@@ -1,5 +1,5 @@
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use resilience::{CircuitBreakerConfig, ConfigError, RetryConfig};
 
@@ -28,6 +28,8 @@ pub struct ClientConfig {
     /// Standalone mode: no orchestrator, these streams.
     pub(crate) standalone: Option<Vec<i64>>,
     pub(crate) client_version: String,
+    pub(crate) wall_clock: fn() -> SystemTime,
+    pub(crate) state_on_runtime: bool,
 }
 
 impl ClientConfig {
@@ -134,6 +136,8 @@ pub struct ClientBuilder {
     state_history: u64,
     standalone: Option<Vec<i64>>,
     client_version: String,
+    wall_clock: fn() -> SystemTime,
+    state_on_runtime: bool,
 }
 
 impl ClientBuilder {
@@ -174,6 +178,8 @@ impl ClientBuilder {
             state_history: 5_000,
             standalone: None,
             client_version: concat!("worker-client/", env!("CARGO_PKG_VERSION")).to_owned(),
+            wall_clock: SystemTime::now,
+            state_on_runtime: false,
         }
     }
 
@@ -329,6 +335,26 @@ impl ClientBuilder {
         self
     }
 
+    /// Simulation seam: the wall clock that stamps processing records, the
+    /// last contact and mode transitions (default `SystemTime::now`). A
+    /// deterministic simulation passes its simulated clock.
+    #[doc(hidden)]
+    pub fn wall_clock(mut self, clock: fn() -> SystemTime) -> Self {
+        self.wall_clock = clock;
+        self
+    }
+
+    /// Simulation seam: run the state file's writer as a task on the
+    /// current runtime, and open the file inline, instead of on a thread of
+    /// its own (default false). Every SQLite call then blocks the runtime
+    /// while it runs; a deterministic simulation needs it, because a
+    /// thread's replies arrive in real time.
+    #[doc(hidden)]
+    pub fn state_on_runtime(mut self, on: bool) -> Self {
+        self.state_on_runtime = on;
+        self
+    }
+
     /// Free text sent at registration, for the orchestrator's logs.
     pub fn client_version(mut self, v: impl Into<String>) -> Self {
         self.client_version = v.into();
@@ -419,6 +445,8 @@ impl ClientBuilder {
             state_history: self.state_history,
             standalone: self.standalone,
             client_version: self.client_version,
+            wall_clock: self.wall_clock,
+            state_on_runtime: self.state_on_runtime,
         })
     }
 

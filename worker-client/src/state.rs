@@ -12,14 +12,19 @@
 //! survives a SIGKILL of the worker at any moment (WAL with
 //! `synchronous = NORMAL`; with [`sync_full`](crate::ClientBuilder::state_sync_full)
 //! it also survives a power loss, at the cost of an fsync per group).
+//!
+//! **Simulation seam.** With [`state_on_runtime`](crate::ClientBuilder::state_on_runtime)
+//! the same writer runs as a task on the current runtime instead of a
+//! thread, and the file is opened inline: a thread's replies arrive in real
+//! time, which a deterministic simulation on a simulated clock cannot
+//! replay. Each SQLite call then blocks the runtime for its duration.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
 use std::thread;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::Error;
 
@@ -482,15 +487,27 @@ enum Msg {
     Close,
 }
 
+/// What runs the writer.
+#[derive(Debug)]
+enum Runner {
+    Thread(thread::JoinHandle<()>),
+    Task(tokio::task::JoinHandle<()>),
+}
+
 /// The async front of the state thread. Cheap to clone.
 #[derive(Debug, Clone)]
 pub(crate) struct StateHandle {
-    tx: mpsc::Sender<Msg>,
+    tx: mpsc::UnboundedSender<Msg>,
     path: PathBuf,
-    thread: std::sync::Arc<std::sync::Mutex<Option<thread::JoinHandle<()>>>>,
+    runner: std::sync::Arc<std::sync::Mutex<Option<Runner>>>,
 }
 
 impl Msg {
+    /// A write that joins a group commit.
+    fn groups(&self) -> bool {
+        matches!(self, Msg::Write(..) | Msg::Record(..)) && !self.is_floor()
+    }
+
     /// A write that moves the sequence numbering: it is committed on its
     /// own, never in a group with records.
     fn is_floor(&self) -> bool {
@@ -505,65 +522,76 @@ impl std::fmt::Debug for Msg {
 }
 
 impl StateHandle {
-    /// Opens (or creates) the state file and starts its thread. Runs the
-    /// open on the calling thread: call it from `spawn_blocking`.
+    /// Opens (or creates) the state file and starts its writer: a thread
+    /// (run the open from `spawn_blocking` then), or with `on_runtime` a
+    /// task on the current runtime.
     pub(crate) fn open(
         path: &Path,
         server_id: &str,
         sync_full: bool,
         write_delay: std::time::Duration,
         history: u64,
+        on_runtime: bool,
     ) -> Result<(Self, Snapshot), Error> {
         let (mut file, snapshot) = StateFile::open(path, server_id, sync_full)?;
         file.write_delay = write_delay;
         file.history = history.max(1);
-        let (tx, rx) = mpsc::channel::<Msg>();
-        let thread_path = path.to_path_buf();
-        let thread = thread::Builder::new()
-            .name("worker-state".into())
-            .spawn(move || {
-                let fail = |e: rusqlite::Error| sqlite(&thread_path, e);
-                while let Ok(msg) = rx.recv() {
-                    match msg {
-                        first @ (Msg::Write(..) | Msg::Record(..)) if !first.is_floor() => {
-                            // Group commit: every write waiting joins this
-                            // transaction; records get their sequences here,
-                            // in the order they are committed.
-                            if !file.write_delay.is_zero() {
-                                thread::sleep(file.write_delay);
-                            }
-                            let mut group = Group::default();
-                            let mut after = None;
-                            group.add(&mut file, first);
-                            while let Ok(next) = rx.try_recv() {
-                                match next {
-                                    more @ (Msg::Write(..) | Msg::Record(..)) if !more.is_floor() => {
-                                        group.add(&mut file, more);
-                                    }
-                                    other => {
-                                        after = Some(other);
-                                        break;
-                                    }
-                                }
-                            }
-                            group.commit(&mut file, &fail);
-                            if let Some(msg) = after
-                                && !Self::serve_one(&mut file, msg, &fail)
-                            {
-                                return;
-                            }
-                        }
-                        other => {
-                            if !Self::serve_one(&mut file, other, &fail) {
-                                return;
-                            }
-                        }
+        let (tx, mut rx) = mpsc::unbounded_channel::<Msg>();
+        let writer_path = path.to_path_buf();
+        let runner = if on_runtime {
+            Runner::Task(tokio::spawn(async move {
+                while let Some(first) = rx.recv().await {
+                    if first.groups() && !file.write_delay.is_zero() {
+                        tokio::time::sleep(file.write_delay).await;
+                    }
+                    if !Self::serve(&mut file, &writer_path, first, &mut rx) {
+                        return;
                     }
                 }
-            })
-            .map_err(|e| err(path, format!("cannot start the state thread: {e}")))?;
-        let thread = std::sync::Arc::new(std::sync::Mutex::new(Some(thread)));
-        Ok((Self { tx, path: path.to_path_buf(), thread }, snapshot))
+            }))
+        } else {
+            Runner::Thread(
+                thread::Builder::new()
+                    .name("worker-state".into())
+                    .spawn(move || {
+                        while let Some(first) = rx.blocking_recv() {
+                            if first.groups() && !file.write_delay.is_zero() {
+                                thread::sleep(file.write_delay);
+                            }
+                            if !Self::serve(&mut file, &writer_path, first, &mut rx) {
+                                return;
+                            }
+                        }
+                    })
+                    .map_err(|e| err(path, format!("cannot start the state thread: {e}")))?,
+            )
+        };
+        let runner = std::sync::Arc::new(std::sync::Mutex::new(Some(runner)));
+        Ok((Self { tx, path: path.to_path_buf(), runner }, snapshot))
+    }
+
+    /// Serves `first`, with every write queued behind it in one group
+    /// commit; `false` to stop.
+    fn serve(file: &mut StateFile, path: &Path, first: Msg, rx: &mut mpsc::UnboundedReceiver<Msg>) -> bool {
+        let fail = |e: rusqlite::Error| sqlite(path, e);
+        if !first.groups() {
+            return Self::serve_one(file, first, &fail);
+        }
+        // Group commit: every write waiting joins this transaction; records
+        // get their sequences here, in the order they are committed.
+        let mut group = Group::default();
+        let mut after = None;
+        group.add(file, first);
+        while let Ok(next) = rx.try_recv() {
+            if next.groups() {
+                group.add(file, next);
+            } else {
+                after = Some(next);
+                break;
+            }
+        }
+        group.commit(file, &fail);
+        after.is_none_or(|msg| Self::serve_one(file, msg, &fail))
     }
 
     /// Serves one message; `false` to stop.
@@ -635,11 +663,18 @@ impl StateHandle {
     /// everything.
     pub(crate) async fn close_and_wait(&self, limit: std::time::Duration) -> Result<(), Error> {
         self.close();
-        let Some(thread) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() else { return Ok(()) };
-        let joined = tokio::task::spawn_blocking(move || thread.join());
+        let Some(runner) = self.runner.lock().unwrap_or_else(|p| p.into_inner()).take() else { return Ok(()) };
+        let joined = async move {
+            match runner {
+                Runner::Thread(thread) => {
+                    tokio::task::spawn_blocking(move || thread.join().is_ok()).await.is_ok_and(|ok| ok)
+                }
+                Runner::Task(task) => task.await.is_ok(),
+            }
+        };
         match tokio::time::timeout(limit, joined).await {
-            Ok(Ok(Ok(()))) => Ok(()),
-            Ok(_) => Err(err(&self.path, "the state thread failed while closing")),
+            Ok(true) => Ok(()),
+            Ok(false) => Err(err(&self.path, "the state thread failed while closing")),
             Err(_) => Err(err(&self.path, format!("the state file was not closed within {limit:?}"))),
         }
     }
@@ -657,7 +692,7 @@ mod tests {
     async fn records_made_before_the_first_registration_are_renumbered_above_the_floor() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("w.db");
-        let (state, snapshot) = StateHandle::open(&path, "w", false, std::time::Duration::ZERO, 5_000).unwrap();
+        let (state, snapshot) = StateHandle::open(&path, "w", false, std::time::Duration::ZERO, 5_000, false).unwrap();
         assert_eq!(snapshot.next_sequence, 1);
         for stream in 1..=3 {
             assert_eq!(state.record(new_record(stream)).await.unwrap(), stream as u64);
@@ -670,12 +705,12 @@ mod tests {
         state.write(vec![Op::SequenceFloor(10)]).await.unwrap();
         assert_eq!(state.record(new_record(5)).await.unwrap(), 505, "a lower floor changes nothing");
         state.close_and_wait(std::time::Duration::from_secs(5)).await.unwrap();
-        let (_, snapshot) = StateHandle::open(&path, "w", false, std::time::Duration::ZERO, 5_000).unwrap();
+        let (_, snapshot) = StateHandle::open(&path, "w", false, std::time::Duration::ZERO, 5_000, false).unwrap();
         assert_eq!(snapshot.next_sequence, 506, "and it survives a restart");
     }
 
     async fn open(path: &Path, id: &str, history: u64) -> Result<(StateHandle, Snapshot), Error> {
-        StateHandle::open(path, id, false, std::time::Duration::ZERO, history)
+        StateHandle::open(path, id, false, std::time::Duration::ZERO, history, false)
     }
 
     #[tokio::test]

@@ -14,7 +14,7 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::time::{Instant, Sleep};
 use tonic::transport::server::Connected;
 
@@ -60,18 +60,55 @@ pub(crate) struct ConnInfo {
     pub(crate) state: Arc<ConnState>,
 }
 
-/// An accepted TCP connection that ends itself (EOF) after `idle_timeout`
-/// with no request in flight.
+/// What the server accepts connections from: a TCP listener, or a
+/// simulated network's (the simulation seam).
+pub trait Listener: Send + Unpin + 'static {
+    /// A connection.
+    type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+
+    /// Accepts the next connection, with the peer's address.
+    ///
+    /// # Errors
+    ///
+    /// The accept error; those that mean exhaustion (EMFILE, ENFILE,
+    /// ENOBUFS, ENOMEM) make the server back off.
+    fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<(Self::Io, SocketAddr)>>;
+
+    /// The address it is bound to.
+    ///
+    /// # Errors
+    ///
+    /// The OS error.
+    fn local_addr(&self) -> io::Result<SocketAddr>;
+}
+
+impl Listener for TcpListener {
+    type Io = tokio::net::TcpStream;
+
+    fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<(Self::Io, SocketAddr)>> {
+        let accepted = ready!(TcpListener::poll_accept(self, cx));
+        Poll::Ready(accepted.inspect(|(stream, _)| {
+            let _ = stream.set_nodelay(true);
+        }))
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        TcpListener::local_addr(self)
+    }
+}
+
+/// An accepted connection that ends itself (EOF) after `idle_timeout` with
+/// no request in flight.
 #[derive(Debug)]
-pub(crate) struct Conn {
-    stream: TcpStream,
+pub(crate) struct Conn<Io> {
+    stream: Io,
     info: ConnInfo,
     idle: Option<(Duration, Pin<Box<Sleep>>)>,
     closed: bool,
 }
 
-impl Conn {
-    fn new(stream: TcpStream, remote: SocketAddr, idle_timeout: Option<Duration>) -> Self {
+impl<Io> Conn<Io> {
+    fn new(stream: Io, remote: SocketAddr, idle_timeout: Option<Duration>) -> Self {
         let state = Arc::new(ConnState::new());
         let idle = idle_timeout.map(|t| (t, Box::pin(tokio::time::sleep(t))));
         Self { stream, info: ConnInfo { remote: Some(remote), state }, idle, closed: false }
@@ -101,7 +138,7 @@ impl Conn {
     }
 }
 
-impl Connected for Conn {
+impl<Io> Connected for Conn<Io> {
     type ConnectInfo = ConnInfo;
 
     fn connect_info(&self) -> ConnInfo {
@@ -109,7 +146,7 @@ impl Connected for Conn {
     }
 }
 
-impl AsyncRead for Conn {
+impl<Io: AsyncRead + Unpin> AsyncRead for Conn<Io> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         if self.closed || self.idle_expired(cx) {
             // EOF: hyper ends the connection and drops the socket.
@@ -120,7 +157,7 @@ impl AsyncRead for Conn {
     }
 }
 
-impl AsyncWrite for Conn {
+impl<Io: AsyncWrite + Unpin> AsyncWrite for Conn<Io> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.stream).poll_write(cx, buf)
     }
@@ -153,8 +190,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 /// The stream of accepted connections tonic serves.
 #[derive(Debug)]
-pub(crate) struct Incoming {
-    listener: TcpListener,
+pub(crate) struct Incoming<L> {
+    listener: L,
     idle_timeout: Option<Duration>,
     backoff: Option<Pin<Box<Sleep>>>,
     delay: Duration,
@@ -163,8 +200,8 @@ pub(crate) struct Incoming {
     exhausted_since: Option<Instant>,
 }
 
-impl Incoming {
-    pub(crate) fn new(listener: TcpListener, idle_timeout: Option<Duration>) -> Self {
+impl<L> Incoming<L> {
+    pub(crate) fn new(listener: L, idle_timeout: Option<Duration>) -> Self {
         Self { listener, idle_timeout, backoff: None, delay: FIRST_BACKOFF, exhausted: 0, exhausted_since: None }
     }
 }
@@ -184,8 +221,8 @@ fn is_exhaustion(e: &io::Error) -> bool {
     }
 }
 
-impl tokio_stream::Stream for Incoming {
-    type Item = io::Result<Conn>;
+impl<L: Listener> tokio_stream::Stream for Incoming<L> {
+    type Item = io::Result<Conn<L::Io>>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
@@ -206,7 +243,6 @@ impl tokio_stream::Stream for Incoming {
                         this.exhausted = 0;
                         this.delay = FIRST_BACKOFF;
                     }
-                    let _ = stream.set_nodelay(true);
                     return Poll::Ready(Some(Ok(Conn::new(stream, remote, this.idle_timeout))));
                 }
                 Poll::Ready(Err(e)) if is_exhaustion(&e) => {

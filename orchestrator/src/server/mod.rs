@@ -8,6 +8,11 @@
 //! [`OrchestratorServer::local_addr`] tells where; [`OrchestratorServer::serve`]
 //! serves until the shutdown future fires, then reports NOT_SERVING, stops
 //! accepting, finishes in-flight calls and flushes the store.
+//!
+//! [`OrchestratorServer::with_store`] is the seam the deterministic
+//! simulation uses: any [`Store`], any [`Listener`] (a simulated network's),
+//! and an [`Environment`] that runs the committer on the runtime and reads a
+//! simulated wall clock.
 
 mod admission;
 mod incoming;
@@ -15,13 +20,14 @@ mod incoming;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-pub use incoming::raise_fd_limit;
+pub use incoming::{Listener, raise_fd_limit};
+use tokio::net::TcpListener;
 
 use crate::engine::EngineConfig;
 use crate::service::{Orchestrator, ServiceConfig};
-use crate::store::{SqliteStore, Store, StoreError, StoreHandle};
+use crate::store::{CommitDelay, SqliteStore, Store, StoreError, StoreHandle, StoreRunner};
 
 /// Everything `orchestrator serve` can be told.
 #[derive(Debug, Clone)]
@@ -108,16 +114,55 @@ pub enum ServeError {
     Demo(String),
 }
 
-/// A bound, ready-to-serve orchestrator.
-#[derive(Debug)]
-pub struct OrchestratorServer {
-    config: ServerConfig,
-    listener: tokio::net::TcpListener,
-    orchestrator: Orchestrator,
-    store_thread: std::thread::JoinHandle<()>,
+/// Where the committer runs (see [`StoreHandle`]).
+#[derive(Clone, Default)]
+pub enum StoreDriver {
+    /// A thread of its own (the default: SQLite calls block).
+    #[default]
+    Thread,
+    /// A task on the current runtime that waits `commit_delay()` before
+    /// each group commit: deterministic under a simulated clock.
+    Task {
+        /// The simulated storage latency.
+        commit_delay: CommitDelay,
+    },
 }
 
-impl OrchestratorServer {
+impl std::fmt::Debug for StoreDriver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Thread => "Thread",
+            Self::Task { .. } => "Task",
+        })
+    }
+}
+
+/// What the server takes from its surroundings besides its configuration:
+/// the defaults in production; the simulation substitutes both.
+#[derive(Debug, Clone)]
+pub struct Environment {
+    /// Where the store's committer runs.
+    pub store: StoreDriver,
+    /// The wall clock (see [`ServiceConfig::wall_clock`]).
+    pub wall_clock: fn() -> SystemTime,
+}
+
+impl Default for Environment {
+    fn default() -> Self {
+        Self { store: StoreDriver::Thread, wall_clock: SystemTime::now }
+    }
+}
+
+/// A bound, ready-to-serve orchestrator.
+#[derive(Debug)]
+pub struct OrchestratorServer<L: Listener = TcpListener> {
+    config: ServerConfig,
+    listener: L,
+    orchestrator: Orchestrator,
+    store_runner: StoreRunner,
+}
+
+impl OrchestratorServer<TcpListener> {
     /// Opens the store, rebuilds the engine (with a grace period if the
     /// database knows workers) and binds the listener.
     ///
@@ -127,20 +172,55 @@ impl OrchestratorServer {
     /// usable (the file is left as it was), [`ServeError::Bind`].
     pub async fn bind(config: ServerConfig) -> Result<Self, ServeError> {
         let path = config.database.clone();
-        let (store, loaded) = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
-            let mut store = SqliteStore::open(&path)?;
-            let loaded = store.load()?;
-            Ok((store, loaded))
-        })
-        .await
-        .map_err(|e| StoreError::Io(e.to_string()))??;
-        let workers = loaded.state.workers.len();
-        let streams = loaded.state.streams.len();
-        let (handle, store_thread) = StoreHandle::spawn(store, loaded.acknowledged_through.clone())?;
+        let store = tokio::task::spawn_blocking(move || SqliteStore::open(&path))
+            .await
+            .map_err(|e| StoreError::Io(e.to_string()))??;
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|source| ServeError::Bind { addr: config.listen, source })?;
-        let orchestrator = Orchestrator::new(ServiceConfig { engine: config.engine.clone() }, loaded, handle);
+        Self::with_store(config, store, listener, Environment::default()).await
+    }
+}
+
+impl<L: Listener> OrchestratorServer<L> {
+    /// Loads `store`, rebuilds the engine (with a grace period if the store
+    /// knows workers) and serves on `listener` once [`serve`](Self::serve)
+    /// is called. `config.listen` and `config.database` are only named in
+    /// logs. [`bind`](OrchestratorServer::bind) is this with SQLite, TCP and
+    /// the default [`Environment`].
+    ///
+    /// # Errors
+    ///
+    /// [`ServeError::Store`] if the store cannot be loaded,
+    /// [`ServeError::Demo`].
+    pub async fn with_store(
+        config: ServerConfig,
+        mut store: impl Store,
+        listener: L,
+        env: Environment,
+    ) -> Result<Self, ServeError> {
+        let (handle, store_runner, loaded) = match env.store {
+            StoreDriver::Thread => {
+                let (store, loaded) = tokio::task::spawn_blocking(move || store.load().map(|loaded| (store, loaded)))
+                    .await
+                    .map_err(|e| StoreError::Io(e.to_string()))??;
+                let (handle, runner) = StoreHandle::spawn(store, loaded.acknowledged_through.clone())?;
+                (handle, runner, loaded)
+            }
+            StoreDriver::Task { commit_delay } => {
+                let loaded = store.load()?;
+                let (handle, runner) =
+                    StoreHandle::spawn_task(store, loaded.acknowledged_through.clone(), commit_delay);
+                (handle, runner, loaded)
+            }
+        };
+        let workers = loaded.state.workers.len();
+        let streams = loaded.state.streams.len();
+        let orchestrator = Orchestrator::new(
+            ServiceConfig { engine: config.engine.clone(), wall_clock: env.wall_clock },
+            loaded,
+            handle,
+        );
         if workers > 0 {
             tracing::info!(
                 workers,
@@ -166,7 +246,7 @@ impl OrchestratorServer {
                 config.database.display()
             );
         }
-        Ok(Self { config, listener, orchestrator, store_thread })
+        Ok(Self { config, listener, orchestrator, store_runner })
     }
 
     /// The address the listener is bound to.
@@ -191,7 +271,7 @@ impl OrchestratorServer {
     /// [`ServeError::Transport`] if the server fails, [`ServeError::Store`]
     /// if storage failed while serving.
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
-        let Self { config, listener, orchestrator, store_thread } = self;
+        let Self { config, listener, orchestrator, store_runner } = self;
         let addr = listener.local_addr().ok();
         let (reporter, health) = tonic_health::server::health_reporter();
         reporter.set_not_serving::<orchestrator_proto::v1::worker_service_server::WorkerServiceServer<crate::service::WorkerApi>>().await;
@@ -286,7 +366,7 @@ impl OrchestratorServer {
         ticker.abort();
         // Commit what is queued, then stop the store thread.
         orchestrator.close_store();
-        let _ = tokio::task::spawn_blocking(move || store_thread.join()).await;
+        store_runner.join().await;
         match stopped_rx.await.ok().flatten() {
             Some(reason) => Err(ServeError::Store(StoreError::Io(reason))),
             None => {

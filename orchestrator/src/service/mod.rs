@@ -30,6 +30,18 @@ use crate::store::{Batch, Loaded, RecordRow, RecordUpload, RecordsOutcome, Store
 pub struct ServiceConfig {
     /// The engine's timings and limits.
     pub engine: EngineConfig,
+    /// The wall clock: read once at start (the service's wall time is that
+    /// reading plus the monotonic time since) and for `server_time`.
+    /// `SystemTime::now`, except in the simulation, which runs on simulated
+    /// time.
+    pub wall_clock: fn() -> SystemTime,
+}
+
+impl ServiceConfig {
+    /// The engine's settings with the system's wall clock.
+    pub fn new(engine: EngineConfig) -> Self {
+        Self { engine, wall_clock: SystemTime::now }
+    }
 }
 
 /// The state behind both services. Cheap to clone.
@@ -85,7 +97,7 @@ impl Orchestrator {
                 state: Mutex::new(State { engine, meta: loaded.meta, versions: loaded.client_versions }),
                 store,
                 started,
-                started_wall_ms: status::unix_ms(SystemTime::now()),
+                started_wall_ms: status::unix_ms((config.wall_clock)()),
                 fatal,
                 sessions: liveness::Sessions::default(),
                 heartbeat_interval: Duration::from_millis(config.engine.heartbeat_interval),
@@ -683,7 +695,8 @@ impl AdminService for AdminApi {
             mass_failure_brake_engaged: s.brake_engaged,
             in_grace_period: s.grace_until.is_some(),
             grace_ends_at: s.grace_until.map(|t| status::timestamp_ms(self.o.wall_ms(t))),
-            server_time: Some(status::timestamp_ms(status::unix_ms(SystemTime::now()))),
+            // On the same clock as `grace_ends_at`, so the two compare.
+            server_time: Some(status::timestamp_ms(self.o.wall_ms(self.o.now_ms()))),
             total_capacity: s.total_capacity,
         }))
     }
@@ -753,8 +766,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut store = SqliteStore::open(&dir.path().join("o.db")).unwrap();
         let loaded = store.load().unwrap();
-        let (handle, thread) = StoreHandle::spawn(store, loaded.acknowledged_through.clone()).unwrap();
-        let o = Orchestrator::new(ServiceConfig { engine: EngineConfig::default() }, loaded, handle);
+        let (handle, runner) = StoreHandle::spawn(store, loaded.acknowledged_through.clone()).unwrap();
+        let o = Orchestrator::new(ServiceConfig::new(EngineConfig::default()), loaded, handle);
         let fatal = o.fatal();
         assert!(o.tick().await.is_ok());
         let worker = WorkerApi { o: o.clone() };
@@ -787,6 +800,6 @@ mod tests {
         let listed = admin.list_workers(Request::new(v1::ListWorkersRequest::default())).await;
         assert_eq!(listed.unwrap_err().code(), tonic::Code::Internal, "no call reuses the poisoned engine");
         o.close_store();
-        thread.join().unwrap();
+        runner.join().await;
     }
 }

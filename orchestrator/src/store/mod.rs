@@ -9,6 +9,12 @@
 //! the service submits while it holds the engine lock, so the order on disk
 //! is the order of the engine's decisions.
 //!
+//! [`StoreHandle::spawn_task`] runs the same committer as a task on the
+//! current runtime instead, for the deterministic simulation
+//! (`tests/tests/simulation.rs`): an OS thread's replies would arrive in
+//! real time, outside the simulated clock. The task commits inline (a store
+//! in memory is fast), after an optional simulated delay (slow storage).
+//!
 //! The storage itself is behind the narrow [`Store`] trait (load everything
 //! once, then commit batches), so that a PostgreSQL store can be added for
 //! high availability without touching the service. [`SqliteStore`] is the
@@ -18,10 +24,11 @@ mod sqlite;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::mpsc;
+use std::sync::Arc;
 use std::thread;
+use std::time::Duration;
 
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 pub use sqlite::SqliteStore;
 
@@ -172,7 +179,7 @@ enum Msg {
 /// The async front of the store thread. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct StoreHandle {
-    jobs: mpsc::Sender<Msg>,
+    jobs: mpsc::UnboundedSender<Msg>,
     durable: watch::Receiver<u64>,
     /// Sequence number of the last batch submitted.
     submitted: std::sync::Arc<std::sync::atomic::AtomicU64>,
@@ -185,6 +192,95 @@ pub struct StoreHandle {
 impl std::fmt::Debug for Job {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Job").finish_non_exhaustive()
+    }
+}
+
+/// How long each group commit of [`StoreHandle::spawn_task`] waits first.
+pub type CommitDelay = Arc<dyn Fn() -> Duration + Send + Sync>;
+
+/// What runs the committer: joined on shutdown so every queued batch is
+/// flushed.
+#[derive(Debug)]
+pub enum StoreRunner {
+    /// The store thread.
+    Thread(thread::JoinHandle<()>),
+    /// A task on the runtime (simulation).
+    Task(tokio::task::JoinHandle<()>),
+}
+
+impl StoreRunner {
+    /// Waits until the committer has stopped (after [`StoreHandle::close`],
+    /// or after a failed commit).
+    pub async fn join(self) {
+        match self {
+            Self::Thread(thread) => {
+                let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+            }
+            Self::Task(task) => {
+                let _ = task.await;
+            }
+        }
+    }
+}
+
+/// Takes every commit waiting behind `first` (up to 1024) for one group;
+/// `true` if a close came after them.
+fn gather(first: Job, queue: &mut mpsc::UnboundedReceiver<Msg>) -> (Vec<Job>, bool) {
+    let mut jobs = vec![first];
+    while jobs.len() < 1024 {
+        match queue.try_recv() {
+            Ok(Msg::Commit(more)) => jobs.push(more),
+            Ok(Msg::Close) => return (jobs, true),
+            Err(_) => break,
+        }
+    }
+    (jobs, false)
+}
+
+/// The committing side, the same under a thread or a task.
+struct Committer {
+    store: Box<dyn Store>,
+    watermarks: Arc<std::sync::Mutex<HashMap<String, u64>>>,
+    durable: watch::Sender<u64>,
+    done: u64,
+}
+
+impl Committer {
+    /// Commits one group and answers its submitters; `false` if the commit
+    /// failed (the committer stops: dropping the queue fails every later
+    /// submit).
+    fn commit(&mut self, mut jobs: Vec<Job>) -> bool {
+        let batches: Vec<Batch> = jobs.iter_mut().map(|j| std::mem::take(&mut j.batch)).collect();
+        let result = if batches.iter().all(Batch::is_empty) {
+            Ok(vec![None; batches.len()])
+        } else {
+            self.store.commit(&batches)
+        };
+        match result {
+            Ok(outcomes) => {
+                let mut marks = self.watermarks.lock().unwrap_or_else(|p| p.into_inner());
+                for (batch, outcome) in batches.iter().zip(&outcomes) {
+                    if let (Some(upload), Some(outcome)) = (&batch.records, outcome) {
+                        let mark = marks.entry(upload.server_id.clone()).or_insert(0);
+                        *mark = (*mark).max(outcome.acknowledged_through);
+                    }
+                }
+                drop(marks);
+                self.done += jobs.len() as u64;
+                self.durable.send_replace(self.done);
+                for (job, outcome) in jobs.into_iter().zip(outcomes) {
+                    let _ = job.reply.send(Ok(outcome));
+                }
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "storage commit failed; refusing further writes");
+                for job in jobs {
+                    let _ = job.reply.send(Err(e.clone()));
+                }
+                false
+            }
+        }
     }
 }
 
@@ -222,70 +318,55 @@ impl StoreHandle {
     /// # Errors
     ///
     /// [`StoreError::Io`] if the thread cannot be started.
-    pub fn spawn(
-        mut store: impl Store,
-        watermarks: HashMap<String, u64>,
-    ) -> Result<(Self, thread::JoinHandle<()>), StoreError> {
-        let (jobs, queue) = mpsc::channel::<Msg>();
-        let (durable_tx, durable) = watch::channel(0u64);
-        let watermarks = std::sync::Arc::new(std::sync::Mutex::new(watermarks));
-        let thread_watermarks = std::sync::Arc::clone(&watermarks);
+    pub fn spawn(store: impl Store, watermarks: HashMap<String, u64>) -> Result<(Self, StoreRunner), StoreError> {
+        let (handle, mut committer, mut queue) = Self::parts(store, watermarks);
         let thread = thread::Builder::new()
             .name("store".into())
             .spawn(move || {
-                let mut done = 0u64;
-                let mut closing = false;
-                while !closing {
-                    let Ok(Msg::Commit(first)) = queue.recv() else { return };
-                    let mut jobs = vec![first];
-                    while jobs.len() < 1024 {
-                        match queue.try_recv() {
-                            Ok(Msg::Commit(more)) => jobs.push(more),
-                            Ok(Msg::Close) => {
-                                closing = true;
-                                break;
-                            }
-                            Err(_) => break,
-                        }
-                    }
-                    let batches: Vec<Batch> = jobs.iter_mut().map(|j| std::mem::take(&mut j.batch)).collect();
-                    let result = if batches.iter().all(Batch::is_empty) {
-                        Ok(vec![None; batches.len()])
-                    } else {
-                        store.commit(&batches)
-                    };
-                    match result {
-                        Ok(outcomes) => {
-                            let mut marks = thread_watermarks.lock().unwrap_or_else(|p| p.into_inner());
-                            for (batch, outcome) in batches.iter().zip(&outcomes) {
-                                if let (Some(upload), Some(outcome)) = (&batch.records, outcome) {
-                                    let mark = marks.entry(upload.server_id.clone()).or_insert(0);
-                                    *mark = (*mark).max(outcome.acknowledged_through);
-                                }
-                            }
-                            drop(marks);
-                            done += jobs.len() as u64;
-                            durable_tx.send_replace(done);
-                            for (job, outcome) in jobs.into_iter().zip(outcomes) {
-                                let _ = job.reply.send(Ok(outcome));
-                            }
-                        }
-                        Err(e) => {
-                            tracing::error!(error = %e, "storage commit failed; refusing further writes");
-                            for job in jobs {
-                                let _ = job.reply.send(Err(e.clone()));
-                            }
-                            // Dropping the queue fails every later submit.
-                            return;
-                        }
+                while let Some(Msg::Commit(first)) = queue.blocking_recv() {
+                    let (jobs, closing) = gather(first, &mut queue);
+                    if !committer.commit(jobs) || closing {
+                        return;
                     }
                 }
             })
             .map_err(|e| StoreError::Io(format!("cannot start the store thread: {e}")))?;
-        Ok((
-            Self { jobs, durable, submitted: std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0)), watermarks },
-            thread,
-        ))
+        Ok((handle, StoreRunner::Thread(thread)))
+    }
+
+    /// Runs the committer as a task on the current runtime instead of a
+    /// thread: the simulation seam (see the module documentation). Each
+    /// group commit waits `commit_delay()` first (simulated slow storage;
+    /// zero for none), then commits inline.
+    pub fn spawn_task(
+        store: impl Store,
+        watermarks: HashMap<String, u64>,
+        commit_delay: CommitDelay,
+    ) -> (Self, StoreRunner) {
+        let (handle, mut committer, mut queue) = Self::parts(store, watermarks);
+        let task = tokio::spawn(async move {
+            while let Some(Msg::Commit(first)) = queue.recv().await {
+                let delay = commit_delay();
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                let (jobs, closing) = gather(first, &mut queue);
+                if !committer.commit(jobs) || closing {
+                    return;
+                }
+            }
+        });
+        (handle, StoreRunner::Task(task))
+    }
+
+    fn parts(store: impl Store, watermarks: HashMap<String, u64>) -> (Self, Committer, mpsc::UnboundedReceiver<Msg>) {
+        let (jobs, queue) = mpsc::unbounded_channel::<Msg>();
+        let (durable_tx, durable) = watch::channel(0u64);
+        let watermarks = Arc::new(std::sync::Mutex::new(watermarks));
+        let committer =
+            Committer { store: Box::new(store), watermarks: Arc::clone(&watermarks), durable: durable_tx, done: 0 };
+        let handle = Self { jobs, durable, submitted: Arc::new(std::sync::atomic::AtomicU64::new(0)), watermarks };
+        (handle, committer, queue)
     }
 
     /// The acknowledged watermark of a worker's records (0: none), as of

@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use orchestrator::engine::EngineConfig;
 use orchestrator::service::{AdminApi, Orchestrator, ServiceConfig, WorkerApi};
-use orchestrator::store::{SqliteStore, Store, StoreHandle};
+use orchestrator::store::{SqliteStore, Store, StoreHandle, StoreRunner};
 use orchestrator_proto::v1;
 use orchestrator_proto::v1::admin_service_client::AdminServiceClient;
 use orchestrator_proto::v1::admin_service_server::AdminServiceServer;
@@ -215,8 +215,9 @@ const REMEMBERED_REQUESTS: usize = 64;
 fn open(dir: &Path, config: &EngineConfig) -> (Orchestrator, JoinHandle<()>) {
     let mut store = SqliteStore::open(&dir.join("orchestrator.db")).expect("open the database");
     let loaded = store.load().expect("load the database");
-    let (handle, thread) = StoreHandle::spawn(store, loaded.acknowledged_through.clone()).expect("store thread");
-    (Orchestrator::new(ServiceConfig { engine: config.clone() }, loaded, handle), thread)
+    let (handle, runner) = StoreHandle::spawn(store, loaded.acknowledged_through.clone()).expect("store thread");
+    let StoreRunner::Thread(thread) = runner else { unreachable!("spawn starts a thread") };
+    (Orchestrator::new(ServiceConfig::new(config.clone()), loaded, handle), thread)
 }
 
 fn tempdir() -> tempfile::TempDir {

@@ -4,7 +4,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use super::{ResilientWorkerClient, now_ms};
+use super::ResilientWorkerClient;
 use crate::state::Op;
 
 impl ResilientWorkerClient {
@@ -111,8 +111,11 @@ impl ResilientWorkerClient {
                         ?limit,
                         "local-mode limit reached: stopping processing until the orchestrator answers"
                     );
-                    let transition =
-                        Op::Transition { at_ms: now_ms(), mode: "halted", reason: format!("no contact for {limit:?}") };
+                    let transition = Op::Transition {
+                        at_ms: self.now_ms(),
+                        mode: "halted",
+                        reason: format!("no contact for {limit:?}"),
+                    };
                     if let Err(e) = self.inner.state.write(vec![transition]).await {
                         tracing::warn!(error = %e, "could not record the halt in the state file");
                     }

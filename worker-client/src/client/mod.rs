@@ -168,8 +168,8 @@ impl Drop for InFlight<'_> {
     }
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+fn unix_ms(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// Creates a client with the original Python factory's arguments.
@@ -248,14 +248,17 @@ impl ResilientWorkerClient {
         })?;
         let (path, id, sync_full) = (config.state_path.clone(), config.server_id.clone(), config.state_sync_full);
         let (delay, history) = (config.state_write_delay, config.state_history);
-        let (state, snapshot) =
-            tokio::task::spawn_blocking(move || StateHandle::open(&path, &id, sync_full, delay, history))
+        let (state, snapshot) = if config.state_on_runtime {
+            StateHandle::open(&path, &id, sync_full, delay, history, true)?
+        } else {
+            tokio::task::spawn_blocking(move || StateHandle::open(&path, &id, sync_full, delay, history, false))
                 .await
                 .map_err(|e| Error::State {
                     path: config.state_path.clone(),
                     reason: e.to_string(),
                     source: Some(Arc::new(e)),
-                })??;
+                })??
+        };
         if snapshot.from_earlier_run {
             tracing::info!(
                 path = %config.state_path.display(),
@@ -275,7 +278,8 @@ impl ResilientWorkerClient {
             .last_contact_ms
             .and_then(|ms| u64::try_from(ms).ok())
             .map(|ms| UNIX_EPOCH + Duration::from_millis(ms));
-        let silent_at_start = last_contact.map_or(Duration::ZERO, |t| t.elapsed().unwrap_or_default());
+        let silent_at_start =
+            last_contact.map_or(Duration::ZERO, |t| (config.wall_clock)().duration_since(t).unwrap_or_default());
         let (leases, _) = watch::channel(LeaseSet { leases: snapshot.leases.clone(), local_mode: false });
         let (stop, _) = watch::channel(false);
         let held = match &config.standalone {
@@ -320,6 +324,11 @@ impl ResilientWorkerClient {
             }),
             life: Some(Arc::new(Lifetime::default())),
         })
+    }
+
+    /// Now on the configured wall clock, Unix milliseconds.
+    pub(super) fn now_ms(&self) -> i64 {
+        unix_ms((self.inner.config.wall_clock)())
     }
 
     /// The configuration.
@@ -474,7 +483,7 @@ impl ResilientWorkerClient {
         let Some(lease_epoch) = epoch else { return Err(Error::NotLeased(stream_id)) };
         let standalone = self.is_standalone();
         let record =
-            NewRecord { stream_id, lease_epoch, processed_at_ms: now_ms(), local_mode: local, synced: standalone };
+            NewRecord { stream_id, lease_epoch, processed_at_ms: self.now_ms(), local_mode: local, synced: standalone };
         // The state thread numbers records in commit order: no gap below a
         // committed sequence, so an upload never skips a record.
         let m = &self.inner.metrics;

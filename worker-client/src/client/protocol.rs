@@ -7,9 +7,9 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use orchestrator_proto::v1;
 
+use super::ResilientWorkerClient;
 use super::leases::{Core, accept_grants, apply_decisions, keep_confirmed, take_revoked};
 use super::rpc::{Failure, request_id};
-use super::{ResilientWorkerClient, now_ms};
 use crate::Error;
 use crate::state::Op;
 
@@ -89,7 +89,7 @@ impl ResilientWorkerClient {
             .state
             .write(vec![
                 Op::Session { session_id: session.session_id.clone(), worker_epoch: session.worker_epoch },
-                Op::Contact { at_ms: now_ms() },
+                Op::Contact { at_ms: self.now_ms() },
                 Op::Leases(core.leases.clone()),
                 Op::ReleasesDone(released),
             ])
@@ -351,7 +351,7 @@ impl ResilientWorkerClient {
             tracing::warn!(reason = %why, leases = core.leases.len(), "orchestrator unreachable: entering local mode");
             self.inner
                 .state
-                .write(vec![Op::Transition { at_ms: now_ms(), mode: "local", reason: why.to_owned() }])
+                .write(vec![Op::Transition { at_ms: self.now_ms(), mode: "local", reason: why.to_owned() }])
                 .await?;
             self.publish(core);
         }
@@ -367,7 +367,7 @@ impl ResilientWorkerClient {
         tracing::info!("orchestrator reachable again: back to normal mode");
         self.inner
             .state
-            .write(vec![Op::Transition { at_ms: now_ms(), mode: "normal", reason: "reconnected".into() }])
+            .write(vec![Op::Transition { at_ms: self.now_ms(), mode: "normal", reason: "reconnected".into() }])
             .await
     }
 }

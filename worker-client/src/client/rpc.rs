@@ -4,7 +4,6 @@
 
 use std::future::Future;
 use std::sync::atomic::Ordering;
-use std::time::SystemTime;
 
 use orchestrator_proto::v1::worker_service_client::WorkerServiceClient;
 use resilience::grpc;
@@ -111,7 +110,8 @@ impl ResilientWorkerClient {
             Ok(response) => {
                 m.successful.fetch_add(1, Ordering::Relaxed);
                 self.inner.last_call_answered.store(true, Ordering::Release);
-                *self.inner.last_contact.lock().unwrap_or_else(|p| p.into_inner()) = Some(SystemTime::now());
+                *self.inner.last_contact.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some((self.inner.config.wall_clock)());
                 *self.inner.contact_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(tokio::time::Instant::now());
                 Ok(response.into_inner())
             }
