@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
-use super::{Batch, Loaded, RecordUpload, RecordsOutcome, Store, StoreError, StreamMeta};
+use super::{Batch, Loaded, RecordRow, RecordUpload, RecordsOutcome, Store, StoreError, StreamMeta};
 use crate::engine::{Change, LeaseState, PersistedStream, PersistedWorker, RevokeReason, StreamId};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` is the number
@@ -176,6 +176,23 @@ impl SqliteStore {
         conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(|e| open_err(e.to_string()))?;
         let mut store = Self { conn, path: path.to_path_buf() };
         store.migrate(version as usize).map_err(|e| open_err(format!("migration failed: {e}")))?;
+        Ok(store)
+    }
+
+    /// A store in memory, with the current schema: for tests and the
+    /// deterministic simulation, whose harness keeps it across simulated
+    /// crashes as a disk would. Nothing is written to a file.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Open`] if SQLite cannot allocate it.
+    pub fn in_memory() -> Result<Self, StoreError> {
+        let path = PathBuf::from(":memory:");
+        let open_err = |e: rusqlite::Error| StoreError::Open { path: path.clone(), reason: e.to_string() };
+        let conn = Connection::open_in_memory().map_err(open_err)?;
+        conn.pragma_update(None, "foreign_keys", "ON").map_err(open_err)?;
+        let mut store = Self { conn, path: path.clone() };
+        store.migrate(0).map_err(open_err)?;
         Ok(store)
     }
 
@@ -433,6 +450,36 @@ impl SqliteStore {
     }
 }
 
+impl SqliteStore {
+    /// Processing records of a worker, by sequence, as uploaded. For
+    /// tests and audits.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Io`].
+    pub fn record_rows(&self, server_id: &str) -> Result<Vec<RecordRow>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT sequence, stream_id, lease_epoch, processed_at_ms, local_mode FROM processing_records
+                 WHERE server_id = ?1 ORDER BY sequence",
+            )
+            .map_err(io)?;
+        let rows = stmt
+            .query_map(params![server_id], |r| {
+                Ok(RecordRow {
+                    sequence: r.get::<_, i64>(0)? as u64,
+                    stream_id: r.get(1)?,
+                    lease_epoch: r.get::<_, i64>(2)? as u64,
+                    processed_at_ms: r.get(3)?,
+                    local_mode: r.get(4)?,
+                })
+            })
+            .map_err(io)?;
+        rows.collect::<Result<_, _>>().map_err(io)
+    }
+}
+
 impl Store for SqliteStore {
     fn load(&mut self) -> Result<Loaded, StoreError> {
         let conn = &self.conn;
@@ -544,7 +591,6 @@ impl Store for SqliteStore {
 mod tests {
     use super::*;
     use crate::engine::Lease;
-    use crate::store::RecordRow;
 
     fn batch(changes: Vec<Change>) -> Batch {
         Batch { at_ms: 1_000, changes, ..Batch::default() }

@@ -280,7 +280,12 @@ impl ResilientWorkerClient {
             .map(|ms| UNIX_EPOCH + Duration::from_millis(ms));
         let silent_at_start =
             last_contact.map_or(Duration::ZERO, |t| (config.wall_clock)().duration_since(t).unwrap_or_default());
-        let (leases, _) = watch::channel(LeaseSet { leases: snapshot.leases.clone(), local_mode: false });
+        // Nothing is processable before this run has heard from the
+        // orchestrator or entered local mode: the state file's leases may
+        // have moved to another worker while this one was down (found by
+        // the simulation: a restarted worker showed them for one round
+        // trip, in normal mode, while their new owner processed them).
+        let (leases, _) = watch::channel(LeaseSet::default());
         let (stop, _) = watch::channel(false);
         let held = match &config.standalone {
             Some(streams) => streams.iter().map(|&s| (s, 0)).collect(),
@@ -663,7 +668,12 @@ impl ResilientWorkerClient {
             let local = self.is_local();
             let halted = self.inner.halted.load(Ordering::Acquire);
             let stopping = self.inner.stopping.load(Ordering::Acquire);
-            let leases = if halted || core.stopped || stopping { BTreeMap::new() } else { core.leases.clone() };
+            // Past the local-mode limit nothing is processable, even before
+            // the watchdog has noticed (a worker restarted after a long
+            // silence enters local mode already past it).
+            let over_limit = local && self.inner.config.local_mode_limit.is_some_and(|l| self.silent_for() >= l);
+            let leases =
+                if halted || over_limit || core.stopped || stopping { BTreeMap::new() } else { core.leases.clone() };
             let next = LeaseSet { leases, local_mode: local };
             if *set == next {
                 false
