@@ -21,6 +21,11 @@ impl Engine {
             w.undelivered.remove(&stream_id);
         }
         stream.epoch += 1;
+        #[cfg(feature = "planted-bug-no-fencing")]
+        {
+            // PLANTED BUG: a new owner gets the epoch the old one had.
+            stream.epoch = stream.epoch.saturating_sub(1).max(1);
+        }
         stream.left = None;
         let lease = Lease { stream_id, lease_epoch: stream.epoch };
         stream.lease =
@@ -140,6 +145,13 @@ impl Engine {
             }
         }
         placeable.extend(self.unassigned.iter().copied());
+        #[cfg(feature = "planted-bug-reassign-before-release")]
+        {
+            // PLANTED BUG: a revoked stream is placeable before its owner
+            // has released it.
+            let revoking = self.workers.values().flat_map(|w| w.revoking.iter().copied());
+            placeable.extend(revoking.collect::<Vec<_>>());
+        }
         placeable.sort_unstable();
         placeable.dedup();
 

@@ -550,8 +550,16 @@ impl Checker {
         if !unknown.is_empty() {
             problems.push(format!("records stored that no application made (first 5): {unknown:?}"));
         }
+        // Every record made, in order, folded into the trace: a replay that
+        // differs in any record differs here.
+        let digest = shared.made.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, m| {
+            let h = (h ^ m.worker as u64).wrapping_mul(0x100_0000_01b3);
+            let h = (h ^ m.stream as u64).wrapping_mul(0x100_0000_01b3);
+            let h = (h ^ m.epoch).wrapping_mul(0x100_0000_01b3);
+            (h ^ m.at_ms as u64).wrapping_mul(0x100_0000_01b3)
+        });
         let summary = format!(
-            "end: holders {counts:?}, {} records made, {} stored, {} moves after settling",
+            "end: holders {counts:?}, {} records made (digest {digest:016x}), {} stored, {} moves after settling",
             shared.made.len(),
             stored.len(),
             self.moves
@@ -673,22 +681,7 @@ pub(crate) fn run_with(seed: u64, settings: &Settings, windows: &[Window]) -> Ou
         .rng_seed(seed)
         .build();
 
-    {
-        let (shared, disk, delay) = (Rc::clone(&shared), disk.clone(), Arc::clone(&delay));
-        let config = server_config(settings, seed);
-        sim.host(ORCHESTRATOR, move || {
-            let (shared, disk, delay, config) = (Rc::clone(&shared), disk.clone(), Arc::clone(&delay), config.clone());
-            async move {
-                let listener = SimListener::bind(PORT).await?;
-                let commit_delay = Arc::new(move || Duration::from_millis(delay.load(Ordering::Relaxed)));
-                let env = Environment { store: StoreDriver::Task { commit_delay }, wall_clock: sim_wall };
-                let server = OrchestratorServer::with_store(config, disk, listener, env).await?;
-                shared.borrow_mut().orchestrator = Some(server.orchestrator().clone());
-                server.serve(std::future::pending()).await?;
-                Ok(())
-            }
-        });
-    }
+    orchestrator_host(&mut sim, &shared, &disk, &delay, server_config(settings, seed));
     for i in 0..settings.workers {
         let (shared, settings) = (Rc::clone(&shared), settings.clone());
         let path: PathBuf = dir.path().join(format!("{}.db", Settings::name(i)));
@@ -759,6 +752,85 @@ pub(crate) fn run_with(seed: u64, settings: &Settings, windows: &[Window]) -> Ou
     checker.finish(now, &shared.borrow(), &disk);
     drop(sim);
     Outcome { seed, trace: checker.trace, violations: checker.violations }
+}
+
+/// The orchestrator's host: the real server on the simulated network, its
+/// committer a task that waits `delay` per group commit, the store `disk`.
+fn orchestrator_host(
+    sim: &mut turmoil::Sim<'_>,
+    shared: &Rc<RefCell<Shared>>,
+    disk: &Disk,
+    delay: &Arc<AtomicU64>,
+    config: ServerConfig,
+) {
+    let (shared, disk, delay) = (Rc::clone(shared), disk.clone(), Arc::clone(delay));
+    sim.host(ORCHESTRATOR, move || {
+        let (shared, disk, delay, config) = (Rc::clone(&shared), disk.clone(), Arc::clone(&delay), config.clone());
+        async move {
+            let listener = SimListener::bind(PORT).await?;
+            let commit_delay = Arc::new(move || Duration::from_millis(delay.load(Ordering::Relaxed)));
+            let env = Environment { store: StoreDriver::Task { commit_delay }, wall_clock: sim_wall };
+            let server = OrchestratorServer::with_store(config, disk, listener, env).await?;
+            shared.borrow_mut().orchestrator = Some(server.orchestrator().clone());
+            server.serve(std::future::pending()).await?;
+            Ok(())
+        }
+    });
+}
+
+/// The finding of the first turmoil experiment, reproduced: a health check
+/// over a plain tonic channel (no keepalive) before, during and after a
+/// partition of 4 s to 10 s. Returns whether, after the heal, the channel
+/// made before the partition answered, and whether a new one did.
+pub(crate) fn plain_channel_across_a_heal(seed: u64) -> (bool, bool) {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+
+    fastrand::seed(seed);
+    let mut sim = turmoil::Builder::new()
+        .simulation_duration(Duration::from_secs(60))
+        .tick_duration(TICK)
+        .epoch(UNIX_EPOCH + EPOCH)
+        .max_message_latency(BASE_LATENCY)
+        .rng_seed(seed)
+        .build();
+    let settings = Settings { faults: false, ..Settings::for_seed(seed) };
+    let shared = Rc::new(RefCell::new(Shared::default()));
+    orchestrator_host(&mut sim, &shared, &Disk::new(), &Arc::new(AtomicU64::new(0)), server_config(&settings, seed));
+    let result = Rc::new(RefCell::new((false, false)));
+    let out = Rc::clone(&result);
+    sim.client("probe", async move {
+        let check = |channel: tonic::transport::Channel| async move {
+            let mut client = HealthClient::new(channel);
+            let call = client.check(HealthCheckRequest::default());
+            tokio::time::timeout(Duration::from_secs(2), call).await.is_ok_and(|r| r.is_ok())
+        };
+        let old = super::net::plain_channel(URL);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(check(old.clone()).await, "the orchestrator answers before the partition");
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert!(!check(old.clone()).await, "no answer during the partition");
+        tokio::time::sleep(Duration::from_secs(7)).await;
+        let old_ok = check(old).await;
+        let new_ok = check(super::net::plain_channel(URL)).await;
+        *out.borrow_mut() = (old_ok, new_ok);
+        Ok(())
+    });
+    let mut cut = false;
+    while sim.elapsed() < Duration::from_secs(20) {
+        let t = sim.elapsed();
+        if !cut && t >= Duration::from_secs(4) && t < Duration::from_secs(10) {
+            sim.partition(ORCHESTRATOR, "probe");
+            cut = true;
+        } else if cut && t >= Duration::from_secs(10) {
+            sim.repair(ORCHESTRATOR, "probe");
+            cut = false;
+        }
+        if sim.step().expect("the simulation runs") {
+            break;
+        }
+    }
+    *result.borrow()
 }
 
 /// Applies (`start`) or ends a fault window.
