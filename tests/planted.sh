@@ -11,6 +11,13 @@ cd "$(dirname "$0")/.."
 
 seeds="${PLANTED_SEEDS:-40}"
 missed=0
+# Each bug and the violation that must report it (in the first failing
+# seed's report).
+declare -A expect=(
+    [planted-bug-reassign-before-release]='reassigned before release|processed by two workers at once'
+    [planted-bug-no-fencing]='fencing broken|under one epoch|processed under epoch'
+    [planted-bug-watermark]='records made but not stored'
+)
 for bug in planted-bug-reassign-before-release planted-bug-no-fencing planted-bug-watermark; do
     log="$(mktemp)"
     if SIM_SEEDS="$seeds" cargo test -q --locked -p e2e --test simulation --features "$bug" \
@@ -18,13 +25,13 @@ for bug in planted-bug-reassign-before-release planted-bug-no-fencing planted-bu
         echo "MISSED: $bug passed $seeds seeds; the simulation did not catch it"
         tail -20 "$log"
         missed=1
-    elif caught="$(grep -m1 -E '^seeds \[' "$log")"; then
-        first="$(grep -m1 -E 'VIOLATION' "$log" | sed 's/^ *//')"
+    elif caught="$(grep -m1 -E '^seeds \[' "$log")" && grep -qE "${expect[$bug]}" "$log"; then
+        first="$(grep -m1 -E "VIOLATION.*(${expect[$bug]})" "$log" | sed 's/^ *//')"
         echo "caught: $bug: $(grep -m1 -E 'seeds from' "$log")"
         echo "    ${caught%% failed*} failed"
         echo "    first violation: $first"
     else
-        echo "ERROR: $bug: the run failed without a simulation report (a build error?)"
+        echo "ERROR: $bug: the run failed without the expected violation (${expect[$bug]}): a build error, or caught for another reason"
         tail -30 "$log"
         missed=1
     fi

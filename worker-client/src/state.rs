@@ -629,6 +629,13 @@ impl StateHandle {
         rx.await.map_err(|_| self.closed())?
     }
 
+    /// Queues writes without waiting for them (a lost one is harmless:
+    /// the last contact, say).
+    pub(crate) fn queue(&self, ops: Vec<Op>) {
+        let (reply, _) = oneshot::channel();
+        let _ = self.tx.send(Msg::Write(ops, reply));
+    }
+
     /// Writes a processing record; its sequence once it is committed.
     /// Sequences are given by the state thread in commit order: no record
     /// is ever committed after one with a higher sequence.

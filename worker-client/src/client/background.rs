@@ -19,6 +19,7 @@ impl ResilientWorkerClient {
                 if self.is_local() { self.next_probe(&mut backoff) } else { core.heartbeat_interval }
             };
             tokio::select! {
+                biased;
                 _ = stop.wait_for(|s| *s) => return,
                 () = tokio::time::sleep(wait) => {}
             }

@@ -364,9 +364,13 @@ impl ResilientWorkerClient {
             let client = Self { inner: Arc::clone(&self.inner), life: None };
             *task = Some(tokio::spawn(async move {
                 let watchdog = client.limit_watchdog();
+                // Biased: the watchdog first when both are ready, and the
+                // same order on every run (a deterministic simulation
+                // replays it).
                 tokio::select! {
-                    () = client.background() => {}
+                    biased;
                     () = watchdog => {}
+                    () = client.background() => {}
                 }
             }));
         }
@@ -671,9 +675,17 @@ impl ResilientWorkerClient {
             // Past the local-mode limit nothing is processable, even before
             // the watchdog has noticed (a worker restarted after a long
             // silence enters local mode already past it).
-            let over_limit = local && self.inner.config.local_mode_limit.is_some_and(|l| self.silent_for() >= l);
-            let leases =
-                if halted || over_limit || core.stopped || stopping { BTreeMap::new() } else { core.leases.clone() };
+            let over_limit = self.inner.config.local_mode_limit.is_some_and(|l| self.silent_for() >= l);
+            // In normal mode, nothing before this run's first answer: the
+            // state file's leases are only presented, not yet kept.
+            let unconfirmed = !local
+                && !self.is_standalone()
+                && self.inner.contact_at.lock().unwrap_or_else(|p| p.into_inner()).is_none();
+            let leases = if halted || over_limit || unconfirmed || core.stopped || stopping {
+                BTreeMap::new()
+            } else {
+                core.leases.clone()
+            };
             let next = LeaseSet { leases, local_mode: local };
             if *set == next {
                 false
