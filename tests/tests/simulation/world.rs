@@ -764,7 +764,7 @@ pub(crate) fn run_with(seed: u64, settings: &Settings, windows: &[Window]) -> Ou
         checker.after_step(now, &shared.borrow(), &faults);
         checker.maybe_settled(now, &shared.borrow(), &disk);
         if now >= next_store_check {
-            let records = next_store_check.as_secs() % 5 == 0;
+            let records = next_store_check.as_secs().is_multiple_of(5);
             checker.check_store(now, &disk, &shared.borrow(), records);
             next_store_check += Duration::from_secs(1);
         }
