@@ -250,12 +250,29 @@ impl Committer {
     /// failed (the committer stops: dropping the queue fails every later
     /// submit).
     fn commit(&mut self, mut jobs: Vec<Job>) -> bool {
+        let (batches, result) = self.write(&mut jobs);
+        self.settle(jobs, &batches, result)
+    }
+
+    /// Writes one group in one transaction: durable once this returns Ok.
+    fn write(&mut self, jobs: &mut [Job]) -> (Vec<Batch>, Result<Vec<Option<RecordsOutcome>>, StoreError>) {
         let batches: Vec<Batch> = jobs.iter_mut().map(|j| std::mem::take(&mut j.batch)).collect();
         let result = if batches.iter().all(Batch::is_empty) {
             Ok(vec![None; batches.len()])
         } else {
             self.store.commit(&batches)
         };
+        (batches, result)
+    }
+
+    /// Publishes a written group and answers its submitters; `false` if
+    /// the write failed.
+    fn settle(
+        &mut self,
+        jobs: Vec<Job>,
+        batches: &[Batch],
+        result: Result<Vec<Option<RecordsOutcome>>, StoreError>,
+    ) -> bool {
         match result {
             Ok(outcomes) => {
                 let mut marks = self.watermarks.lock().unwrap_or_else(|p| p.into_inner());
@@ -336,8 +353,10 @@ impl StoreHandle {
 
     /// Runs the committer as a task on the current runtime instead of a
     /// thread: the simulation seam (see the module documentation). Each
-    /// group commit waits `commit_delay()` first (simulated slow storage;
-    /// zero for none), then commits inline.
+    /// group commit takes `commit_delay()` (simulated slow storage; zero
+    /// for none): half before the write, half after it, when the group is
+    /// durable but not yet answered, so that a simulated crash can land on
+    /// either side of the write.
     pub fn spawn_task(
         store: impl Store,
         watermarks: HashMap<String, u64>,
@@ -348,10 +367,14 @@ impl StoreHandle {
             while let Some(Msg::Commit(first)) = queue.recv().await {
                 let delay = commit_delay();
                 if !delay.is_zero() {
-                    tokio::time::sleep(delay).await;
+                    tokio::time::sleep(delay / 2).await;
                 }
-                let (jobs, closing) = gather(first, &mut queue);
-                if !committer.commit(jobs) || closing {
+                let (mut jobs, closing) = gather(first, &mut queue);
+                let (batches, result) = committer.write(&mut jobs);
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay - delay / 2).await;
+                }
+                if !committer.settle(jobs, &batches, result) || closing {
                     return;
                 }
             }

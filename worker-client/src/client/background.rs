@@ -16,7 +16,17 @@ impl ResilientWorkerClient {
         loop {
             let wait = {
                 let core = self.inner.core.lock().await;
-                if self.is_local() { self.next_probe(&mut backoff) } else { core.heartbeat_interval }
+                if self.is_local() {
+                    self.next_probe(&mut backoff)
+                } else if self.inner.last_call_answered.load(Ordering::Acquire) {
+                    core.heartbeat_interval
+                } else {
+                    // The last call got no answer: local mode is due as soon
+                    // as the silence reaches `local_mode_after`, not a
+                    // heartbeat and another failed call later.
+                    let due = self.inner.config.local_mode_after.saturating_sub(self.silent_for());
+                    core.heartbeat_interval.min(due)
+                }
             };
             tokio::select! {
                 biased;
@@ -26,6 +36,18 @@ impl ResilientWorkerClient {
             let mut core = self.inner.core.lock().await;
             if core.stopped {
                 return;
+            }
+            if !self.is_local()
+                && !self.inner.last_call_answered.load(Ordering::Acquire)
+                && self.silent_for() >= self.inner.config.local_mode_after
+            {
+                let why = format!("no answer from the orchestrator for {:?}", self.inner.config.local_mode_after);
+                if let Err(e) = self.maybe_enter_local(&mut core, &why).await {
+                    tracing::warn!(error = %e, "could not record local mode");
+                }
+                if self.is_local() {
+                    continue;
+                }
             }
             let result = if self.is_local() {
                 let r = self.register_locked(&mut core).await;
