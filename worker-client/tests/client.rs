@@ -470,8 +470,16 @@ async fn a_lost_state_file_starts_after_the_orchestrators_records() {
 async fn standalone_mode_processes_its_streams_without_an_orchestrator() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("w1.db");
-    let client = ResilientWorkerClient::standalone("w1", vec![1, 2, 3]).state_path(&state).build().await.unwrap();
+    // A local-mode limit means nothing without an orchestrator: it never
+    // stops a standalone worker.
+    let client = ResilientWorkerClient::standalone("w1", vec![1, 2, 3])
+        .state_path(&state)
+        .local_mode_limit(Duration::from_millis(1))
+        .build()
+        .await
+        .unwrap();
     client.start().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
     let set = client.leases().borrow().clone();
     assert_eq!(set.iter().map(|(s, _)| s).collect::<Vec<_>>(), [1, 2, 3]);
     assert!(client.can_process_stream(2) && !client.can_process_stream(4));
@@ -479,7 +487,7 @@ async fn standalone_mode_processes_its_streams_without_an_orchestrator() {
     assert!(!client.register().await.unwrap() && !client.send_heartbeat().await.unwrap(), "no calls");
     assert_eq!(client.request_streams(5).await.unwrap(), [1, 2, 3]);
     assert!(client.release_streams(&[3]).await.unwrap());
-    assert!(!client.can_process_stream(3));
+    assert!(!client.can_process_stream(3) && client.can_process_stream(1), "the rest still processable");
     let health = client.health_check().await;
     assert_eq!(health.mode, Mode::Standalone);
     assert!(health.local_mode_active && !health.orchestrator_available, "{}", health.to_json());

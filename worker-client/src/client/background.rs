@@ -89,7 +89,8 @@ impl ResilientWorkerClient {
         wait
     }
 
-    /// Time since the last successful call (or since start, if none).
+    /// Time since the start of the last successful call (or since start,
+    /// if none).
     /// On the monotonic clock; before the first contact of this run, the
     /// silence the state file recorded plus the time since start.
     pub(super) fn silent_for(&self) -> Duration {
@@ -101,7 +102,7 @@ impl ResilientWorkerClient {
 
     /// Enforces the local-mode limit on its own clock, so that a call stuck
     /// on a dead link (holding the protocol lock) cannot delay it. The limit
-    /// counts from the last successful call, the same instant the
+    /// counts from the start of the last successful call, no later than the
     /// orchestrator's session timeout counts from: with a limit below
     /// `session_timeout` the worker stops before its streams can move.
     pub(super) async fn limit_watchdog(&self) {

@@ -103,6 +103,9 @@ struct Inner {
     /// This state file has registered with an orchestrator before (it had
     /// a session when opened, or registered in this run).
     ever_registered: AtomicBool,
+    /// A Register of this run succeeded: the leases held are the ones the
+    /// orchestrator kept.
+    confirmed: AtomicBool,
     /// `shutdown` has begun: nothing is published or registered any more,
     /// even if it cannot take the protocol lock in time.
     stopping: AtomicBool,
@@ -314,6 +317,7 @@ impl ResilientWorkerClient {
                 next_sequence: AtomicU64::new(snapshot.next_sequence),
                 records_waiting: AtomicBool::new(snapshot.unsynced > 0),
                 ever_registered: AtomicBool::new(ever_registered),
+                confirmed: AtomicBool::new(false),
                 stopping: AtomicBool::new(false),
                 local: AtomicBool::new(false),
                 halted: AtomicBool::new(false),
@@ -675,12 +679,11 @@ impl ResilientWorkerClient {
             // Past the local-mode limit nothing is processable, even before
             // the watchdog has noticed (a worker restarted after a long
             // silence enters local mode already past it).
-            let over_limit = self.inner.config.local_mode_limit.is_some_and(|l| self.silent_for() >= l);
-            // In normal mode, nothing before this run's first answer: the
-            // state file's leases are only presented, not yet kept.
-            let unconfirmed = !local
-                && !self.is_standalone()
-                && self.inner.contact_at.lock().unwrap_or_else(|p| p.into_inner()).is_none();
+            let standalone = self.is_standalone();
+            let over_limit = !standalone && self.inner.config.local_mode_limit.is_some_and(|l| self.silent_for() >= l);
+            // In normal mode, nothing before this run's first registration:
+            // the state file's leases are only presented, not yet kept.
+            let unconfirmed = !local && !standalone && !self.inner.confirmed.load(Ordering::Acquire);
             let leases = if halted || over_limit || unconfirmed || core.stopped || stopping {
                 BTreeMap::new()
             } else {

@@ -67,6 +67,7 @@ impl ResilientWorkerClient {
         };
         // Keep what the orchestrator confirmed; a lease without a decision is dropped.
         let dropped = keep_confirmed(core, &r.held_lease_decisions);
+        self.inner.confirmed.store(true, Ordering::Release);
         if !dropped.is_empty() {
             tracing::info!(
                 dropped = dropped.len(),
@@ -88,8 +89,9 @@ impl ResilientWorkerClient {
         self.inner
             .state
             .write(vec![
+                // (The last contact was queued by `call`: when the attempt
+                // started, not now.)
                 Op::Session { session_id: session.session_id.clone(), worker_epoch: session.worker_epoch },
-                Op::Contact { at_ms: self.now_ms() },
                 Op::Leases(core.leases.clone()),
                 Op::ReleasesDone(released),
             ])

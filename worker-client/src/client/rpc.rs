@@ -89,13 +89,13 @@ impl ResilientWorkerClient {
         });
         let limit = self.inner.config.local_mode_after;
         let deadline = tokio::time::Instant::now() + limit;
-        // When the last attempt started: the orchestrator heard this worker
-        // no earlier, so the local-mode limit counts from here (counting
-        // from the answer would let a slow answer stretch it past the
-        // session timeout).
-        let attempt_started = std::sync::Mutex::new(tokio::time::Instant::now());
+        // When the call started: the orchestrator heard this worker no
+        // earlier, so the local-mode limit counts from here. Not from the
+        // answer (a slow answer would stretch the limit past the session
+        // timeout), nor from a retry's start (the orchestrator answers a
+        // retried request_id from memory, without refreshing the session).
+        let started = tokio::time::Instant::now();
         let attempt = || async {
-            *attempt_started.lock().unwrap_or_else(|p| p.into_inner()) = tokio::time::Instant::now();
             let _in_flight = InFlight::start(&self.inner.in_flight_since);
             // No attempt outlives the operation's deadline either (a retry
             // that started late would otherwise get a whole call timeout).
@@ -117,14 +117,12 @@ impl ResilientWorkerClient {
             Ok(response) => {
                 m.successful.fetch_add(1, Ordering::Relaxed);
                 self.inner.last_call_answered.store(true, Ordering::Release);
-                let started = *attempt_started.lock().unwrap_or_else(|p| p.into_inner());
-                let wall = (self.inner.config.wall_clock)().checked_sub(started.elapsed());
-                *self.inner.last_contact.lock().unwrap_or_else(|p| p.into_inner()) = wall;
                 *self.inner.contact_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(started);
                 // Kept in the state file (not waited for), so that a restart
                 // counts the limit from the last contact, not the last
                 // registration.
-                if let Some(wall) = wall {
+                if let Some(wall) = (self.inner.config.wall_clock)().checked_sub(started.elapsed()) {
+                    *self.inner.last_contact.lock().unwrap_or_else(|p| p.into_inner()) = Some(wall);
                     self.inner.state.queue(vec![Op::Contact { at_ms: super::unix_ms(wall) }]);
                 }
                 Ok(response.into_inner())
