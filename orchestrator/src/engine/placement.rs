@@ -198,18 +198,28 @@ impl Engine {
             }
             let reason =
                 if over_capacity >= over_target { RevokeReason::OverCapacity } else { RevokeReason::Rebalance };
-            // Give up the most recently granted first (highest epochs), so
+            // Withdraw first the grants no answer has shown the worker yet:
+            // nobody started them, so they end at once and are placed again
+            // in this round, no move at all (the simulation found a round
+            // placing orphans on live workers and the next one revoking
+            // older leases from them for a worker that had just returned).
+            // Then give up the most recently granted (highest epochs), so
             // long-held streams stay put.
-            let mut candidates: Vec<(u64, StreamId)> = w
+            let mut candidates: Vec<(bool, u64, StreamId)> = w
                 .owned
                 .iter()
                 .filter_map(|&sid| {
                     let l = self.streams[&sid].lease.as_ref()?;
-                    (l.state == LeaseState::Active).then_some((l.epoch, sid))
+                    (l.state == LeaseState::Active).then_some((w.undelivered.contains(&sid), l.epoch, sid))
                 })
                 .collect();
             candidates.sort_unstable_by(|a, b| b.cmp(a));
-            for (_, sid) in candidates.into_iter().take(excess as usize) {
+            for (unseen, _, sid) in candidates.into_iter().take(excess as usize) {
+                if unseen {
+                    self.end_lease(sid);
+                    placeable.push(sid);
+                    continue;
+                }
                 if reason == RevokeReason::Rebalance && moves_left == 0 {
                     break;
                 }
@@ -219,6 +229,9 @@ impl Engine {
                 }
             }
         }
+
+        placeable.sort_unstable();
+        placeable.dedup();
 
         // Placements: fill the workers furthest below their targets. A heap
         // keeps this O(streams × log workers).

@@ -656,3 +656,34 @@ fn removing_a_stream_whose_lease_is_already_revoking_is_a_durable_change() {
     f.e.remove_streams(0, &revoking[..1], "rm").unwrap();
     assert!(f.e.take_changes().contains(&Change::StreamRemoved { stream_id: revoking[0] }));
 }
+
+/// A grant no answer has shown yet is withdrawn (ended at once, placed
+/// again in the same round) before an older lease is revoked: nobody
+/// started it, so it moves for free. Found by the simulation (orphans
+/// placed on live workers, then older leases revoked from them for a worker
+/// that had just returned).
+#[test]
+fn a_grant_not_yet_shown_is_withdrawn_before_an_older_lease_is_revoked() {
+    let mut f = Fleet::new(engine(), 0);
+    let rid = f.rid();
+    f.e.add_streams(f.now, &[2, 3, 4, 5, 6, 7], &rid).unwrap();
+    f.join("a", 10);
+    f.join("b", 10);
+    f.settle();
+    // Stream 1 is granted at once, to a or b, and not shown to anyone yet.
+    let rid = f.rid();
+    f.e.add_streams(f.now, &[1], &rid).unwrap();
+    let holder = f.e.leases().into_iter().find(|l| l.lease.stream_id == 1).unwrap().server_id;
+    assert!(holder == "a" || holder == "b");
+    f.join("c", 10);
+    let leases = f.e.leases();
+    let one = leases.iter().find(|l| l.lease.stream_id == 1).unwrap();
+    assert_eq!((one.server_id.as_str(), one.state), ("c", LeaseState::Active), "withdrawn and placed on c");
+    let revoking: Vec<&LeaseView> = leases.iter().filter(|l| l.state != LeaseState::Active).collect();
+    assert_eq!(revoking.len(), 1, "one real move (the other worker's excess), not two: {revoking:?}");
+    assert_ne!(revoking[0].server_id, holder, "nothing older is revoked from the worker the grant was withdrawn from");
+    f.settle();
+    let mut loads = f.loads();
+    loads.sort_unstable();
+    assert_eq!(loads, [2, 2, 3], "balanced");
+}
