@@ -315,6 +315,8 @@ struct Checker {
     was_in_grace: bool,
     /// Streams that changed holder since the world was last settled.
     moves: u64,
+    /// Per stream, the last worker seen holding it.
+    last_holder: BTreeMap<i64, usize>,
     settled: Option<(Duration, u64)>,
     last_change: Duration,
 }
@@ -362,7 +364,14 @@ impl Checker {
             if !gained.is_empty() || !lost.is_empty() {
                 self.log(now, format_args!("w{i}: +{gained:?} -{lost:?}"));
                 self.last_change = now;
-                self.moves += gained.iter().filter(|(s, _)| !self.seen[i].set.contains_key(s)).count() as u64;
+                // A move is a stream changing hands (or placed for the
+                // first time); a worker dropping a stream and getting it
+                // back is none.
+                for &(stream, _) in &gained {
+                    if self.last_holder.insert(stream, i) != Some(i) {
+                        self.moves += 1;
+                    }
+                }
             }
             // Grants are what the orchestrator decided: they only grow, and
             // never repeat an epoch for another worker. (A worker in local
@@ -733,6 +742,7 @@ pub(crate) fn run_with(seed: u64, settings: &Settings, windows: &[Window]) -> Ou
         grace_holders: None,
         was_in_grace: false,
         moves: 0,
+        last_holder: BTreeMap::new(),
         settled: None,
         last_change: Duration::ZERO,
     };
