@@ -434,23 +434,10 @@ impl SqliteStore {
     ///
     /// [`StoreError::Io`].
     pub fn records_of(&self, server_id: &str) -> Result<Vec<(u64, StreamId, u64, bool)>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare(
-                "SELECT sequence, stream_id, lease_epoch, stale FROM processing_records
-                 WHERE server_id = ?1 ORDER BY sequence",
-            )
-            .map_err(io)?;
-        let rows = stmt
-            .query_map(params![server_id], |r| {
-                Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get::<_, i64>(2)? as u64, r.get(3)?))
-            })
-            .map_err(io)?;
-        rows.collect::<Result<_, _>>().map_err(io)
+        let rows = self.stored_records(server_id)?;
+        Ok(rows.into_iter().map(|(r, stale)| (r.sequence, r.stream_id, r.lease_epoch, stale)).collect())
     }
-}
 
-impl SqliteStore {
     /// Processing records of a worker, by sequence, as uploaded. For
     /// tests and audits.
     ///
@@ -458,22 +445,28 @@ impl SqliteStore {
     ///
     /// [`StoreError::Io`].
     pub fn record_rows(&self, server_id: &str) -> Result<Vec<RecordRow>, StoreError> {
+        Ok(self.stored_records(server_id)?.into_iter().map(|(r, _)| r).collect())
+    }
+
+    /// Every stored record of a worker with its stale flag, by sequence.
+    fn stored_records(&self, server_id: &str) -> Result<Vec<(RecordRow, bool)>, StoreError> {
         let mut stmt = self
             .conn
             .prepare(
-                "SELECT sequence, stream_id, lease_epoch, processed_at_ms, local_mode FROM processing_records
+                "SELECT sequence, stream_id, lease_epoch, processed_at_ms, local_mode, stale FROM processing_records
                  WHERE server_id = ?1 ORDER BY sequence",
             )
             .map_err(io)?;
         let rows = stmt
             .query_map(params![server_id], |r| {
-                Ok(RecordRow {
+                let row = RecordRow {
                     sequence: r.get::<_, i64>(0)? as u64,
                     stream_id: r.get(1)?,
                     lease_epoch: r.get::<_, i64>(2)? as u64,
                     processed_at_ms: r.get(3)?,
                     local_mode: r.get(4)?,
-                })
+                };
+                Ok((row, r.get(5)?))
             })
             .map_err(io)?;
         rows.collect::<Result<_, _>>().map_err(io)
