@@ -6,6 +6,8 @@
 //!   own thread.
 //! - [`service`]: the `orchestrator.v1` gRPC services that drive the engine
 //!   and make its decisions durable before answering.
+//! - [`auth`]: who is calling (bearer tokens, client certificates) and what
+//!   they may do.
 //! - [`server`]: binds the listener and serves the services with health,
 //!   reflection, load shedding, the liveness ticker and graceful shutdown.
 //!
@@ -15,6 +17,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub, rust_2018_idioms)]
 
+pub mod auth;
 pub mod engine;
 pub mod server;
 pub mod service;

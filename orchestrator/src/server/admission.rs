@@ -247,7 +247,7 @@ where
     S: tower::Service<http::Request<Body>, Response = http::Response<Body>>,
 {
     let class = Class::of(request.uri().path());
-    let conn = request.extensions().get::<ConnInfo>().cloned();
+    let conn = super::incoming::conn_info(request.extensions()).cloned();
     let activity = Activity::begin(conn.as_ref());
     let (parts, body) = request.into_parts();
     let limits = &shared.limits;

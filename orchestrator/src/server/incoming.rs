@@ -8,7 +8,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
@@ -16,7 +16,9 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::time::{Instant, Sleep};
-use tonic::transport::server::Connected;
+use tonic::transport::server::{Connected, TlsConnectInfo};
+
+use crate::auth::Caller;
 
 /// What the admission layer knows about one connection.
 #[derive(Debug)]
@@ -29,6 +31,9 @@ pub(crate) struct ConnState {
     pub(crate) permits: [AtomicUsize; 2],
     /// Milliseconds after `opened` when the last request ended.
     last_active_ms: AtomicU64,
+    /// Whom the TLS client certificate names (parsed at the first request
+    /// that needs it, see `auth.rs`).
+    pub(crate) peer: OnceLock<Result<Caller, &'static str>>,
 }
 
 impl ConnState {
@@ -38,6 +43,7 @@ impl ConnState {
             requests: AtomicUsize::new(0),
             permits: [AtomicUsize::new(0), AtomicUsize::new(0)],
             last_active_ms: AtomicU64::new(0),
+            peer: OnceLock::new(),
         }
     }
 
@@ -58,6 +64,14 @@ pub(crate) struct ConnInfo {
     /// The peer's address.
     pub(crate) remote: Option<SocketAddr>,
     pub(crate) state: Arc<ConnState>,
+}
+
+/// The connection a request came on: tonic's extension is the
+/// [`ConnInfo`] itself on plaintext, wrapped in [`TlsConnectInfo`] on TLS.
+pub(crate) fn conn_info(extensions: &http::Extensions) -> Option<&ConnInfo> {
+    extensions
+        .get::<ConnInfo>()
+        .or_else(|| extensions.get::<TlsConnectInfo<ConnInfo>>().map(TlsConnectInfo::get_ref))
 }
 
 /// What the server accepts connections from: a TCP listener, or a

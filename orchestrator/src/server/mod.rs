@@ -20,10 +20,15 @@ mod incoming;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+pub(crate) use incoming::{ConnInfo, conn_info};
 pub use incoming::{Listener, raise_fd_limit};
 use tokio::net::TcpListener;
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+
+use crate::auth::{AuthLayer, Authenticator, Credentials};
 
 use crate::engine::EngineConfig;
 use crate::service::{Orchestrator, ServiceConfig};
@@ -66,6 +71,81 @@ pub struct ServerConfig {
     /// On shutdown, how long in-flight calls and open connections get
     /// before they are closed.
     pub drain_timeout: Duration,
+    /// TLS, client certificates, tokens, reflection.
+    pub security: Security,
+}
+
+/// Who may reach what (see the [`auth`](crate::auth) module and
+/// `SECURITY.md`). The default is plaintext with no authentication, for
+/// loopback.
+#[derive(Debug, Clone)]
+pub struct Security {
+    /// Serve TLS with this certificate (and client CAs, for mTLS).
+    pub tls: Option<TlsFiles>,
+    /// Bearer tokens: `admin <name> <token>` / `worker <server_id> <token>`
+    /// lines, read again by [`Authenticator::reload`] (SIGHUP in the binary).
+    pub auth_file: Option<PathBuf>,
+    /// Serve server reflection (open to anyone, like health).
+    pub reflection: bool,
+}
+
+impl Default for Security {
+    fn default() -> Self {
+        Self { tls: None, auth_file: None, reflection: true }
+    }
+}
+
+impl Security {
+    /// Whether requests need a credential (an auth file or client CAs).
+    pub fn authenticates(&self) -> bool {
+        self.auth_file.is_some() || self.tls.as_ref().is_some_and(|t| t.client_ca.is_some())
+    }
+}
+
+/// PEM files for TLS.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// The server's certificate chain.
+    pub cert: PathBuf,
+    /// Its private key.
+    pub key: PathBuf,
+    /// CA certificates that client certificates are verified against
+    /// (mTLS). A client may still connect without one (health stays
+    /// reachable), but then needs a token for anything else.
+    pub client_ca: Option<PathBuf>,
+}
+
+/// The time a TLS handshake may take.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl TlsFiles {
+    fn server_config(&self) -> Result<ServerTlsConfig, ServeError> {
+        let read = |flag: &str, path: &PathBuf| {
+            let pem = std::fs::read(path).map_err(|e| ServeError::Tls(format!("{flag} {}: {e}", path.display())))?;
+            if !pem.windows(10).any(|w| w == b"-----BEGIN") {
+                return Err(ServeError::Tls(format!("{flag} {}: not a PEM file (no -----BEGIN line)", path.display())));
+            }
+            Ok(pem)
+        };
+        let mut config = ServerTlsConfig::new()
+            .identity(Identity::from_pem(read("--tls-cert", &self.cert)?, read("--tls-key", &self.key)?))
+            .timeout(TLS_HANDSHAKE_TIMEOUT);
+        if let Some(ca) = &self.client_ca {
+            config = config.client_ca_root(Certificate::from_pem(read("--tls-client-ca", ca)?)).client_auth_optional(true);
+        }
+        // Built once here so that a bad key or certificate stops the start,
+        // naming the files.
+        tonic::transport::Server::builder().tls_config(config.clone()).map_err(|e| {
+            ServeError::Tls(format!(
+                "--tls-cert {} / --tls-key {}{}: {}",
+                self.cert.display(),
+                self.key.display(),
+                self.client_ca.as_ref().map(|c| format!(" / --tls-client-ca {}", c.display())).unwrap_or_default(),
+                error_chain(&e)
+            ))
+        })?;
+        Ok(config)
+    }
 }
 
 impl Default for ServerConfig {
@@ -85,6 +165,7 @@ impl Default for ServerConfig {
             max_message_bytes: 4 * 1024 * 1024,
             demo_streams: 0,
             drain_timeout: Duration::from_secs(5),
+            security: Security::default(),
         }
     }
 }
@@ -112,6 +193,12 @@ pub enum ServeError {
     /// The demo streams could not be added.
     #[error("adding demo streams: {0}")]
     Demo(String),
+    /// The TLS files are missing or unusable.
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// The auth file is missing or unusable.
+    #[error("{0}")]
+    Auth(String),
 }
 
 /// Where the committer runs (see [`StoreHandle`]).
@@ -160,6 +247,8 @@ pub struct OrchestratorServer<L: Listener = TcpListener> {
     listener: L,
     orchestrator: Orchestrator,
     store_runner: StoreRunner,
+    tls: Option<ServerTlsConfig>,
+    auth: Arc<Authenticator>,
 }
 
 impl OrchestratorServer<TcpListener> {
@@ -199,6 +288,8 @@ impl<L: Listener> OrchestratorServer<L> {
         listener: L,
         env: Environment,
     ) -> Result<Self, ServeError> {
+        let tls = config.security.tls.as_ref().map(TlsFiles::server_config).transpose()?;
+        let auth = Arc::new(authenticator(&config.security)?);
         let (handle, store_runner, loaded) = match env.store {
             StoreDriver::Thread => {
                 let (store, loaded) = tokio::task::spawn_blocking(move || store.load().map(|loaded| (store, loaded)))
@@ -246,7 +337,13 @@ impl<L: Listener> OrchestratorServer<L> {
                 config.database.display()
             );
         }
-        Ok(Self { config, listener, orchestrator, store_runner })
+        Ok(Self { config, listener, orchestrator, store_runner, tls, auth })
+    }
+
+    /// The credentials in force; [`Authenticator::reload`] reads the auth
+    /// file again (the binary calls it on SIGHUP).
+    pub fn authenticator(&self) -> Arc<Authenticator> {
+        Arc::clone(&self.auth)
     }
 
     /// The address the listener is bound to.
@@ -271,7 +368,7 @@ impl<L: Listener> OrchestratorServer<L> {
     /// [`ServeError::Transport`] if the server fails, [`ServeError::Store`]
     /// if storage failed while serving.
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
-        let Self { config, listener, orchestrator, store_runner } = self;
+        let Self { config, listener, orchestrator, store_runner, tls, auth } = self;
         let addr = listener.local_addr().ok();
         let (reporter, health) = tonic_health::server::health_reporter();
         reporter.set_not_serving::<orchestrator_proto::v1::worker_service_server::WorkerServiceServer<crate::service::WorkerApi>>().await;
@@ -333,7 +430,18 @@ impl<L: Listener> OrchestratorServer<L> {
             .set_serving::<orchestrator_proto::v1::admin_service_server::AdminServiceServer<crate::service::AdminApi>>()
             .await;
         if let Some(addr) = addr {
-            tracing::info!(%addr, database = %config.database.display(), "orchestrator serving");
+            let tls_mode = match &config.security.tls {
+                None => "off",
+                Some(TlsFiles { client_ca: None, .. }) => "on",
+                Some(_) => "on, client certificates verified",
+            };
+            tracing::info!(
+                %addr,
+                database = %config.database.display(),
+                tls = tls_mode,
+                authentication = auth.enabled(),
+                "orchestrator serving"
+            );
         }
         let admission = admission::AdmissionLayer::new(admission::Limits {
             max_concurrent_requests: config.max_concurrent_requests,
@@ -342,14 +450,20 @@ impl<L: Listener> OrchestratorServer<L> {
             max_message_bytes: config.max_message_bytes,
             request_receive_timeout: config.request_receive_timeout,
         });
-        let serving = tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = tls {
+            builder = builder.tls_config(tls)?;
+        }
+        let reflection_on = config.security.reflection;
+        let serving = builder
             .max_concurrent_streams(config.max_streams_per_connection.max(1))
             .http2_keepalive_interval(config.keepalive_interval)
             .http2_keepalive_timeout(Some(config.keepalive_timeout))
+            .layer(AuthLayer::new(auth))
             .layer(admission)
             .add_service(health)
-            .add_service(reflection)
-            .add_service(reflection_alpha)
+            .add_optional_service(reflection_on.then_some(reflection))
+            .add_optional_service(reflection_on.then_some(reflection_alpha))
             .add_service(worker)
             .add_service(admin)
             .serve_with_incoming_shutdown(incoming::Incoming::new(listener, config.idle_timeout), signal);
@@ -396,4 +510,43 @@ impl Orchestrator {
         }
         Ok(())
     }
+}
+
+/// The authenticator `security` asks for; logs what it accepts.
+fn authenticator(security: &Security) -> Result<Authenticator, ServeError> {
+    let certificates = security.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
+    let tokens = match &security.auth_file {
+        Some(path) => {
+            let (tokens, warning) = Credentials::load(path).map_err(ServeError::Auth)?;
+            if let Some(w) = warning {
+                tracing::warn!("{w}");
+            }
+            tracing::info!(
+                admins = tokens.admins(),
+                workers = tokens.workers(),
+                "bearer tokens from {} (send SIGHUP to read it again)",
+                path.display()
+            );
+            tokens
+        }
+        None => Credentials::default(),
+    };
+    if certificates {
+        tracing::info!("client certificates verified: URI SAN urn:orchestrator:worker:<server_id> or urn:orchestrator:admin:<name>");
+    }
+    Ok(Authenticator::new(security.auth_file.clone(), tokens, certificates).reflection_open(security.reflection))
+}
+
+/// An error with its causes, `a: b: c`.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let more = cause.to_string();
+        if !text.contains(&more) {
+            text = format!("{text}: {more}");
+        }
+        source = cause.source();
+    }
+    text
 }

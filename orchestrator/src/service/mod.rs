@@ -287,6 +287,14 @@ fn check_len(field: &str, value: &str, max: usize) -> Result<(), Status> {
     Ok(())
 }
 
+/// Checks the caller may act as the session's server_id (see
+/// [`crate::auth::authorize_worker`]); a missing session is left to the
+/// validation that follows.
+#[allow(clippy::result_large_err)]
+fn authorize_session<T>(request: &Request<T>, session: Option<&v1::SessionRef>) -> Result<(), Status> {
+    crate::auth::authorize_worker(request.extensions(), session.map_or("", |s| s.server_id.as_str()))
+}
+
 /// The worker-facing service.
 #[derive(Debug, Clone)]
 pub struct WorkerApi {
@@ -297,6 +305,7 @@ pub struct WorkerApi {
 impl WorkerService for WorkerApi {
     #[tracing::instrument(skip_all, fields(server_id = %request.get_ref().server_id))]
     async fn register(&self, request: Request<v1::RegisterRequest>) -> Result<Response<v1::RegisterResponse>, Status> {
+        crate::auth::authorize_worker(request.extensions(), &request.get_ref().server_id)?;
         let r = request.into_inner();
         check_len("client_version", &r.client_version, MAX_VERSION)?;
         let held = status::leases_in(&r.held_leases);
@@ -330,6 +339,7 @@ impl WorkerService for WorkerApi {
         &self,
         request: Request<v1::HeartbeatRequest>,
     ) -> Result<Response<v1::HeartbeatResponse>, Status> {
+        authorize_session(&request, request.get_ref().session.as_ref())?;
         let r = request.into_inner();
         let session = status::session(r.session)?;
         // The fast path: nothing to acknowledge, nothing waiting (see
@@ -374,6 +384,7 @@ impl WorkerService for WorkerApi {
         &self,
         request: Request<v1::RequestStreamsRequest>,
     ) -> Result<Response<v1::RequestStreamsResponse>, Status> {
+        authorize_session(&request, request.get_ref().session.as_ref())?;
         let r = request.into_inner();
         let session = status::session(r.session)?;
         let (granted, _) = self
@@ -387,6 +398,7 @@ impl WorkerService for WorkerApi {
         &self,
         request: Request<v1::ReleaseStreamsRequest>,
     ) -> Result<Response<v1::ReleaseStreamsResponse>, Status> {
+        authorize_session(&request, request.get_ref().session.as_ref())?;
         let r = request.into_inner();
         let session = status::session(r.session)?;
         let leases = status::leases_in(&r.leases);
@@ -404,6 +416,7 @@ impl WorkerService for WorkerApi {
         &self,
         request: Request<v1::SyncLocalStateRequest>,
     ) -> Result<Response<v1::SyncLocalStateResponse>, Status> {
+        authorize_session(&request, request.get_ref().session.as_ref())?;
         let r = request.into_inner();
         let session = status::session(r.session)?;
         let held = status::leases_in(&r.held_leases);
@@ -447,6 +460,7 @@ impl WorkerService for WorkerApi {
         &self,
         request: Request<v1::DeregisterRequest>,
     ) -> Result<Response<v1::DeregisterResponse>, Status> {
+        authorize_session(&request, request.get_ref().session.as_ref())?;
         let r = request.into_inner();
         let session = status::session(r.session)?;
         self.o.run(|st, now| Ok((st.engine.deregister(now, &session, &r.request_id)?, Batch::default()))).await?;

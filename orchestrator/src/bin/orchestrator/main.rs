@@ -12,7 +12,7 @@ use std::time::Duration;
 use admin::{AdminArgs, AdminCommand};
 use clap::{Args, Parser, Subcommand};
 use orchestrator::engine::EngineConfig;
-use orchestrator::server::{OrchestratorServer, ServerConfig};
+use orchestrator::server::{OrchestratorServer, Security, ServerConfig, TlsFiles};
 
 /// Balances long-lived media streams across a fleet of workers.
 ///
@@ -121,6 +121,35 @@ struct ServeArgs {
     /// open connections are closed.
     #[arg(long, env = "ORCHESTRATOR_DRAIN_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     drain_timeout: Duration,
+    /// Serve TLS with this certificate chain (PEM); needs --tls-key.
+    /// Clients then use https:// addresses.
+    #[arg(long, env = "ORCHESTRATOR_TLS_CERT", value_name = "PATH", requires = "tls_key", help_heading = "Security")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "ORCHESTRATOR_TLS_KEY", value_name = "PATH", requires = "tls_cert", help_heading = "Security")]
+    tls_key: Option<PathBuf>,
+    /// Verify client certificates against these CA certificates (PEM;
+    /// mTLS) and authenticate by their URI SAN:
+    /// urn:orchestrator:worker:<server_id> or urn:orchestrator:admin:<name>.
+    /// A client without a certificate can still check health, and needs a
+    /// token (--auth-file) for anything else.
+    #[arg(long, env = "ORCHESTRATOR_TLS_CLIENT_CA", value_name = "PATH", requires = "tls_cert", help_heading = "Security")]
+    tls_client_ca: Option<PathBuf>,
+    /// Bearer tokens, one per line: `admin <name> <token>` or
+    /// `worker <server_id> <token>` (`#` comments; several lines per
+    /// identity for rotation). Clients send `authorization: Bearer
+    /// <token>`. Read again on SIGHUP; keep it mode 600.
+    #[arg(long, env = "ORCHESTRATOR_AUTH_FILE", value_name = "PATH", help_heading = "Security")]
+    auth_file: Option<PathBuf>,
+    /// Serve gRPC server reflection (open to anyone when on, like health;
+    /// with --reflection=false it is not served at all).
+    #[arg(long, env = "ORCHESTRATOR_REFLECTION", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL", help_heading = "Security")]
+    reflection: bool,
+    /// Allow listening on a non-loopback address without TLS or an auth
+    /// file: anyone who can reach the port can then act as any worker or
+    /// operator.
+    #[arg(long, env = "ORCHESTRATOR_INSECURE", help_heading = "Security")]
+    insecure: bool,
 }
 
 impl ServeArgs {
@@ -154,6 +183,7 @@ impl ServeArgs {
         if self.request_receive_timeout.is_zero() || self.keepalive_timeout.is_zero() {
             return Err("--request-receive-timeout and --keepalive-timeout must be greater than zero".into());
         }
+        let security = self.security()?;
         let grace = self.grace.unwrap_or(self.session_timeout + Duration::from_secs(60));
         Ok(ServerConfig {
             listen: self.listen,
@@ -184,7 +214,38 @@ impl ServeArgs {
             max_message_bytes: self.max_message_bytes,
             demo_streams: self.demo_streams,
             drain_timeout: self.drain_timeout,
+            security,
         })
+    }
+
+    /// TLS and authentication; refuses an unprotected public listener.
+    fn security(&self) -> Result<Security, String> {
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => {
+                Some(TlsFiles { cert: cert.clone(), key: key.clone(), client_ca: self.tls_client_ca.clone() })
+            }
+            _ => None,
+        };
+        let security = Security { tls, auth_file: self.auth_file.clone(), reflection: self.reflection };
+        let ip = self.listen.ip();
+        if !ip.is_loopback() && security.tls.is_none() && security.auth_file.is_none() {
+            if !self.insecure {
+                return Err(format!(
+                    "refusing to listen on {} (not a loopback address) without protection: anyone who can reach it \
+                     could act as any worker or operator. Add --auth-file PATH (bearer tokens) and/or --tls-cert PATH \
+                     --tls-key PATH [--tls-client-ca PATH], or --insecure if the network itself is trusted",
+                    self.listen
+                ));
+            }
+            tracing::warn!(listen = %self.listen, "--insecure: no TLS and no authentication on a non-loopback address");
+        } else if !ip.is_loopback() && !security.authenticates() {
+            tracing::warn!(
+                listen = %self.listen,
+                "TLS without --auth-file or --tls-client-ca: the traffic is encrypted, but anyone who can connect may \
+                 act as any worker or operator"
+            );
+        }
+        Ok(security)
     }
 }
 
@@ -225,6 +286,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let reload_on_sighup = config.security.auth_file.is_some();
     if let Some(limit) = orchestrator::server::raise_fd_limit() {
         // A worker holds one connection; keep headroom for the database,
         // the listener and the admin CLI.
@@ -242,6 +304,27 @@ async fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    #[cfg(unix)]
+    if reload_on_sighup {
+        let auth = server.authenticator();
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(mut hangups) => {
+                tokio::spawn(async move {
+                    while hangups.recv().await.is_some() {
+                        match auth.reload() {
+                            Ok(c) => tracing::info!(
+                                admins = c.admins(),
+                                workers = c.workers(),
+                                "SIGHUP: auth file read again; the new credentials are in force"
+                            ),
+                            Err(e) => tracing::error!("SIGHUP: {e}; the previous credentials stay in force"),
+                        }
+                    }
+                });
+            }
+            Err(e) => tracing::warn!("cannot listen for SIGHUP ({e}): the auth file is read only at start"),
+        }
+    }
     match server.serve(shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
