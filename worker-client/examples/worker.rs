@@ -69,6 +69,22 @@ struct Args {
     /// commas or spaces (e.g. "1-10" or "1,5-9").
     #[arg(long, env = "WORKER_STREAMS", value_parser = parse_streams)]
     streams: Option<Streams>,
+    /// CA certificate (PEM) that signed the orchestrator's TLS certificate;
+    /// use an https:// --orchestrator-url.
+    #[arg(long, env = "WORKER_TLS_CA", value_name = "PATH")]
+    tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for mTLS, with --tls-key; its URI SAN is
+    /// urn:orchestrator:worker:<server-id>.
+    #[arg(long, env = "WORKER_TLS_CERT", value_name = "PATH", requires_all = ["tls_key", "tls_ca"])]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "WORKER_TLS_KEY", value_name = "PATH", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Bearer token (a `worker <server-id> <token>` line of the
+    /// orchestrator's auth file). Prefer the environment variable: a flag
+    /// shows in `ps`.
+    #[arg(long, env = "WORKER_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    token: Option<String>,
 }
 
 /// Stream ids for --streams.
@@ -133,6 +149,18 @@ async fn run(args: Args) -> Result<(), worker_client::Error> {
     }
     if let Some(limit) = args.local_mode_limit {
         builder = builder.local_mode_limit(limit);
+    }
+    if let Some(ca) = &args.tls_ca {
+        let identity = args.tls_cert.as_ref().zip(args.tls_key.as_ref());
+        let tls = worker_client::ClientTls::from_files(ca, identity).map_err(|e| worker_client::Error::Config {
+            setting: "tls",
+            problem: e.to_string(),
+            source: None,
+        })?;
+        builder = builder.tls(tls);
+    }
+    if let Some(token) = &args.token {
+        builder = builder.auth_token(token);
     }
     let client = builder.build().await?;
     client.start().await?;

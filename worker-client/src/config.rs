@@ -4,7 +4,33 @@ use std::time::{Duration, SystemTime};
 use resilience::{CircuitBreakerConfig, ConfigError, RetryConfig};
 
 use crate::Error;
-use crate::connector::{Connector, SharedConnector, TcpConnector};
+use crate::connector::{ClientTls, Connector, SharedConnector, TcpConnector};
+
+/// The `authorization` header value, ready to send; its `Debug` hides it.
+#[derive(Clone)]
+pub(crate) struct AuthToken(pub(crate) tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+
+impl AuthToken {
+    fn new(token: &str) -> Result<Self, String> {
+        let token = token.trim();
+        if token.is_empty() {
+            return Err("must not be empty".into());
+        }
+        if token.chars().any(|c| !c.is_ascii_graphic()) {
+            return Err("must be printable ASCII without spaces".into());
+        }
+        let mut value: tonic::metadata::MetadataValue<tonic::metadata::Ascii> =
+            format!("Bearer {token}").parse().map_err(|_| "must be printable ASCII without spaces".to_owned())?;
+        value.set_sensitive(true);
+        Ok(Self(value))
+    }
+}
+
+impl std::fmt::Debug for AuthToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AuthToken(<redacted>)")
+    }
+}
 
 /// Everything a [`ResilientWorkerClient`](crate::ResilientWorkerClient) is
 /// configured with. Built and validated by [`ClientBuilder`].
@@ -22,6 +48,7 @@ pub struct ClientConfig {
     pub(crate) local_mode_limit: Option<Duration>,
     pub(crate) reconnect: RetryConfig,
     pub(crate) connector: SharedConnector,
+    pub(crate) auth_token: Option<AuthToken>,
     pub(crate) shutdown_timeout: Duration,
     pub(crate) state_write_delay: Duration,
     pub(crate) state_history: u64,
@@ -131,6 +158,8 @@ pub struct ClientBuilder {
     reconnect_max_delay: Duration,
     connect_timeout: Duration,
     connector: Option<SharedConnector>,
+    tls: Option<ClientTls>,
+    auth_token: Option<String>,
     shutdown_timeout: Duration,
     state_write_delay: Duration,
     state_history: u64,
@@ -173,6 +202,8 @@ impl ClientBuilder {
             reconnect_max_delay: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(5),
             connector: None,
+            tls: None,
+            auth_token: None,
             shutdown_timeout: Duration::from_secs(10),
             state_write_delay: Duration::ZERO,
             state_history: 5_000,
@@ -309,6 +340,23 @@ impl ClientBuilder {
         self
     }
 
+    /// TLS for the default [`TcpConnector`] (the `orchestrator_url` must be
+    /// `https://`): the CA to verify the orchestrator against, and a client
+    /// certificate for mTLS. A connector set with
+    /// [`connector`](Self::connector) configures its own TLS
+    /// ([`TcpConnector::tls`]).
+    pub fn tls(mut self, tls: ClientTls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// A bearer token sent with every call (`authorization: Bearer
+    /// <token>`), for an orchestrator with an auth file. Never logged.
+    pub fn auth_token(mut self, token: impl Into<String>) -> Self {
+        self.auth_token = Some(token.into());
+        self
+    }
+
     /// How long [`shutdown`](crate::ResilientWorkerClient::shutdown) may
     /// take (default 10 s: inside the 30 s most service managers give
     /// between SIGTERM and SIGKILL), plus at most 100 ms to close the state
@@ -423,6 +471,11 @@ impl ClientBuilder {
             .no_budget()
             .build()
             .map_err(|e| bad("reconnect_backoff", e.to_string()))?;
+        if self.tls.is_some() && self.connector.is_some() {
+            return Err(bad("tls", "applies to the default connector; configure TLS on your connector instead".into()));
+        }
+        let auth_token =
+            self.auth_token.as_deref().map(AuthToken::new).transpose().map_err(|e| bad("auth_token", e))?;
         let state_path =
             self.state_path.unwrap_or_else(|| PathBuf::from(format!("./worker-state-{}.db", self.server_id)));
         Ok(ClientConfig {
@@ -437,9 +490,17 @@ impl ClientBuilder {
             local_mode_after: self.local_mode_after,
             local_mode_limit: self.local_mode_limit,
             reconnect,
-            connector: self.connector.unwrap_or_else(|| {
-                SharedConnector(std::sync::Arc::new(TcpConnector::default().connect_timeout(self.connect_timeout)))
-            }),
+            connector: match (self.connector, self.tls) {
+                (Some(connector), _) => connector,
+                (None, tls) => {
+                    let mut tcp = TcpConnector::default().connect_timeout(self.connect_timeout);
+                    if let Some(tls) = tls {
+                        tcp = tcp.tls(tls);
+                    }
+                    SharedConnector(std::sync::Arc::new(tcp))
+                }
+            },
+            auth_token,
             shutdown_timeout: self.shutdown_timeout,
             state_write_delay: self.state_write_delay,
             state_history: self.state_history,

@@ -2,7 +2,7 @@
 //!
 //! Everything that changes *how* the worker client talks to the orchestrator
 //! plugs in here, once: the default TCP connection with HTTP/2 and TCP
-//! keepalive ([`TcpConnector`]), a Unix socket or an HTTP proxy, TLS, a
+//! keepalive ([`TcpConnector`], with [`ClientTls`] for TLS), a Unix socket or an HTTP proxy, a
 //! network simulation. A [`Connector`] makes a [`Channel`] for an endpoint
 //! URI; the client asks for a fresh one whenever a call fails for want of an
 //! answer (refused, reset, timed out), so a connection stuck on a dead link
@@ -31,7 +31,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 /// The error a connector returns.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -76,6 +76,7 @@ where
 /// orchestrator is behind such a server.
 #[derive(Debug, Clone)]
 pub struct TcpConnector {
+    tls: Option<ClientTls>,
     connect_timeout: Duration,
     http2_keepalive_interval: Duration,
     http2_keepalive_timeout: Duration,
@@ -86,6 +87,7 @@ pub struct TcpConnector {
 impl Default for TcpConnector {
     fn default() -> Self {
         Self {
+            tls: None,
             connect_timeout: Duration::from_secs(5),
             http2_keepalive_interval: Duration::from_secs(10),
             http2_keepalive_timeout: Duration::from_secs(10),
@@ -96,6 +98,15 @@ impl Default for TcpConnector {
 }
 
 impl TcpConnector {
+    /// TLS (for `https://` addresses): the orchestrator's certificate is
+    /// verified against `tls`'s CA, and a client certificate is presented
+    /// if it has one (mTLS).
+    #[must_use]
+    pub fn tls(mut self, tls: ClientTls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
     /// Time allowed to open a connection (default 5 s).
     #[must_use]
     pub fn connect_timeout(mut self, d: Duration) -> Self {
@@ -130,7 +141,24 @@ impl TcpConnector {
 
 impl Connector for TcpConnector {
     fn connect(&self, uri: &str) -> Result<Channel, BoxError> {
-        let endpoint = Endpoint::from_shared(uri.to_owned())?
+        let mut endpoint = Endpoint::from_shared(uri.to_owned())?;
+        match &self.tls {
+            Some(tls) => {
+                if !uri.to_ascii_lowercase().starts_with("https://") {
+                    return Err(format!("TLS is configured but {uri:?} is not an https:// address").into());
+                }
+                endpoint = endpoint.tls_config(tls.config())?;
+            }
+            None if uri.to_ascii_lowercase().starts_with("https://") => {
+                return Err(format!(
+                    "{uri:?} is an https:// address but no TLS is configured: give the CA that signed the \
+                     orchestrator's certificate (ClientBuilder::tls)"
+                )
+                .into());
+            }
+            None => {}
+        }
+        let endpoint = endpoint
             .connect_timeout(self.connect_timeout)
             .tcp_nodelay(true)
             .tcp_keepalive(self.tcp_keepalive)
@@ -138,6 +166,95 @@ impl Connector for TcpConnector {
             .keep_alive_timeout(self.http2_keepalive_timeout)
             .keep_alive_while_idle(self.keepalive_while_idle);
         Ok(endpoint.connect_lazy())
+    }
+}
+
+/// TLS settings for the client: the CA certificate(s) the orchestrator's
+/// certificate must chain to, and optionally a client certificate and key
+/// (mTLS: its URI SAN `urn:orchestrator:worker:<server_id>` is the worker's
+/// identity). PEM throughout.
+///
+/// ```no_run
+/// use worker_client::{ClientTls, ResilientWorkerClient};
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let tls = ClientTls::from_files("ca.pem", Some(("worker-01.pem", "worker-01.key")))?;
+/// let client = ResilientWorkerClient::builder("https://orchestrator:50051", "worker-01")
+///     .tls(tls)
+///     .build()
+///     .await?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct ClientTls {
+    ca_pem: Vec<u8>,
+    identity: Option<(Vec<u8>, Vec<u8>)>,
+    domain: Option<String>,
+}
+
+impl fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never the key.
+        f.debug_struct("ClientTls")
+            .field("client_certificate", &self.identity.is_some())
+            .field("domain", &self.domain)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientTls {
+    /// From PEM bytes: the CA certificate(s), and a client certificate
+    /// chain with its private key.
+    pub fn new(ca_pem: impl Into<Vec<u8>>, identity: Option<(Vec<u8>, Vec<u8>)>) -> Self {
+        Self { ca_pem: ca_pem.into(), identity, domain: None }
+    }
+
+    /// From PEM files.
+    ///
+    /// # Errors
+    ///
+    /// A file cannot be read or holds no PEM block; the message names it.
+    pub fn from_files(
+        ca: impl AsRef<std::path::Path>,
+        identity: Option<(impl AsRef<std::path::Path>, impl AsRef<std::path::Path>)>,
+    ) -> Result<Self, BoxError> {
+        let read = |what: &str, path: &std::path::Path| -> Result<Vec<u8>, BoxError> {
+            let pem = std::fs::read(path).map_err(|e| format!("{what} {}: {e}", path.display()))?;
+            if !pem.windows(10).any(|w| w == b"-----BEGIN") {
+                return Err(format!("{what} {}: not a PEM file (no -----BEGIN line)", path.display()).into());
+            }
+            Ok(pem)
+        };
+        let ca = read("TLS CA", ca.as_ref())?;
+        let identity = match identity {
+            Some((cert, key)) => {
+                Some((read("TLS client certificate", cert.as_ref())?, read("TLS client key", key.as_ref())?))
+            }
+            None => None,
+        };
+        Ok(Self::new(ca, identity))
+    }
+
+    /// The name the orchestrator's certificate must carry, when it is not
+    /// the address's host (e.g. connecting by IP to a certificate for a
+    /// DNS name).
+    #[must_use]
+    pub fn domain_name(mut self, domain: impl Into<String>) -> Self {
+        self.domain = Some(domain.into());
+        self
+    }
+
+    /// tonic's configuration.
+    pub fn config(&self) -> ClientTlsConfig {
+        let mut config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&self.ca_pem));
+        if let Some((cert, key)) = &self.identity {
+            config = config.identity(Identity::from_pem(cert, key));
+        }
+        if let Some(domain) = &self.domain {
+            config = config.domain_name(domain.clone());
+        }
+        config
     }
 }
 

@@ -67,7 +67,7 @@ pub use client::{
     HealthMetrics, HealthReport, Mode, ResilientWorkerClient, ShutdownReport, create_resilient_worker_client,
 };
 pub use config::{ClientBuilder, ClientConfig};
-pub use connector::{Connector, TcpConnector};
+pub use connector::{ClientTls, Connector, TcpConnector};
 
 /// What can go wrong. Messages are one line and say what to do.
 #[derive(Debug, Clone, thiserror::Error)]

@@ -8,8 +8,8 @@
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -69,9 +69,7 @@ pub(crate) struct ConnInfo {
 /// The connection a request came on: tonic's extension is the
 /// [`ConnInfo`] itself on plaintext, wrapped in [`TlsConnectInfo`] on TLS.
 pub(crate) fn conn_info(extensions: &http::Extensions) -> Option<&ConnInfo> {
-    extensions
-        .get::<ConnInfo>()
-        .or_else(|| extensions.get::<TlsConnectInfo<ConnInfo>>().map(TlsConnectInfo::get_ref))
+    extensions.get::<ConnInfo>().or_else(|| extensions.get::<TlsConnectInfo<ConnInfo>>().map(TlsConnectInfo::get_ref))
 }
 
 /// What the server accepts connections from: a TCP listener, or a

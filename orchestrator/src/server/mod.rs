@@ -131,7 +131,8 @@ impl TlsFiles {
             .identity(Identity::from_pem(read("--tls-cert", &self.cert)?, read("--tls-key", &self.key)?))
             .timeout(TLS_HANDSHAKE_TIMEOUT);
         if let Some(ca) = &self.client_ca {
-            config = config.client_ca_root(Certificate::from_pem(read("--tls-client-ca", ca)?)).client_auth_optional(true);
+            config =
+                config.client_ca_root(Certificate::from_pem(read("--tls-client-ca", ca)?)).client_auth_optional(true);
         }
         // Built once here so that a bad key or certificate stops the start,
         // naming the files.
@@ -532,7 +533,9 @@ fn authenticator(security: &Security) -> Result<Authenticator, ServeError> {
         None => Credentials::default(),
     };
     if certificates {
-        tracing::info!("client certificates verified: URI SAN urn:orchestrator:worker:<server_id> or urn:orchestrator:admin:<name>");
+        tracing::info!(
+            "client certificates verified: URI SAN urn:orchestrator:worker:<server_id> or urn:orchestrator:admin:<name>"
+        );
     }
     Ok(Authenticator::new(security.auth_file.clone(), tokens, certificates).reflection_open(security.reflection))
 }

@@ -63,6 +63,10 @@ pub struct HealthReport {
     pub circuit_breaker_state: String,
     /// Time of the last successful call, ISO 8601 (UTC), or `null`.
     pub last_orchestrator_contact: Option<String>,
+    /// Why the client is not in normal mode (`null` in normal and
+    /// standalone mode): the orchestrator unreachable, or its refusal of
+    /// this worker's credentials.
+    pub local_mode_reason: Option<String>,
     /// Counters.
     pub metrics: HealthMetrics,
 }
@@ -129,6 +133,9 @@ impl ResilientWorkerClient {
             assigned_streams: self.inner.leases.borrow().len(),
             circuit_breaker_state: breaker.state.as_str().to_owned(),
             last_orchestrator_contact: last.map(|t| humantime::format_rfc3339_millis(t).to_string()),
+            local_mode_reason: matches!(mode, Mode::Local | Mode::Halted)
+                .then(|| self.inner.local_reason.lock().unwrap_or_else(|p| p.into_inner()).clone())
+                .flatten(),
             metrics: HealthMetrics {
                 total_requests: m.total.load(Ordering::Relaxed),
                 successful_requests: m.successful.load(Ordering::Relaxed),

@@ -110,6 +110,9 @@ struct Inner {
     /// even if it cannot take the protocol lock in time.
     stopping: AtomicBool,
     local: AtomicBool,
+    /// Why the client is in local mode (the health report's
+    /// `local_mode_reason`).
+    local_reason: StdMutex<Option<String>>,
     /// Processing stopped by the local-mode limit.
     halted: AtomicBool,
     metrics: Metrics,
@@ -320,6 +323,7 @@ impl ResilientWorkerClient {
                 confirmed: AtomicBool::new(false),
                 stopping: AtomicBool::new(false),
                 local: AtomicBool::new(false),
+                local_reason: StdMutex::new(None),
                 halted: AtomicBool::new(false),
                 metrics,
                 last_call_answered: AtomicBool::new(false),

@@ -58,6 +58,11 @@ impl ResilientWorkerClient {
                 self.publish(core);
                 return Ok(false);
             }
+            Err(Failure::Denied(status)) => {
+                self.on_denied(core, &status).await?;
+                self.publish(core);
+                return Ok(false);
+            }
         };
         let Some(session) =
             r.session.filter(|s| s.server_id == self.inner.config.server_id && !s.session_id.is_empty())
@@ -353,15 +358,26 @@ impl ResilientWorkerClient {
         let silent_for = self.silent_for();
         let holding = !core.leases.is_empty() && core.session.is_none();
         if open || silent_for >= self.inner.config.local_mode_after || holding {
-            self.inner.local.store(true, Ordering::Release);
-            self.inner.metrics.local_mode_activations.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(reason = %why, leases = core.leases.len(), "orchestrator unreachable: entering local mode");
-            self.inner
-                .state
-                .write(vec![Op::Transition { at_ms: self.now_ms(), mode: "local", reason: why.to_owned() }])
-                .await?;
-            self.publish(core);
+            return self.enter_local(core, why).await;
         }
+        Ok(())
+    }
+
+    /// Local mode now, because of `why` (kept for the health report; a
+    /// client already local only takes the newer reason).
+    pub(super) async fn enter_local(&self, core: &mut Core, why: &str) -> Result<(), Error> {
+        *self.inner.local_reason.lock().unwrap_or_else(|p| p.into_inner()) = Some(why.to_owned());
+        if self.is_local() {
+            return Ok(());
+        }
+        self.inner.local.store(true, Ordering::Release);
+        self.inner.metrics.local_mode_activations.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(reason = %why, leases = core.leases.len(), "entering local mode");
+        self.inner
+            .state
+            .write(vec![Op::Transition { at_ms: self.now_ms(), mode: "local", reason: why.to_owned() }])
+            .await?;
+        self.publish(core);
         Ok(())
     }
 
@@ -371,6 +387,7 @@ impl ResilientWorkerClient {
         }
         self.inner.local.store(false, Ordering::Release);
         self.inner.halted.store(false, Ordering::Release);
+        *self.inner.local_reason.lock().unwrap_or_else(|p| p.into_inner()) = None;
         tracing::info!("orchestrator reachable again: back to normal mode");
         self.inner
             .state

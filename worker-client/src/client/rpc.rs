@@ -26,6 +26,15 @@ pub(super) enum Failure {
     Rejected(Status),
     /// The orchestrator could not be reached (or the breaker is open).
     Unreachable(String),
+    /// The orchestrator refused this worker's credentials
+    /// (UNAUTHENTICATED, PERMISSION_DENIED): not a contact; local mode.
+    Denied(Status),
+}
+
+/// UNAUTHENTICATED or PERMISSION_DENIED: the credentials are missing,
+/// revoked or for another worker.
+fn is_auth_error(status: &Status) -> bool {
+    matches!(grpc::status_code(status), Code::Unauthenticated | Code::PermissionDenied)
 }
 
 /// RESOURCE_EXHAUSTED without a pushback: the request is over the server's
@@ -77,7 +86,7 @@ impl ResilientWorkerClient {
     pub(super) async fn call<Req, T, F, Fut>(&self, request: Req, rpc: F) -> Result<T, Failure>
     where
         Req: Clone,
-        F: Fn(WorkerServiceClient<Channel>, Req) -> Fut,
+        F: Fn(WorkerServiceClient<Channel>, tonic::Request<Req>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
         let m = &self.inner.metrics;
@@ -99,7 +108,13 @@ impl ResilientWorkerClient {
             let _in_flight = InFlight::start(&self.inner.in_flight_since);
             // No attempt outlives the operation's deadline either (a retry
             // that started late would otherwise get a whole call timeout).
-            let call = breaker.call_with(is_failure, || rpc(self.grpc(), request.clone()));
+            let call = breaker.call_with(is_failure, || {
+                let mut request = tonic::Request::new(request.clone());
+                if let Some(token) = &self.inner.config.auth_token {
+                    request.metadata_mut().insert("authorization", token.0.clone());
+                }
+                rpc(self.grpc(), request)
+            });
             let result = match tokio::time::timeout_at(deadline, call).await {
                 Ok(result) => result,
                 Err(_) => Err(CallError::Timeout { timeout: limit }),
@@ -130,6 +145,10 @@ impl ResilientWorkerClient {
             Err(e) => {
                 m.failed.fetch_add(1, Ordering::Relaxed);
                 Err(match e {
+                    CallError::Inner(status) if is_auth_error(&status) => {
+                        self.inner.last_call_answered.store(false, Ordering::Release);
+                        Failure::Denied(status)
+                    }
                     CallError::Inner(status) if is_session_error(&status) => {
                         self.inner.last_call_answered.store(true, Ordering::Release);
                         Failure::Session
@@ -162,6 +181,24 @@ impl ResilientWorkerClient {
                 tracing::debug!(%why, "orchestrator unreachable");
                 self.maybe_enter_local(core, &why).await
             }
+            Failure::Denied(status) => self.on_denied(core, &status).await,
         }
+    }
+}
+
+impl ResilientWorkerClient {
+    /// The orchestrator refused the credentials: a revoked or wrong token,
+    /// a certificate for another worker. Not a contact: local mode at once,
+    /// with the local-mode limit counting from the last real success, so a
+    /// worker whose credentials were revoked stops by its limit while its
+    /// streams move elsewhere.
+    pub(super) async fn on_denied(&self, core: &mut Core, status: &Status) -> Result<(), Error> {
+        let why = format!(
+            "the orchestrator refused this worker's credentials ({:?}: {})",
+            grpc::status_code(status),
+            status.message()
+        );
+        tracing::error!(reason = %why, "check the worker's token or client certificate");
+        self.enter_local(core, &why).await
     }
 }

@@ -133,7 +133,13 @@ struct ServeArgs {
     /// urn:orchestrator:worker:<server_id> or urn:orchestrator:admin:<name>.
     /// A client without a certificate can still check health, and needs a
     /// token (--auth-file) for anything else.
-    #[arg(long, env = "ORCHESTRATOR_TLS_CLIENT_CA", value_name = "PATH", requires = "tls_cert", help_heading = "Security")]
+    #[arg(
+        long,
+        env = "ORCHESTRATOR_TLS_CLIENT_CA",
+        value_name = "PATH",
+        requires = "tls_cert",
+        help_heading = "Security"
+    )]
     tls_client_ca: Option<PathBuf>,
     /// Bearer tokens, one per line: `admin <name> <token>` or
     /// `worker <server_id> <token>` (`#` comments; several lines per

@@ -33,6 +33,21 @@ pub(crate) struct AdminArgs {
         value_parser = humantime::parse_duration
     )]
     pub(crate) timeout: Duration,
+    /// Bearer token for an orchestrator with an auth file (an `admin` line).
+    /// Prefer the environment variable: a flag shows in `ps`.
+    #[arg(long, global = true, env = "ORCHESTRATOR_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    pub(crate) token: Option<String>,
+    /// CA certificate (PEM) to verify the orchestrator's TLS certificate;
+    /// use an https:// --addr.
+    #[arg(long, global = true, env = "ORCHESTRATOR_TLS_CA", value_name = "PATH")]
+    pub(crate) tls_ca: Option<std::path::PathBuf>,
+    /// Client certificate (PEM) for mTLS, with --client-key; its URI SAN
+    /// is urn:orchestrator:admin:<name>.
+    #[arg(long, global = true, env = "ORCHESTRATOR_CLIENT_CERT", value_name = "PATH", requires = "client_key")]
+    pub(crate) client_cert: Option<std::path::PathBuf>,
+    /// The private key of --client-cert (PEM).
+    #[arg(long, global = true, env = "ORCHESTRATOR_CLIENT_KEY", value_name = "PATH", requires = "client_cert")]
+    pub(crate) client_key: Option<std::path::PathBuf>,
 }
 
 /// The admin subcommands.

@@ -1,7 +1,9 @@
 //! Connecting to the orchestrator's admin service.
 
 use orchestrator_proto::v1::admin_service_client::AdminServiceClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::codegen::InterceptedService;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use super::AdminArgs;
 use super::error::{AdminError, error_chain, root_cause};
@@ -14,21 +16,72 @@ pub(super) fn rpc_error(addr: &str, rpc: &'static str) -> impl Fn(tonic::Status)
     move |status| AdminError::Rpc { addr: addr.to_owned(), rpc, status: Box::new(status) }
 }
 
+/// Adds the bearer token to every call.
+#[derive(Clone)]
+pub(super) struct Token(Option<MetadataValue<Ascii>>);
+
+impl tonic::service::Interceptor for Token {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(token) = &self.0 {
+            request.metadata_mut().insert("authorization", token.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// The admin client, with the token interceptor.
+pub(super) type Client = AdminServiceClient<InterceptedService<Channel, Token>>;
+
+fn read_pem(flag: &str, path: &std::path::Path) -> Result<Vec<u8>, AdminError> {
+    let pem = std::fs::read(path).map_err(|e| AdminError::Usage(format!("{flag} {}: {e}", path.display())))?;
+    if !pem.windows(10).any(|w| w == b"-----BEGIN") {
+        return Err(AdminError::Usage(format!("{flag} {}: not a PEM file (no -----BEGIN line)", path.display())));
+    }
+    Ok(pem)
+}
+
 /// Connects to `args.addr` within `args.timeout`.
-pub(super) async fn connect(args: &AdminArgs) -> Result<AdminServiceClient<Channel>, AdminError> {
+pub(super) async fn connect(args: &AdminArgs) -> Result<Client, AdminError> {
     let addr = args.addr.as_str();
     let invalid = |why: String| AdminError::InvalidAddr { addr: addr.to_owned(), why };
     let lower = addr.to_ascii_lowercase();
-    if lower.starts_with("https://") {
-        return Err(invalid("https is not supported (this build has no TLS); use http://".to_owned()));
+    let https = lower.starts_with("https://");
+    if !https && !lower.starts_with("http://") {
+        return Err(invalid("the address must start with http:// or https://".to_owned()));
     }
-    if !lower.starts_with("http://") {
-        return Err(invalid("the address must start with http://".to_owned()));
-    }
-    let endpoint = Endpoint::from_shared(addr.to_owned())
+    let token = match args.token.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(t) => {
+            let mut value: MetadataValue<Ascii> = format!("Bearer {t}")
+                .parse()
+                .map_err(|_| AdminError::Usage("--token must be printable ASCII without spaces".to_owned()))?;
+            value.set_sensitive(true);
+            Some(value)
+        }
+    };
+    let mut endpoint = Endpoint::from_shared(addr.to_owned())
         .map_err(|e| invalid(error_chain(&e)))?
         .connect_timeout(args.timeout)
         .timeout(args.timeout);
+    match (&args.tls_ca, https) {
+        (Some(ca), true) => {
+            let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read_pem("--tls-ca", ca)?));
+            if let (Some(cert), Some(key)) = (&args.client_cert, &args.client_key) {
+                tls =
+                    tls.identity(Identity::from_pem(read_pem("--client-cert", cert)?, read_pem("--client-key", key)?));
+            }
+            endpoint = endpoint.tls_config(tls).map_err(|e| AdminError::Usage(format!("TLS: {}", error_chain(&e))))?;
+        }
+        (None, true) => {
+            return Err(AdminError::Usage(
+                "an https:// --addr needs --tls-ca PATH (the CA that signed the orchestrator's certificate)".to_owned(),
+            ));
+        }
+        (Some(_), false) => {
+            return Err(invalid("--tls-ca is given: use an https:// address".to_owned()));
+        }
+        (None, false) => {}
+    }
     let channel = match tokio::time::timeout(args.timeout, endpoint.connect()).await {
         Ok(Ok(channel)) => channel,
         Ok(Err(e)) => {
@@ -41,5 +94,5 @@ pub(super) async fn connect(args: &AdminArgs) -> Result<AdminServiceClient<Chann
             });
         }
     };
-    Ok(AdminServiceClient::new(channel).max_decoding_message_size(MAX_RESPONSE_BYTES))
+    Ok(AdminServiceClient::with_interceptor(channel, Token(token)).max_decoding_message_size(MAX_RESPONSE_BYTES))
 }

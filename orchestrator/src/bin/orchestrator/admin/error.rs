@@ -23,7 +23,7 @@ pub(crate) enum AdminError {
         cause: String,
     },
     /// The orchestrator answered a call with an error status.
-    #[error("{rpc} failed: {:?}: {}", .status.code(), one_line(.status.message()))]
+    #[error("{rpc} failed: {:?}: {}{}", .status.code(), one_line(.status.message()), hint(.status.code()))]
     Rpc {
         /// The address called.
         addr: String,
@@ -86,6 +86,18 @@ pub(super) fn code_name(code: tonic::Code) -> String {
         name.push(c.to_ascii_uppercase());
     }
     name
+}
+
+/// What to do about a refusal of the credentials.
+fn hint(code: tonic::Code) -> &'static str {
+    match code {
+        tonic::Code::Unauthenticated => {
+            " (give an admin token with --token or ORCHESTRATOR_TOKEN, or an admin client certificate with \
+             --client-cert/--client-key)"
+        }
+        tonic::Code::PermissionDenied => " (this credential is not an admin's)",
+        _ => "",
+    }
 }
 
 fn one_line(s: &str) -> String {
