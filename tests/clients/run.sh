@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Cross-language client checks: drive the real orchestrator binary from Python
-# (grpcio) and Node (@grpc/grpc-js) using only proto/ as the contract.
+# (grpcio) and Node (@grpc/grpc-js) using only proto/ as the contract, first
+# in plaintext, then over TLS with bearer tokens and client certificates.
 #
 #   bash tests/clients/run.sh [path-to-orchestrator-binary]
 #
@@ -51,6 +52,21 @@ if [[ ! -x "$bin" ]]; then
   exit 2
 fi
 export ORCHESTRATOR_BIN="$bin"
+
+# Test certificates for the second run of each check, against a TLS + token
+# orchestrator (test-certs is built by `cargo build -p fixtures --bin
+# test-certs`; without it those checks are skipped, or fail with
+# CLIENT_CHECK_STRICT=1).
+certs_bin="${TEST_CERTS_BIN:-$(dirname "$bin")/test-certs}"
+if [[ -x "$certs_bin" ]]; then
+  "$certs_bin" "$logs/certs" --worker py-mtls --worker node-mtls
+  export CLIENT_CHECK_CERTS="$logs/certs"
+elif [[ "${CLIENT_CHECK_STRICT:-}" == "1" ]]; then
+  echo "error: $certs_bin not found: build it with cargo build -p fixtures --bin test-certs" >&2
+  exit 2
+else
+  echo "note: $certs_bin not found: the TLS + token checks are skipped (cargo build -p fixtures --bin test-certs)" >&2
+fi
 
 python="${PYTHON:-python3}"
 venv="$root/target/clients-venv"

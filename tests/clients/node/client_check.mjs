@@ -12,8 +12,8 @@
 // check and, at the end, "N passed, M failed"; exits 1 if anything failed.
 
 import { spawn } from "node:child_process";
-import { randomUUID } from "node:crypto";
-import { accessSync, constants, mkdtempSync, rmSync } from "node:fs";
+import { randomBytes, randomUUID } from "node:crypto";
+import { accessSync, chmodSync, constants, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { createInterface } from "node:readline";
@@ -86,8 +86,9 @@ const durationMs = (d) => Number(d?.seconds ?? 0) * 1000 + Math.floor((d?.nanos 
 // ------------------------------------------------------------------ server
 
 class Orchestrator {
-  constructor(binary, workdir) {
+  constructor(binary, workdir, extra = []) {
     this.binary = binary;
+    this.extra = extra;
     this.db = path.join(workdir, "orchestrator.db");
     this.proc = null;
     this.log = [];
@@ -101,6 +102,7 @@ class Orchestrator {
       "--database", this.db,
       "--heartbeat-interval", "200ms",
       "--session-timeout", "2s",
+      ...this.extra,
     ]; // prettier-ignore
     this.proc = spawn(this.binary, args, {
       stdio: ["ignore", "ignore", "pipe"],
@@ -160,15 +162,29 @@ class Orchestrator {
 
 // ------------------------------------------------------------------ helpers
 
-function unary(client, method, request) {
+// Secure mode's tokens: { admin, workers: { server_id: token } }, or null.
+let AUTH = null;
+
+// The token a client of this fleet would send: the admin's on AdminService,
+// the named worker's (server_id or session.server_id) on WorkerService.
+function tokenFor(client, request) {
+  if (!AUTH) return undefined;
+  if (client.role === "admin") return AUTH.admin;
+  if (client.role !== "worker") return undefined;
+  return AUTH.workers[request?.server_id || request?.session?.server_id || ""];
+}
+
+function unary(client, method, request, metadata = new grpc.Metadata()) {
+  const token = tokenFor(client, request);
+  if (token && !metadata.get("authorization").length) metadata.set("authorization", `Bearer ${token}`);
   return new Promise((resolve, reject) => {
-    client[method](request, deadline(), (err, resp) => (err ? reject(err) : resolve(resp)));
+    client[method](request, metadata, deadline(), (err, resp) => (err ? reject(err) : resolve(resp)));
   });
 }
 
-async function expectError(client, method, request) {
+async function expectError(client, method, request, metadata) {
   try {
-    const resp = await unary(client, method, request);
+    const resp = await unary(client, method, request, metadata);
     throw new CheckFailed(`${method}: expected the call to fail, it returned OK: ${JSON.stringify(resp)}`);
   } catch (err) {
     if (err instanceof CheckFailed) throw err;
@@ -207,10 +223,11 @@ const registerReq = (serverId, maxStreams = 10) => ({
 
 // ------------------------------------------------------------------ checks
 
-function makeChecks(addr, v1) {
-  const creds = grpc.credentials.createInsecure();
+function makeChecks(addr, v1, creds = grpc.credentials.createInsecure()) {
   const worker = new v1.WorkerService(addr, creds);
   const admin = new v1.AdminService(addr, creds);
+  worker.role = "worker";
+  admin.role = "admin";
   const raw = new grpc.Client(addr, creds);
   const clients = [worker, admin, raw];
 
@@ -411,7 +428,107 @@ function makeChecks(addr, v1) {
   return { checks, close: () => clients.forEach((c) => c.close()) };
 }
 
+// ------------------------------------------------------------------ TLS + tokens
+
+// Worker ids the checks register, each given a token in secure mode.
+const WORKER_IDS = ["node-invalid", "node-worker-1", "node-fenced", "node-deregistered"];
+
+// What authentication promises, against a TLS + token orchestrator.
+function makeSecureChecks(target, v1, certs) {
+  const ca = readFileSync(path.join(certs, "ca.pem"));
+  const anonymous = grpc.credentials.createSsl(ca);
+  const worker = new v1.WorkerService(target, anonymous);
+  const admin = new v1.AdminService(target, anonymous);
+  const mtlsCreds = grpc.credentials.createSsl(
+    ca,
+    readFileSync(path.join(certs, "worker-node-mtls.key")),
+    readFileSync(path.join(certs, "worker-node-mtls.pem")),
+  );
+  const mtls = new v1.WorkerService(target, mtlsCreds);
+  const plain = new v1.WorkerService(target, grpc.credentials.createInsecure());
+  const bearer = (token) => {
+    const md = new grpc.Metadata();
+    md.set("authorization", `Bearer ${token}`);
+    return md;
+  };
+  const clients = [worker, admin, mtls, plain];
+  const checks = {
+    async no_credential_is_unauthenticated() {
+      let err = await expectError(worker, "Register", registerReq("node-worker-1"));
+      expectEq(codeName(err.code), "UNAUTHENTICATED", "Register without a token");
+      err = await expectError(admin, "ListWorkers", {});
+      expectEq(codeName(err.code), "UNAUTHENTICATED", "ListWorkers without a token");
+      err = await expectError(admin, "ListWorkers", {}, bearer("not-a-valid-token-1234"));
+      expectEq(codeName(err.code), "UNAUTHENTICATED", "ListWorkers with an unknown token");
+    },
+    async a_worker_cannot_act_as_another() {
+      const mine = AUTH.workers["node-worker-1"];
+      const err = await expectError(worker, "Register", registerReq("node-fenced"), bearer(mine));
+      expectEq(codeName(err.code), "PERMISSION_DENIED", "Register as another worker");
+      const ghost = await expectError(worker, "Register", registerReq("node-nobody"), bearer(mine));
+      expectEq([ghost.code, ghost.details], [err.code, err.details], "the answer for an unknown server_id");
+    },
+    async a_worker_token_cannot_administer() {
+      const err = await expectError(
+        admin,
+        "DrainWorker",
+        { server_id: "node-worker-1", request_id: rid() },
+        bearer(AUTH.workers["node-worker-1"]),
+      );
+      expectEq(codeName(err.code), "PERMISSION_DENIED", "DrainWorker with a worker token");
+    },
+    async a_client_certificate_names_its_worker() {
+      const reg = await unary(mtls, "Register", registerReq("node-mtls"));
+      expectEq(reg.session.server_id, "node-mtls", "Register by client certificate");
+      const err = await expectError(mtls, "Register", registerReq("node-worker-1"));
+      expectEq(codeName(err.code), "PERMISSION_DENIED", "Register as another worker by certificate");
+      await unary(mtls, "Deregister", { session: reg.session, request_id: rid() });
+    },
+    async plaintext_to_the_tls_port_fails() {
+      const err = await new Promise((resolve) => {
+        plain.Register(registerReq("node-worker-1"), { deadline: Date.now() + 3000 }, (e) => resolve(e));
+      });
+      expect(err && err.code !== grpc.status.OK, "a plaintext call to the TLS port succeeded");
+    },
+  };
+  return { checks, close: () => clients.forEach((c) => c.close()) };
+}
+
 // ------------------------------------------------------------------ main
+
+async function runChecks(checks, label = "") {
+  let passed = 0;
+  let failed = 0;
+  let known = 0;
+  for (const [name, fn] of Object.entries(checks)) {
+    const shown = `${label}${name}`;
+    const knownIssue = STRICT ? undefined : KNOWN_ISSUES[name];
+    try {
+      await fn();
+      if (name in KNOWN_ISSUES) {
+        // A listed issue that passes is a stale list: fail, so it gets removed.
+        failed += 1;
+        console.log(`FAIL ${shown}: passes but is listed in KNOWN_ISSUES: remove it from the list`);
+      } else {
+        passed += 1;
+        console.log(`ok   ${shown}`);
+      }
+    } catch (e) {
+      const why =
+        e instanceof CheckFailed ? e.message
+        : e?.code !== undefined && e?.details !== undefined ? `unexpected RPC error ${codeName(e.code)}: ${e.details}`
+        : `unexpected exception\n${e?.stack ?? e}`; // prettier-ignore
+      if (knownIssue) {
+        known += 1;
+        console.log(`KNOWN ${shown}: ${why} (known issue, not counted: ${knownIssue})`);
+      } else {
+        failed += 1;
+        console.log(`FAIL ${shown}: ${why}`);
+      }
+    }
+  }
+  return { passed, failed, known };
+}
 
 async function main() {
   const binary = path.resolve(process.argv[2] || process.env.ORCHESTRATOR_BIN || path.join(REPO_ROOT, "target/debug/orchestrator"));
@@ -422,6 +539,9 @@ async function main() {
     console.log("0 passed, 1 failed");
     return 1;
   }
+  // A directory written by `test-certs DIR --worker node-mtls`: run the
+  // checks a second time against a TLS + token orchestrator.
+  const certs = process.env.CLIENT_CHECK_CERTS;
 
   const def = protoLoader.loadSync(PROTO_FILES, {
     includeDirs: [PROTO_ROOT],
@@ -434,67 +554,89 @@ async function main() {
   const v1 = grpc.loadPackageDefinition(def).orchestrator.v1;
 
   const workdir = mkdtempSync(path.join(tmpdir(), "orchestrator-client-check-node-"));
-  const server = new Orchestrator(binary, workdir);
+  const servers = [new Orchestrator(binary, workdir)];
   const onSignal = (sig) => {
-    server.killNow();
+    servers.forEach((s) => s.killNow());
     process.exit(sig === "SIGINT" ? 130 : 143);
   };
   process.on("SIGINT", onSignal);
   process.on("SIGTERM", onSignal);
-  process.on("exit", () => server.killNow());
+  process.on("exit", () => servers.forEach((s) => s.killNow()));
 
-  let passed = 0;
-  let failed = 0;
-  let known = 0;
+  const total = { passed: 0, failed: 0, known: 0 };
+  const add = (r) => {
+    total.passed += r.passed;
+    total.failed += r.failed;
+    total.known += r.known;
+  };
   try {
-    const addr = await server.start();
+    const addr = await servers[0].start();
     console.log(`orchestrator ${binary} serving on ${addr}`);
     const { checks, close } = makeChecks(addr, v1);
     try {
-      for (const [name, fn] of Object.entries(checks)) {
-        const knownIssue = STRICT ? undefined : KNOWN_ISSUES[name];
-        try {
-          await fn();
-          if (name in KNOWN_ISSUES) {
-            // A listed issue that passes is a stale list: fail, so it gets removed.
-            failed += 1;
-            console.log(`FAIL ${name}: passes but is listed in KNOWN_ISSUES: remove it from the list`);
-          } else {
-            passed += 1;
-            console.log(`ok   ${name}`);
-          }
-        } catch (e) {
-          const why =
-            e instanceof CheckFailed ? e.message
-            : e?.code !== undefined && e?.details !== undefined ? `unexpected RPC error ${codeName(e.code)}: ${e.details}`
-            : `unexpected exception\n${e?.stack ?? e}`; // prettier-ignore
-          if (knownIssue) {
-            known += 1;
-            console.log(`KNOWN ${name}: ${why} (known issue, not counted: ${knownIssue})`);
-          } else {
-            failed += 1;
-            console.log(`FAIL ${name}: ${why}`);
-          }
-        }
-      }
+      add(await runChecks(checks));
     } finally {
       close();
     }
-    if (server.exited) {
-      failed += 1;
-      console.log(`FAIL orchestrator exited early: ${JSON.stringify(server.exited)}`);
+    if (servers[0].exited) {
+      total.failed += 1;
+      console.log(`FAIL orchestrator exited early: ${JSON.stringify(servers[0].exited)}`);
+    }
+    await servers[0].stop();
+
+    if (certs) {
+      const token = () => randomBytes(24).toString("base64url");
+      AUTH = { admin: token(), workers: Object.fromEntries(WORKER_IDS.map((id) => [id, token()])) };
+      const auth = path.join(workdir, "auth");
+      writeFileSync(
+        auth,
+        `admin node-check ${AUTH.admin}\n` + Object.entries(AUTH.workers).map(([id, t]) => `worker ${id} ${t}\n`).join(""),
+      );
+      chmodSync(auth, 0o600);
+      mkdirSync(path.join(workdir, "secure"));
+      const secure = new Orchestrator(binary, path.join(workdir, "secure"), [
+        "--tls-cert", path.join(certs, "server.pem"),
+        "--tls-key", path.join(certs, "server.key"),
+        "--tls-client-ca", path.join(certs, "ca.pem"),
+        "--auth-file", auth,
+      ]); // prettier-ignore
+      servers.push(secure);
+      const target = `localhost:${(await secure.start()).split(":").pop()}`;
+      console.log(`orchestrator ${binary} serving TLS + tokens on ${target}`);
+      const creds = grpc.credentials.createSsl(readFileSync(path.join(certs, "ca.pem")));
+      const plainChecks = makeChecks(target, v1, creds);
+      const secureChecks = makeSecureChecks(target, v1, certs);
+      try {
+        const { invalid_empty_server_id: _skipped, ...again } = plainChecks.checks;
+        add(await runChecks({ ...again, ...secureChecks.checks }, "tls+token "));
+      } finally {
+        plainChecks.close();
+        secureChecks.close();
+      }
+      const log = secure.log.join("\n");
+      if ([AUTH.admin, ...Object.values(AUTH.workers)].some((t) => log.includes(t))) {
+        total.failed += 1;
+        console.log("FAIL tls+token tokens_not_logged: a token appears in the orchestrator's log");
+      } else {
+        total.passed += 1;
+        console.log("ok   tls+token tokens_not_logged");
+      }
+    } else {
+      console.log("(CLIENT_CHECK_CERTS not set: the TLS + token checks are skipped)");
     }
   } catch (e) {
-    failed += 1;
+    total.failed += 1;
     console.log(`FAIL setup: ${e instanceof CheckFailed ? e.message : e?.stack ?? e}`);
   } finally {
-    await server.stop();
-    if (failed) console.log(`orchestrator stderr (last lines):\n${server.tail()}`);
+    for (const server of servers) {
+      await server.stop();
+      if (total.failed) console.log(`orchestrator stderr (last lines):\n${server.tail()}`);
+    }
     rmSync(workdir, { recursive: true, force: true });
   }
-  if (known) console.log(`${known} known issue(s) not counted (CLIENT_CHECK_STRICT=1 counts them)`);
-  console.log(`${passed} passed, ${failed} failed`);
-  return failed ? 1 : 0;
+  if (total.known) console.log(`${total.known} known issue(s) not counted (CLIENT_CHECK_STRICT=1 counts them)`);
+  console.log(`${total.passed} passed, ${total.failed} failed`);
+  return total.failed ? 1 : 0;
 }
 
 process.exitCode = await main();

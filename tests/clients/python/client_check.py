@@ -17,9 +17,11 @@ check and, at the end, "N passed, M failed"; exits 1 if anything failed.
 
 from __future__ import annotations
 
+import collections
 import importlib
 import os
 import re
+import secrets
 import shutil
 import signal
 import subprocess
@@ -100,8 +102,9 @@ def generate_stubs(out_dir: Path):
 class Orchestrator:
     """The real orchestrator binary, on port 0 with a temporary database."""
 
-    def __init__(self, binary: Path, workdir: Path):
+    def __init__(self, binary: Path, workdir: Path, extra: list[str] | None = None):
         self.binary = binary
+        self.extra = extra or []
         self.db = workdir / "orchestrator.db"
         self.proc: subprocess.Popen | None = None
         self.addr: str | None = None
@@ -116,6 +119,7 @@ class Orchestrator:
             "--database", str(self.db),
             "--heartbeat-interval", "200ms",
             "--session-timeout", "2s",
+            *self.extra,
         ]  # fmt: skip
         self.proc = subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -508,6 +512,151 @@ class Checks:
         )
 
 
+# ---------------------------------------------------------------- TLS + tokens
+
+# Worker ids the checks register, each given a token in secure mode.
+WORKER_IDS = ("py-invalid", "py-worker-1", "py-fenced", "py-deregistered")
+
+
+class _CallDetails(
+    collections.namedtuple(
+        "_CallDetails", ("method", "timeout", "metadata", "credentials", "wait_for_ready", "compression")
+    ),
+    grpc.ClientCallDetails,
+):
+    pass
+
+
+class TokenInterceptor(grpc.UnaryUnaryClientInterceptor):
+    """Sends the admin token on AdminService calls and, on WorkerService calls,
+    the token of the worker the request names (its server_id or
+    session.server_id): how a fleet's clients would carry their credentials."""
+
+    def __init__(self, admin: str, workers: dict[str, str]):
+        self.admin = admin
+        self.workers = workers
+
+    def intercept_unary_unary(self, continuation, details, request):
+        token = None
+        if details.method.startswith("/orchestrator.v1.AdminService/"):
+            token = self.admin
+        elif details.method.startswith("/orchestrator.v1.WorkerService/"):
+            server_id = getattr(request, "server_id", "")
+            if not server_id and "session" in request.DESCRIPTOR.fields_by_name:
+                server_id = request.session.server_id
+            token = self.workers.get(server_id)
+        metadata = list(details.metadata or [])
+        if token:
+            metadata.append(("authorization", f"Bearer {token}"))
+        details = _CallDetails(
+            details.method, details.timeout, metadata, details.credentials,
+            details.wait_for_ready, details.compression,
+        )  # fmt: skip
+        return continuation(details, request)
+
+
+class SecureChecks(Checks):
+    """The checks again over TLS with tokens, plus what authentication promises:
+    no credential is UNAUTHENTICATED, a worker cannot act as another or call
+    the admin service, a client certificate names its worker, plaintext to the
+    TLS port gets nothing."""
+
+    def __init__(self, channel, pb, target: str, certs: Path, admin: str, tokens: dict[str, str]):
+        super().__init__(channel, pb)
+        self.target = target
+        self.certs = certs
+        self.admin_token = admin
+        self.tokens = tokens
+
+    def _channel(self, client: str | None = None) -> grpc.Channel:
+        ca = (self.certs / "ca.pem").read_bytes()
+        if client is None:
+            creds = grpc.ssl_channel_credentials(root_certificates=ca)
+        else:
+            creds = grpc.ssl_channel_credentials(
+                root_certificates=ca,
+                private_key=(self.certs / f"{client}.key").read_bytes(),
+                certificate_chain=(self.certs / f"{client}.pem").read_bytes(),
+            )
+        return grpc.secure_channel(self.target, creds)
+
+    def no_credential_is_unauthenticated(self):
+        with self._channel() as channel:
+            worker = self.pb["worker_pb2_grpc"].WorkerServiceStub(channel)
+            admin = self.pb["admin_pb2_grpc"].AdminServiceStub(channel)
+            err = rpc_error(worker.Register, self._register_req("py-worker-1"))
+            expect_eq(err.code(), grpc.StatusCode.UNAUTHENTICATED, "Register without a token")
+            err = rpc_error(admin.ListWorkers, self.pb["admin_pb2"].ListWorkersRequest())
+            expect_eq(err.code(), grpc.StatusCode.UNAUTHENTICATED, "ListWorkers without a token")
+            err = rpc_error(
+                admin.ListWorkers,
+                self.pb["admin_pb2"].ListWorkersRequest(),
+                metadata=[("authorization", "Bearer not-a-valid-token-1234")],
+            )
+            expect_eq(err.code(), grpc.StatusCode.UNAUTHENTICATED, "ListWorkers with an unknown token")
+
+    def a_worker_cannot_act_as_another(self):
+        with self._channel() as channel:
+            worker = self.pb["worker_pb2_grpc"].WorkerServiceStub(channel)
+            mine = [("authorization", f"Bearer {self.tokens['py-worker-1']}")]
+            err = rpc_error(worker.Register, self._register_req("py-fenced"), metadata=mine)
+            expect_eq(err.code(), grpc.StatusCode.PERMISSION_DENIED, "Register as another worker")
+            ghost = rpc_error(worker.Register, self._register_req("py-nobody"), metadata=mine)
+            expect_eq(
+                (ghost.code(), ghost.details()),
+                (err.code(), err.details()),
+                "the answer for an unknown server_id (must not tell whether one exists)",
+            )
+
+    def a_worker_token_cannot_administer(self):
+        with self._channel() as channel:
+            admin = self.pb["admin_pb2_grpc"].AdminServiceStub(channel)
+            err = rpc_error(
+                admin.DrainWorker,
+                self.pb["admin_pb2"].DrainWorkerRequest(server_id="py-worker-1", request_id=rid()),
+                metadata=[("authorization", f"Bearer {self.tokens['py-worker-1']}")],
+            )
+            expect_eq(err.code(), grpc.StatusCode.PERMISSION_DENIED, "DrainWorker with a worker token")
+
+    def a_client_certificate_names_its_worker(self):
+        with self._channel("worker-py-mtls") as channel:
+            worker = self.pb["worker_pb2_grpc"].WorkerServiceStub(channel)
+            reg = worker.Register(self._register_req("py-mtls"), timeout=RPC_TIMEOUT)
+            expect_eq(reg.session.server_id, "py-mtls", "Register by client certificate")
+            err = rpc_error(worker.Register, self._register_req("py-worker-1"))
+            expect_eq(err.code(), grpc.StatusCode.PERMISSION_DENIED, "Register as another worker by certificate")
+            worker.Deregister(
+                self.pb["worker_pb2"].DeregisterRequest(session=reg.session, request_id=rid()),
+                timeout=RPC_TIMEOUT,
+            )
+
+    def plaintext_to_the_tls_port_fails(self):
+        with grpc.insecure_channel(self.target) as channel:
+            worker = self.pb["worker_pb2_grpc"].WorkerServiceStub(channel)
+            try:
+                worker.Register(self._register_req("py-worker-1"), timeout=3.0)
+            except grpc.RpcError as err:
+                expect(err.code() != grpc.StatusCode.OK, "plaintext call failed")
+            else:
+                raise CheckFailed("a plaintext call to the TLS port succeeded")
+
+
+SECURE_CHECKS = (
+    "health_serving",
+    "reflection_v1alpha",
+    "reflection_v1",
+    "invalid_max_streams_zero",
+    "worker_lifecycle",
+    "fenced_session",
+    "deregistered_session_unknown",
+    "no_credential_is_unauthenticated",
+    "a_worker_cannot_act_as_another",
+    "a_worker_token_cannot_administer",
+    "a_client_certificate_names_its_worker",
+    "plaintext_to_the_tls_port_fails",
+)
+
+
 # ---------------------------------------------------------------- main
 
 CHECKS = (
@@ -530,6 +679,80 @@ KNOWN_ISSUES: dict[str, str] = {}  # check name -> why it may fail for now (none
 STRICT = os.environ.get("CLIENT_CHECK_STRICT") == "1"
 
 
+def run_checks(checks, names, label: str = "") -> tuple[int, int, int]:
+    """Runs the named checks; prints one line each; returns (passed, failed, known)."""
+    passed, failed, known_failures = 0, 0, 0
+    for name in names:
+        shown = f"{label}{name}"
+        known = KNOWN_ISSUES.get(name) if not STRICT else None
+        try:
+            getattr(checks, name)()
+        except Exception as e:  # noqa: BLE001 - report and go on with the next check
+            if isinstance(e, CheckFailed):
+                why = str(e)
+            elif isinstance(e, grpc.RpcError):
+                why = f"unexpected RPC error {e.code().name}: {e.details()}"
+            else:
+                why = f"unexpected exception\n{traceback.format_exc()}"
+            if known:
+                known_failures += 1
+                print(f"KNOWN {shown}: {why} (known issue, not counted: {known})")
+            else:
+                failed += 1
+                print(f"FAIL {shown}: {why}")
+        else:
+            if name in KNOWN_ISSUES:
+                # A listed issue that passes is a stale list: fail, so it gets removed.
+                failed += 1
+                print(f"FAIL {shown}: passes but is listed in KNOWN_ISSUES: remove it from the list")
+            else:
+                passed += 1
+                print(f"ok   {shown}")
+    return passed, failed, known_failures
+
+
+def secure_run(binary: Path, workdir: Path, pb, certs: Path) -> tuple[int, int, int, Orchestrator]:
+    """The orchestrator with TLS, client certificates and an auth file: the
+    checks again, plus the security checks."""
+    admin = secrets.token_urlsafe(24)
+    tokens = {sid: secrets.token_urlsafe(24) for sid in WORKER_IDS}
+    auth = workdir / "auth"
+    auth.write_text(
+        f"admin py-check {admin}\n" + "".join(f"worker {sid} {t}\n" for sid, t in tokens.items())
+    )
+    auth.chmod(0o600)
+    server = Orchestrator(
+        binary,
+        workdir / "secure",
+        [
+            "--tls-cert", str(certs / "server.pem"),
+            "--tls-key", str(certs / "server.key"),
+            "--tls-client-ca", str(certs / "ca.pem"),
+            "--auth-file", str(auth),
+        ],
+    )  # fmt: skip
+    (workdir / "secure").mkdir()
+    addr = server.start()
+    target = "localhost:" + addr.rsplit(":", 1)[1]
+    print(f"orchestrator {binary} serving TLS + tokens on {target}")
+    creds = grpc.ssl_channel_credentials(root_certificates=(certs / "ca.pem").read_bytes())
+    with grpc.secure_channel(target, creds) as raw:
+        channel = grpc.intercept_channel(raw, TokenInterceptor(admin, tokens))
+        grpc.channel_ready_future(raw).result(timeout=RPC_TIMEOUT)
+        checks = SecureChecks(channel, pb, target, certs, admin, tokens)
+        passed, failed, known = run_checks(checks, SECURE_CHECKS, "tls+token ")
+    log = "\n".join(server.log)
+    for token in (admin, *tokens.values()):
+        if token in log:
+            failed += 1
+            print("FAIL tls+token tokens_not_logged: a token appears in the orchestrator's log")
+            break
+    else:
+        passed += 1
+        print("ok   tls+token tokens_not_logged")
+    return passed, failed, known, server
+
+
 def main() -> int:
     # SIGTERM (a CI timeout, say) unwinds like ctrl-c, so the server is always stopped.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -542,9 +765,13 @@ def main() -> int:
         print(f"FAIL: orchestrator binary not found or not executable: {binary}", file=sys.stderr)
         print("0 passed, 1 failed")
         return 1
+    # A directory written by `test-certs DIR --worker py-mtls`: run the
+    # checks a second time against a TLS + token orchestrator.
+    certs = os.environ.get("CLIENT_CHECK_CERTS")
 
     workdir = Path(tempfile.mkdtemp(prefix="orchestrator-client-check-py-"))
     server = Orchestrator(binary, workdir)
+    secure = None
     passed, failed, known_failures = 0, 0, 0
     try:
         pb = generate_stubs(workdir / "gen")
@@ -552,42 +779,27 @@ def main() -> int:
         print(f"orchestrator {binary} serving on {addr}")
         with grpc.insecure_channel(addr) as channel:
             grpc.channel_ready_future(channel).result(timeout=RPC_TIMEOUT)
-            checks = Checks(channel, pb)
-            for name in CHECKS:
-                known = KNOWN_ISSUES.get(name) if not STRICT else None
-                try:
-                    getattr(checks, name)()
-                except Exception as e:  # noqa: BLE001 - report and go on with the next check
-                    if isinstance(e, CheckFailed):
-                        why = str(e)
-                    elif isinstance(e, grpc.RpcError):
-                        why = f"unexpected RPC error {e.code().name}: {e.details()}"
-                    else:
-                        why = f"unexpected exception\n{traceback.format_exc()}"
-                    if known:
-                        known_failures += 1
-                        print(f"KNOWN {name}: {why} (known issue, not counted: {known})")
-                    else:
-                        failed += 1
-                        print(f"FAIL {name}: {why}")
-                else:
-                    if name in KNOWN_ISSUES:
-                        # A listed issue that passes is a stale list: fail, so it gets removed.
-                        failed += 1
-                        print(f"FAIL {name}: passes but is listed in KNOWN_ISSUES: remove it from the list")
-                    else:
-                        passed += 1
-                        print(f"ok   {name}")
+            passed, failed, known_failures = run_checks(Checks(channel, pb), CHECKS)
         if server.proc is not None and server.proc.poll() is not None:
             failed += 1
             print(f"FAIL orchestrator exited early with code {server.proc.returncode}")
+        server.stop()
+        if certs:
+            p, f, k, secure = secure_run(binary, workdir, pb, Path(certs))
+            passed, failed, known_failures = passed + p, failed + f, known_failures + k
+        else:
+            print("(CLIENT_CHECK_CERTS not set: the TLS + token checks are skipped)")
     except CheckFailed as e:
         failed += 1
         print(f"FAIL setup: {e}")
     finally:
         server.stop()
+        if secure is not None:
+            secure.stop()
         if failed:
             print("orchestrator stderr (last lines):\n" + server.tail())
+            if secure is not None:
+                print("TLS orchestrator stderr (last lines):\n" + secure.tail())
         shutil.rmtree(workdir, ignore_errors=True)
     if known_failures:
         print(f"{known_failures} known issue(s) not counted (CLIENT_CHECK_STRICT=1 counts them)")
