@@ -4,6 +4,7 @@
 //! ```sh
 //! orchestrator-load heartbeat --target http://127.0.0.1:50051 --workers 1000
 //! orchestrator-load compare            # orchestrator vs a bare tonic echo server, same payload
+//! orchestrator-load compare --security # plaintext vs TLS vs tokens vs TLS + tokens
 //! orchestrator-load scale --workers 10000 --streams 500000
 //! orchestrator-load storm --workers 1000
 //! ```
@@ -17,12 +18,13 @@ use std::time::{Duration, Instant};
 use clap::{Args, Parser, Subcommand};
 use hdrhistogram::Histogram;
 use orchestrator::engine::EngineConfig;
-use orchestrator::server::{OrchestratorServer, ServerConfig};
+use orchestrator::server::{OrchestratorServer, Security, ServerConfig, TlsFiles};
 use orchestrator_proto::v1;
 use orchestrator_proto::v1::admin_service_client::AdminServiceClient;
 use orchestrator_proto::v1::worker_service_client::WorkerServiceClient;
 use orchestrator_proto::v1::worker_service_server::{WorkerService, WorkerServiceServer};
-use tonic::transport::{Channel, Endpoint};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::{Request, Response, Status};
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -76,9 +78,16 @@ struct Load {
 
 #[derive(Debug, Args)]
 struct HeartbeatArgs {
-    /// The orchestrator to load.
+    /// The orchestrator to load (https:// with --tls-ca).
     #[arg(long, default_value = "http://127.0.0.1:50051")]
     target: String,
+    /// CA certificate (PEM) of an orchestrator serving TLS.
+    #[arg(long, value_name = "PATH")]
+    tls_ca: Option<std::path::PathBuf>,
+    /// The orchestrator's auth file: each simulated worker `load-<i>` sends
+    /// the token of its `worker load-<i> <token>` line.
+    #[arg(long, value_name = "PATH")]
+    auth_file: Option<std::path::PathBuf>,
     #[command(flatten)]
     load: Load,
 }
@@ -90,6 +99,11 @@ struct CompareArgs {
     /// Streams in the catalog (spread over the workers).
     #[arg(long, default_value_t = 5000)]
     streams: i64,
+    /// Instead of the echo comparison: the orchestrator in plaintext, with
+    /// TLS, with bearer tokens and with both, side by side (the cost of
+    /// security on heartbeat throughput).
+    #[arg(long)]
+    security: bool,
 }
 
 #[derive(Debug, Args)]
@@ -140,26 +154,82 @@ fn percentile(h: &Histogram<u64>, q: f64) -> Duration {
     Duration::from_micros(h.value_at_quantile(q))
 }
 
-async fn channels(url: &str, n: usize) -> Result<Vec<Channel>, Error> {
+/// How the simulated clients reach a secured orchestrator: TLS, and the
+/// bearer tokens of the admin and of each worker `load-<i>`.
+#[derive(Debug, Clone, Default)]
+struct Access {
+    tls: Option<ClientTlsConfig>,
+    admin: Option<MetadataValue<Ascii>>,
+    workers: Option<Arc<Vec<MetadataValue<Ascii>>>>,
+}
+
+fn bearer(token: &str) -> Result<MetadataValue<Ascii>, Error> {
+    Ok(format!("Bearer {token}").parse()?)
+}
+
+impl Access {
+    /// `message` with worker `i`'s token, if there are tokens.
+    fn worker<T>(&self, i: usize, message: T) -> Request<T> {
+        let mut request = Request::new(message);
+        if let Some(tokens) = &self.workers {
+            request.metadata_mut().insert("authorization", tokens[i % tokens.len()].clone());
+        }
+        request
+    }
+
+    /// The tokens of an auth file's `worker load-<i>` lines, for `workers`
+    /// workers.
+    fn from_auth_file(path: &std::path::Path, workers: usize) -> Result<Vec<MetadataValue<Ascii>>, Error> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut tokens = std::collections::HashMap::new();
+        for line in text.lines() {
+            if let ["worker", id, token, ..] = line.split_whitespace().collect::<Vec<_>>()[..] {
+                tokens.insert(id.to_owned(), token.to_owned());
+            }
+        }
+        (0..workers)
+            .map(|i| {
+                let token = tokens
+                    .get(&format!("load-{i}"))
+                    .ok_or_else(|| format!("{}: no `worker load-{i} <token>` line", path.display()))?;
+                bearer(token)
+            })
+            .collect()
+    }
+}
+
+async fn channels(url: &str, n: usize, access: &Access) -> Result<Vec<Channel>, Error> {
     let mut out = Vec::with_capacity(n);
     for _ in 0..n.max(1) {
-        out.push(Endpoint::from_shared(url.to_owned())?.tcp_nodelay(true).connect().await?);
+        let mut endpoint = Endpoint::from_shared(url.to_owned())?.tcp_nodelay(true);
+        if let Some(tls) = &access.tls {
+            endpoint = endpoint.tls_config(tls.clone())?;
+        }
+        out.push(endpoint.connect().await?);
     }
     Ok(out)
 }
 
-async fn register_all(channels: &[Channel], workers: usize, max_streams: u32) -> Result<Vec<v1::SessionRef>, Error> {
+async fn register_all(
+    channels: &[Channel],
+    workers: usize,
+    max_streams: u32,
+    access: &Access,
+) -> Result<Vec<v1::SessionRef>, Error> {
     let mut sessions = Vec::with_capacity(workers);
     for i in 0..workers {
         let mut c = WorkerServiceClient::new(channels[i % channels.len()].clone());
         let r = c
-            .register(v1::RegisterRequest {
-                server_id: format!("load-{i}"),
-                max_streams,
-                request_id: format!("load-reg-{i}-{}", fastrand::u64(..)),
-                held_leases: vec![],
-                client_version: "orchestrator-load".into(),
-            })
+            .register(access.worker(
+                i,
+                v1::RegisterRequest {
+                    server_id: format!("load-{i}"),
+                    max_streams,
+                    request_id: format!("load-reg-{i}-{}", fastrand::u64(..)),
+                    held_leases: vec![],
+                    client_version: "orchestrator-load".into(),
+                },
+            ))
             .await?
             .into_inner();
         sessions.push(r.session.ok_or("register answered without a session")?);
@@ -193,7 +263,13 @@ impl Report {
 
 /// Heartbeats from `sessions`, `concurrency` in flight, for `duration`
 /// after `warmup`; acknowledges grants so the payload stays steady.
-async fn drive(channels: &[Channel], sessions: Arc<Vec<v1::SessionRef>>, load: &Load, label: &str) -> Report {
+async fn drive(
+    channels: &[Channel],
+    sessions: Arc<Vec<v1::SessionRef>>,
+    load: &Load,
+    label: &str,
+    access: &Access,
+) -> Report {
     let next = Arc::new(AtomicUsize::new(0));
     let measuring = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
@@ -202,8 +278,15 @@ async fn drive(channels: &[Channel], sessions: Arc<Vec<v1::SessionRef>>, load: &
     let mut tasks = Vec::new();
     for k in 0..load.concurrency.max(1) {
         let mut client = WorkerServiceClient::new(channels[k % channels.len()].clone());
-        let (next, measuring, stop, calls, errors, sessions) =
-            (next.clone(), measuring.clone(), stop.clone(), calls.clone(), errors.clone(), sessions.clone());
+        let (next, measuring, stop, calls, errors, sessions, access) = (
+            next.clone(),
+            measuring.clone(),
+            stop.clone(),
+            calls.clone(),
+            errors.clone(),
+            sessions.clone(),
+            access.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
             let mut acks: Vec<Vec<v1::Lease>> = vec![Vec::new(); sessions.len()];
@@ -215,7 +298,7 @@ async fn drive(channels: &[Channel], sessions: Arc<Vec<v1::SessionRef>>, load: &
                     acknowledged: std::mem::take(&mut acks[i]),
                 };
                 let start = Instant::now();
-                let result = client.heartbeat(request).await;
+                let result = client.heartbeat(access.worker(i, request)).await;
                 let took = start.elapsed();
                 if measuring.load(Ordering::Relaxed) {
                     calls.fetch_add(1, Ordering::Relaxed);
@@ -326,15 +409,17 @@ struct Local {
 async fn start_orchestrator(
     engine: EngineConfig,
     max_concurrent: usize,
-    dir: &tempfile::TempDir,
+    dir: &std::path::Path,
     listen: SocketAddr,
+    security: Security,
 ) -> Result<Local, Error> {
     let config = ServerConfig {
         listen,
-        database: dir.path().join("orchestrator.db"),
+        database: dir.join("orchestrator.db"),
         engine,
         max_concurrent_requests: max_concurrent,
         drain_timeout: Duration::from_millis(200),
+        security,
         ..ServerConfig::default()
     };
     let server = OrchestratorServer::bind(config).await?;
@@ -350,8 +435,9 @@ async fn start_orchestrator(
     Ok(Local { addr, stop, done })
 }
 
-async fn add_streams(url: &str, count: i64) -> Result<(), Error> {
-    let mut admin = AdminServiceClient::connect(url.to_owned()).await?.max_decoding_message_size(64 << 20);
+async fn add_streams(url: &str, count: i64, access: &Access) -> Result<(), Error> {
+    let channel = channels(url, 1, access).await?.remove(0);
+    let mut admin = AdminServiceClient::new(channel).max_decoding_message_size(64 << 20);
     let mut first = 1;
     while first <= count {
         let last = (first + 9_999).min(count);
@@ -360,31 +446,38 @@ async fn add_streams(url: &str, count: i64) -> Result<(), Error> {
             name: String::new(),
             source_url: String::new(),
         });
-        admin
-            .add_streams(v1::AddStreamsRequest { streams: streams.collect(), request_id: format!("load-add-{first}") })
-            .await?;
+        let mut request =
+            Request::new(v1::AddStreamsRequest { streams: streams.collect(), request_id: format!("load-add-{first}") });
+        if let Some(token) = &access.admin {
+            request.metadata_mut().insert("authorization", token.clone());
+        }
+        admin.add_streams(request).await?;
         first = last + 1;
     }
     Ok(())
 }
 
 async fn compare(args: CompareArgs) -> Result<(), Error> {
+    if args.security {
+        return compare_security(args).await;
+    }
     let load = args.load;
     let per_worker = (args.streams as usize).div_ceil(load.workers.max(1)) as u32 + 1;
     let engine = EngineConfig { max_streams_limit: per_worker.max(10_000), ..EngineConfig::default() };
     let dir = tempfile::Builder::new().prefix("orchestrator-load-").tempdir()?;
-    let orch = start_orchestrator(engine, 100_000, &dir, "127.0.0.1:0".parse()?).await?;
+    let none = Access::default();
+    let orch = start_orchestrator(engine, 100_000, dir.path(), "127.0.0.1:0".parse()?, Security::default()).await?;
     let orch_url = format!("http://{}", orch.addr);
-    add_streams(&orch_url, args.streams).await?;
+    add_streams(&orch_url, args.streams, &none).await?;
     let echo_url = format!("http://{}", start_echo().await?);
 
     let mut rows = Vec::new();
     for (label, url) in [("orchestrator", &orch_url), ("echo", &echo_url)] {
-        let ch = channels(url, load.connections).await?;
-        let sessions = Arc::new(register_all(&ch, load.workers, per_worker).await?);
+        let ch = channels(url, load.connections, &none).await?;
+        let sessions = Arc::new(register_all(&ch, load.workers, per_worker, &none).await?);
         let serial = Load { concurrency: 1, ..load.clone() };
-        let s = drive(&ch, Arc::clone(&sessions), &serial, &format!("{label} serial")).await;
-        let c = drive(&ch, sessions, &load, &format!("{label} x{}", load.concurrency)).await;
+        let s = drive(&ch, Arc::clone(&sessions), &serial, &format!("{label} serial"), &none).await;
+        let c = drive(&ch, sessions, &load, &format!("{label} x{}", load.concurrency), &none).await;
         rows.push((label, s, c));
     }
     println!("\nheartbeat, {} workers, {} streams, {} connections", load.workers, args.streams, load.connections);
@@ -405,10 +498,98 @@ async fn compare(args: CompareArgs) -> Result<(), Error> {
     Ok(())
 }
 
+/// The same heartbeat load on four in-process orchestrators, one after the
+/// other in one run: plaintext, TLS, bearer tokens (an auth file with a
+/// line per worker), TLS and tokens. Certificates from a fresh test CA.
+async fn compare_security(args: CompareArgs) -> Result<(), Error> {
+    let load = args.load;
+    let per_worker = (args.streams as usize).div_ceil(load.workers.max(1)) as u32 + 1;
+    let engine = EngineConfig { max_streams_limit: per_worker.max(10_000), ..EngineConfig::default() };
+    let dir = tempfile::Builder::new().prefix("orchestrator-load-").tempdir()?;
+    let pki = fixtures::certs::generate(&dir.path().join("pki"), "orchestrator-load CA", &[], &[])?;
+    let token = |who: &str| format!("{who}-{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
+    let admin = token("admin");
+    let workers: Vec<String> = (0..load.workers).map(|i| token(&format!("w{i}"))).collect();
+    let auth = dir.path().join("auth");
+    let mut text = format!("admin load {admin}\n");
+    for (i, t) in workers.iter().enumerate() {
+        text.push_str(&format!("worker load-{i} {t}\n"));
+    }
+    std::fs::write(&auth, text)?;
+    let tls_files = TlsFiles { cert: pki.server_cert.clone(), key: pki.server_key.clone(), client_ca: None };
+    let client_tls =
+        ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pki.ca_pem())).domain_name("localhost");
+    let tokens = Access {
+        tls: None,
+        admin: Some(bearer(&admin)?),
+        workers: Some(Arc::new(workers.iter().map(|t| bearer(t)).collect::<Result<_, _>>()?)),
+    };
+    let configs = [
+        ("plaintext", Security::default(), Access::default()),
+        (
+            "tls",
+            Security { tls: Some(tls_files.clone()), ..Security::default() },
+            Access { tls: Some(client_tls.clone()), ..Access::default() },
+        ),
+        ("tokens", Security { auth_file: Some(auth.clone()), ..Security::default() }, tokens.clone()),
+        (
+            "tls+tokens",
+            Security { tls: Some(tls_files), auth_file: Some(auth), ..Security::default() },
+            Access { tls: Some(client_tls), ..tokens },
+        ),
+    ];
+    let mut rows = Vec::new();
+    for (i, (label, security, access)) in configs.into_iter().enumerate() {
+        let data = dir.path().join(format!("run-{i}"));
+        std::fs::create_dir_all(&data)?;
+        let tls = security.tls.is_some();
+        let orch = start_orchestrator(engine.clone(), 100_000, &data, "127.0.0.1:0".parse()?, security).await?;
+        let url = format!("{}://localhost:{}", if tls { "https" } else { "http" }, orch.addr.port());
+        add_streams(&url, args.streams, &access).await?;
+        let ch = channels(&url, load.connections, &access).await?;
+        let sessions = Arc::new(register_all(&ch, load.workers, per_worker, &access).await?);
+        let serial = Load { concurrency: 1, ..load.clone() };
+        let s = drive(&ch, Arc::clone(&sessions), &serial, &format!("{label} serial"), &access).await;
+        let c = drive(&ch, sessions, &load, &format!("{label} x{}", load.concurrency), &access).await;
+        rows.push((label, s, c));
+        let _ = orch.stop.send(());
+        let _ = orch.done.await;
+    }
+    println!("\nheartbeat, {} workers, {} streams, {} connections", load.workers, args.streams, load.connections);
+    for (label, s, c) in &rows {
+        println!("{}", s.line(&format!("{label} serial")));
+        println!("{}", c.line(&format!("{label} concurrency {}", load.concurrency)));
+    }
+    let base = &rows[0];
+    println!("\nratios to plaintext:");
+    for (label, s, c) in &rows[1..] {
+        println!(
+            "  {label:<11} throughput x{}: {:.2}   serial p50: {:.2}   serial p99: {:.2}   errors {}",
+            load.concurrency,
+            c.throughput() / base.2.throughput(),
+            percentile(&s.hist, 0.5).as_secs_f64() / percentile(&base.1.hist, 0.5).as_secs_f64(),
+            percentile(&s.hist, 0.99).as_secs_f64() / percentile(&base.1.hist, 0.99).as_secs_f64(),
+            s.errors + c.errors,
+        );
+    }
+    if rows.iter().any(|(_, s, c)| s.errors + c.errors > 0) {
+        return Err("some heartbeats failed (see the errors column)".into());
+    }
+    Ok(())
+}
+
 async fn heartbeat(args: HeartbeatArgs) -> Result<(), Error> {
-    let ch = channels(&args.target, args.load.connections).await?;
-    let sessions = Arc::new(register_all(&ch, args.load.workers, 100).await?);
-    let r = drive(&ch, sessions, &args.load, "heartbeat").await;
+    let mut access = Access::default();
+    if let Some(ca) = &args.tls_ca {
+        let pem = std::fs::read(ca).map_err(|e| format!("--tls-ca {}: {e}", ca.display()))?;
+        access.tls = Some(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)));
+    }
+    if let Some(file) = &args.auth_file {
+        access.workers = Some(Arc::new(Access::from_auth_file(file, args.load.workers)?));
+    }
+    let ch = channels(&args.target, args.load.connections, &access).await?;
+    let sessions = Arc::new(register_all(&ch, args.load.workers, 100, &access).await?);
+    let r = drive(&ch, sessions, &args.load, "heartbeat", &access).await;
     println!("{}", r.line(&format!("heartbeat x{}", args.load.concurrency)));
     Ok(())
 }
@@ -489,13 +670,13 @@ async fn scale(args: ScaleArgs) -> Result<(), Error> {
     };
     let rss0 = rss_bytes();
     let dir = tempfile::Builder::new().prefix("orchestrator-load-").tempdir()?;
-    let orch = start_orchestrator(engine, 1_000_000, &dir, "127.0.0.1:0".parse()?).await?;
+    let orch = start_orchestrator(engine, 1_000_000, dir.path(), "127.0.0.1:0".parse()?, Security::default()).await?;
     let url = format!("http://{}", orch.addr);
     let t = Instant::now();
-    add_streams(&url, args.streams).await?;
+    add_streams(&url, args.streams, &Access::default()).await?;
     let rss_streams = rss_bytes();
     eprintln!("added {} streams in {:?}", args.streams, t.elapsed());
-    let ch = channels(&url, args.connections).await?;
+    let ch = channels(&url, args.connections, &Access::default()).await?;
     // Every worker registers (64 at a time, as a fleet starting up would)
     // and starts heartbeating right away.
     let cold = Instant::now();
@@ -621,16 +802,17 @@ async fn scale(args: ScaleArgs) -> Result<(), Error> {
 async fn storm_once(args: &StormArgs, jitter: bool) -> Result<(u64, Duration), Error> {
     let dir = tempfile::Builder::new().prefix("orchestrator-load-").tempdir()?;
     let engine = EngineConfig::default();
-    let orch = start_orchestrator(engine.clone(), 100_000, &dir, "127.0.0.1:0".parse()?).await?;
+    let orch =
+        start_orchestrator(engine.clone(), 100_000, dir.path(), "127.0.0.1:0".parse()?, Security::default()).await?;
     let addr = orch.addr;
     let url = format!("http://{addr}");
-    let ch = channels(&url, args.connections).await?;
-    register_all(&ch, args.workers, 10).await?;
+    let ch = channels(&url, args.connections, &Access::default()).await?;
+    register_all(&ch, args.workers, 10, &Access::default()).await?;
     // Restart: same database and address, now shedding above max_concurrent.
     let _ = orch.stop.send(());
     let _ = orch.done.await;
-    let restarted = start_orchestrator(engine, args.max_concurrent, &dir, addr).await?;
-    let ch = channels(&url, args.connections).await?;
+    let restarted = start_orchestrator(engine, args.max_concurrent, dir.path(), addr, Security::default()).await?;
+    let ch = channels(&url, args.connections, &Access::default()).await?;
     let attempts = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let config = resilience::RetryConfig::builder()
