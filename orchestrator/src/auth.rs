@@ -20,10 +20,11 @@
 //! ([`authorize_worker`]), before it looks at anything else, so the answer
 //! never tells whether another server_id exists.
 //!
-//! Tokens are compared by their SHA-256 digest: the table is keyed by
-//! digest and the found entry is compared again with
-//! [`subtle::ConstantTimeEq`], so timing tells nothing about a token's
-//! bytes. Tokens are never logged; errors about the file name its lines.
+//! Tokens are compared by their SHA-256 digest: the table is bucketed by
+//! the digest's first 8 bytes and each candidate's whole digest is compared
+//! with [`subtle::ConstantTimeEq`], so timing tells nothing about a token's
+//! bytes (only about a one-way hash of it, and only which bucket). Tokens
+//! are never logged; errors about the file name its lines.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -75,7 +76,8 @@ impl fmt::Display for Caller {
 /// The credentials of an auth file: token digests and whom they name.
 #[derive(Clone, Default)]
 pub struct Credentials {
-    by_digest: HashMap<[u8; 32], Caller>,
+    /// By the digest's first 8 bytes: the whole digests and whom they name.
+    by_digest: HashMap<u64, Vec<([u8; 32], Caller)>>,
     admins: usize,
     workers: usize,
 }
@@ -85,6 +87,12 @@ impl fmt::Debug for Credentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Credentials").field("admins", &self.admins).field("workers", &self.workers).finish()
     }
+}
+
+fn bucket(digest: &[u8; 32]) -> u64 {
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    u64::from_le_bytes(first)
 }
 
 fn digest(token: &[u8]) -> [u8; 32] {
@@ -146,11 +154,12 @@ impl Credentials {
             }
             let d = digest(token.as_bytes());
             if let Some(previous) = lines_of.insert(d, n) {
-                if credentials.by_digest.get(&d) != Some(&caller) {
+                if credentials.lookup(token.as_bytes()) != Some(&caller) {
                     return Err(format!("line {n}: the same token as line {previous}, for another identity"));
                 }
+                continue;
             }
-            credentials.by_digest.insert(d, caller);
+            credentials.by_digest.entry(bucket(&d)).or_default().push((d, caller));
         }
         Ok(credentials)
     }
@@ -177,7 +186,15 @@ impl Credentials {
     /// Whom `token` names, if anyone.
     pub fn lookup(&self, token: &[u8]) -> Option<&Caller> {
         let d = digest(token);
-        self.by_digest.get_key_value(&d).and_then(|(k, caller)| bool::from(k.ct_eq(&d)).then_some(caller))
+        let candidates = self.by_digest.get(&bucket(&d))?;
+        // Every candidate compared in full, in constant time.
+        let mut found = None;
+        for (candidate, caller) in candidates {
+            if bool::from(candidate.ct_eq(&d)) {
+                found = Some(caller);
+            }
+        }
+        found
     }
 
     /// Admin lines.
@@ -197,8 +214,8 @@ fn loose_permissions(path: &Path) -> Option<String> {
     let mode = std::fs::metadata(path).ok()?.permissions().mode();
     (mode & 0o077 != 0).then(|| {
         format!(
-            "auth file {} is readable by group or others (mode {:o}): anyone on this machine who can read it can act \
-             as any worker or admin in it; run `chmod 600 {}`",
+            "auth file {} is accessible by group or others (mode {:o}): anyone on this machine who can read it can \
+             act as any worker or admin in it; run `chmod 600 {}`",
             path.display(),
             mode & 0o777,
             path.display()
@@ -268,8 +285,10 @@ impl Authenticator {
         Self { auth_file, tokens: RwLock::new(Arc::new(tokens)), certificates, reflection_open: true }
     }
 
-    /// Whether reflection is open to anyone (the default) or needs a
-    /// credential like the services.
+    /// Whether reflection is open to anyone (the default). The server
+    /// switched off with `--reflection=false` does not serve it at all;
+    /// then a call needs a credential like any unknown path and is answered
+    /// UNIMPLEMENTED.
     #[must_use]
     pub fn reflection_open(mut self, open: bool) -> Self {
         self.reflection_open = open;

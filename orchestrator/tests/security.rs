@@ -399,7 +399,7 @@ async fn the_binary_reloads_on_sighup_warns_about_a_readable_file_and_never_logs
     });
     let mut o = fixtures::OrchestratorProcess { process, addr: ([127, 0, 0, 1], port).into() };
     let startup = o.process.startup.join("\n");
-    assert!(startup.contains("readable by group or others") && startup.contains("chmod 600"), "{startup}");
+    assert!(startup.contains("accessible by group or others") && startup.contains("chmod 600"), "{startup}");
     let addr = o.addr;
     let mut admin = AdminServiceClient::new(plain(addr).await);
     let mut worker = WorkerServiceClient::new(plain(addr).await);

@@ -105,6 +105,8 @@ impl ClientConfig {
 /// | `local_mode_after` | 30 s without a successful call (or the breaker open) |
 /// | `local_mode_limit` | none: process indefinitely in local mode |
 /// | `connector` | [`TcpConnector`]: TCP with HTTP/2 and TCP keepalive |
+/// | `tls` | none (plaintext `http://`); [`ClientTls`] for `https://` |
+/// | `auth_token` | none; a bearer token sent with every call |
 /// | `shutdown_timeout` | 10 s: the longest `shutdown()` takes |
 /// | `state_history` | 5,000 synced records kept in the state file (mode 0600) |
 ///

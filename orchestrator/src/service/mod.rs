@@ -288,8 +288,9 @@ fn check_len(field: &str, value: &str, max: usize) -> Result<(), Status> {
 }
 
 /// Checks the caller may act as the session's server_id (see
-/// [`crate::auth::authorize_worker`]); a missing session is left to the
-/// validation that follows.
+/// [`crate::auth::authorize_worker`]). A missing session names server_id
+/// "", which no worker credential names: PERMISSION_DENIED under
+/// authentication, INVALID_ARGUMENT from the validation without it.
 #[allow(clippy::result_large_err)]
 fn authorize_session<T>(request: &Request<T>, session: Option<&v1::SessionRef>) -> Result<(), Status> {
     crate::auth::authorize_worker(request.extensions(), session.map_or("", |s| s.server_id.as_str()))

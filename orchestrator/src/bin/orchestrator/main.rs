@@ -32,7 +32,7 @@ struct Cli {
 enum Command {
     /// Run the orchestrator: gRPC worker and admin services, health and
     /// reflection on one listener, state in one SQLite file.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     #[command(flatten)]
     Admin(AdminCommand),
 }
@@ -244,6 +244,12 @@ impl ServeArgs {
                 ));
             }
             tracing::warn!(listen = %self.listen, "--insecure: no TLS and no authentication on a non-loopback address");
+        } else if !ip.is_loopback() && security.tls.is_none() {
+            tracing::warn!(
+                listen = %self.listen,
+                "--auth-file without TLS on a non-loopback address: bearer tokens cross the network in clear; add \
+                 --tls-cert and --tls-key"
+            );
         } else if !ip.is_loopback() && !security.authenticates() {
             tracing::warn!(
                 listen = %self.listen,
@@ -310,13 +316,19 @@ async fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // SIGHUP reads the auth file again; without one it is logged and
+    // ignored (not the default action, which would end the process).
     #[cfg(unix)]
-    if reload_on_sighup {
+    {
         let auth = server.authenticator();
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
             Ok(mut hangups) => {
                 tokio::spawn(async move {
                     while hangups.recv().await.is_some() {
+                        if !reload_on_sighup {
+                            tracing::info!("SIGHUP ignored: there is no --auth-file to read again");
+                            continue;
+                        }
                         match auth.reload() {
                             Ok(c) => tracing::info!(
                                 admins = c.admins(),
@@ -369,7 +381,7 @@ async fn main() -> ExitCode {
         Err(e) => return usage_error(&e),
     };
     match cli.command {
-        Command::Serve(args) => serve(args).await,
+        Command::Serve(args) => serve(*args).await,
         Command::Admin(command) => {
             let mut out = std::io::stdout().lock();
             match admin::run(&cli.admin, command, &mut out).await {

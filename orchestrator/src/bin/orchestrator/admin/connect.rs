@@ -80,6 +80,9 @@ pub(super) async fn connect(args: &AdminArgs) -> Result<Client, AdminError> {
         (Some(_), false) => {
             return Err(invalid("--tls-ca is given: use an https:// address".to_owned()));
         }
+        (None, false) if args.client_cert.is_some() => {
+            return Err(invalid("--client-cert needs TLS: use an https:// address and --tls-ca".to_owned()));
+        }
         (None, false) => {}
     }
     let channel = match tokio::time::timeout(args.timeout, endpoint.connect()).await {

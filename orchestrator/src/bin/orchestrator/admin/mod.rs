@@ -244,7 +244,15 @@ mod tests {
     use std::time::Duration;
 
     fn args(addr: &str) -> AdminArgs {
-        AdminArgs { addr: addr.to_owned(), json: false, timeout: Duration::from_millis(200) }
+        AdminArgs {
+            addr: addr.to_owned(),
+            json: false,
+            timeout: Duration::from_millis(200),
+            token: None,
+            tls_ca: None,
+            client_cert: None,
+            client_key: None,
+        }
     }
 
     #[tokio::test]
