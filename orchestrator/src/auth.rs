@@ -142,11 +142,24 @@ impl Credentials {
                     Caller::Admin(name.to_owned())
                 }
                 other => {
-                    let shown: String = other.chars().take(16).collect();
-                    return Err(format!("line {n}: unknown kind {shown:?}: expected `admin` or `worker`"));
+                    // Named only if it cannot be a token in the wrong field.
+                    let shown = if other.len() <= 12 && other.bytes().all(|b| b.is_ascii_alphabetic()) {
+                        format!(" {other:?}")
+                    } else {
+                        String::new()
+                    };
+                    return Err(format!(
+                        "line {n}: unknown kind{shown} in the first field: expected `admin <name> <token>` or \
+                         `worker <server_id> <token>`"
+                    ));
                 }
             };
-            if token.chars().count() < MIN_TOKEN_LEN {
+            if !token.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(format!(
+                    "line {n}: the token must be printable ASCII (a client sends it in an HTTP header)"
+                ));
+            }
+            if token.len() < MIN_TOKEN_LEN {
                 return Err(format!(
                     "line {n}: the token is shorter than {MIN_TOKEN_LEN} characters; use a random one, e.g. \
                      `head -c 32 /dev/urandom | base64`"
@@ -547,6 +560,8 @@ mod tests {
     fn bad_lines_are_named_without_their_token() {
         for (text, want) in [
             (format!("root x {T1}"), "line 1: unknown kind \"root\""),
+            (format!("{T1} worker w1"), "line 1: unknown kind in the first field"),
+            ("worker w1 tök-0123456789abcdef".to_owned(), "line 1: the token must be printable ASCII"),
             ("worker w-1 short".to_owned(), "line 1: the token is shorter than 16"),
             (format!("worker {} {T1}", "w 1"), "line 1: expected"),
             (format!("\nworker bad\u{7f}id {T1}"), "line 2: server_id:"),
@@ -554,7 +569,7 @@ mod tests {
         ] {
             let err = Credentials::parse(&text).unwrap_err();
             assert!(err.starts_with(want), "{text:?}: {err}");
-            assert!(!err.contains(T1) && !err.contains("short\""), "{err}");
+            assert!(!err.contains("tok-") && !err.contains("short\""), "{err}");
         }
         assert!(Credentials::parse(&format!("worker a {T1}\nworker a {T1}")).is_ok(), "a repeated line is harmless");
     }

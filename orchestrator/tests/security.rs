@@ -104,9 +104,21 @@ async fn tokens_authenticate_and_a_worker_acts_only_as_itself() {
             .unwrap_err();
         assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
     }
-    let mut basic = tonic::Request::new(v1::ListWorkersRequest::default());
-    basic.metadata_mut().insert("authorization", format!("Basic {ADMIN}").parse().unwrap());
-    assert_eq!(admin.list_workers(basic).await.unwrap_err().code(), Code::Unauthenticated);
+    // The header: the scheme in any case, spaces around the token; nothing
+    // else.
+    let raw = |value: String| {
+        let mut request = tonic::Request::new(v1::ListWorkersRequest::default());
+        request.metadata_mut().insert("authorization", value.parse().unwrap());
+        request
+    };
+    for accepted in [format!("bearer {ADMIN}"), format!("BEARER   {ADMIN}  "), format!("Bearer {ADMIN}")] {
+        assert!(admin.list_workers(raw(accepted.clone())).await.is_ok(), "{accepted:?}");
+    }
+    for refused in [format!("Basic {ADMIN}"), "Bearer".to_owned(), "Bearer ".to_owned(), ADMIN.to_owned()] {
+        let e = admin.list_workers(raw(refused.clone())).await.unwrap_err();
+        assert_eq!(e.code(), Code::Unauthenticated, "{refused:?}");
+        assert!(!e.message().contains(ADMIN), "the token is not echoed: {e:?}");
+    }
 
     // Out of role: PERMISSION_DENIED.
     let e = worker.register(with_token(register("w1"), Some(ADMIN))).await.unwrap_err();
@@ -139,6 +151,79 @@ async fn tokens_authenticate_and_a_worker_acts_only_as_itself() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    // Every other worker RPC naming w1's session: refused the same way.
+    admin
+        .add_streams(with_token(
+            v1::AddStreamsRequest {
+                streams: (1..=2).map(|id| v1::StreamSpec { stream_id: id, ..Default::default() }).collect(),
+                request_id: "add".into(),
+            },
+            Some(ADMIN),
+        ))
+        .await
+        .unwrap();
+    let held = worker
+        .request_streams(with_token(
+            v1::RequestStreamsRequest { session: Some(session.clone()), count: 1, request_id: "q-1".into() },
+            Some(W1),
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .granted;
+    assert_eq!(held.len(), 1);
+    let steal = worker
+        .request_streams(with_token(
+            v1::RequestStreamsRequest { session: Some(session.clone()), count: 1, request_id: "q-2".into() },
+            Some(W2),
+        ))
+        .await
+        .unwrap_err();
+    let release = worker
+        .release_streams(with_token(
+            v1::ReleaseStreamsRequest {
+                session: Some(session.clone()),
+                leases: held.clone(),
+                request_id: "r-1".into(),
+            },
+            Some(W2),
+        ))
+        .await
+        .unwrap_err();
+    let sync = worker
+        .sync_local_state(with_token(
+            v1::SyncLocalStateRequest {
+                session: Some(session.clone()),
+                held_leases: vec![],
+                records: vec![v1::ProcessingRecord {
+                    stream_id: held[0].stream_id,
+                    lease_epoch: held[0].lease_epoch,
+                    sequence: 1,
+                    ..Default::default()
+                }],
+                request_id: "s-1".into(),
+                ..Default::default()
+            },
+            Some(W2),
+        ))
+        .await
+        .unwrap_err();
+    for e in [steal, release, sync] {
+        assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    }
+    let owners = admin
+        .list_assignments(with_token(v1::ListAssignmentsRequest::default(), Some(ADMIN)))
+        .await
+        .unwrap()
+        .into_inner()
+        .assignments;
+    // (The orchestrator places the other stream on w1 by itself.) Every
+    // stream is still w1's first lease of it: nothing was released.
+    assert!(!owners.is_empty());
+    for a in &owners {
+        assert_eq!((a.server_id.as_str(), a.lease.map(|l| l.lease_epoch)), ("w1", Some(1)), "{owners:?}");
+    }
+    assert_eq!(o.records("w1"), vec![], "no record was stored under w1's name");
 
     // Nothing changed: w1 is still on its first session, which still works.
     assert_eq!(workers(&mut admin, Some(ADMIN)).await, vec![("w1".to_owned(), 1)]);
@@ -232,6 +317,13 @@ async fn tls_channel(
     Endpoint::from_shared(format!("https://{addr}")).unwrap().tls_config(tls)?.connect().await
 }
 
+/// Whether a health check on `channel` (if it connected) is answered at
+/// all: false when the connection or the call fails.
+async fn answers_health(channel: Result<Channel, tonic::transport::Error>) -> bool {
+    let Ok(channel) = channel else { return false };
+    HealthClient::new(channel).check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.is_ok()
+}
+
 #[tokio::test]
 async fn client_certificates_name_the_caller_by_their_uri_san() {
     let dir = tempfile::tempdir().unwrap();
@@ -270,18 +362,11 @@ async fn client_certificates_name_the_caller_by_their_uri_san() {
         .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
 
-    // A certificate from another CA: the handshake fails, no call is made.
-    let refused = match tls_channel(o.addr, &ours, Some((&foreign, "worker-w1"))).await {
-        Err(_) => true,
-        Ok(channel) => WorkerServiceClient::new(channel).register(register("w1")).await.is_err(),
-    };
-    assert!(refused, "a foreign CA's certificate is refused");
-    // Plaintext to the TLS port: no answer.
-    let plaintext = match Endpoint::from_shared(format!("http://{}", o.addr)).unwrap().connect().await {
-        Err(_) => true,
-        Ok(channel) => WorkerServiceClient::new(channel).register(register("w1")).await.is_err(),
-    };
-    assert!(plaintext, "plaintext to the TLS port is refused");
+    // A certificate from another CA: the handshake fails, so even the open
+    // health service does not answer.
+    assert!(!answers_health(tls_channel(o.addr, &ours, Some((&foreign, "worker-w1"))).await).await);
+    // Plaintext to the TLS port: no answer, health included.
+    assert!(!answers_health(Endpoint::from_shared(format!("http://{}", o.addr)).unwrap().connect().await).await);
     // A client that does not trust the server's CA refuses it.
     assert!(tls_channel(o.addr, &foreign, None).await.is_err(), "the server's certificate is verified");
 

@@ -84,7 +84,25 @@ struct Args {
     /// orchestrator's auth file). Prefer the environment variable: a flag
     /// shows in `ps`.
     #[arg(long, env = "WORKER_TOKEN", hide_env_values = true, value_name = "TOKEN")]
-    token: Option<String>,
+    token: Option<Secret>,
+}
+
+/// A token from the command line or the environment; its `Debug` hides it.
+#[derive(Clone)]
+struct Secret(String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
 }
 
 /// Stream ids for --streams.
@@ -160,7 +178,7 @@ async fn run(args: Args) -> Result<(), worker_client::Error> {
         builder = builder.tls(tls);
     }
     if let Some(token) = &args.token {
-        builder = builder.auth_token(token);
+        builder = builder.auth_token(&token.0);
     }
     let client = builder.build().await?;
     client.start().await?;

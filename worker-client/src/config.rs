@@ -26,6 +26,28 @@ impl AuthToken {
     }
 }
 
+/// A secret the builder holds until `build`; its `Debug` hides it.
+#[derive(Clone)]
+struct Redacted(String);
+
+impl std::fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// An `http://` URL whose host is not a loopback address or `localhost`.
+fn plaintext_beyond_loopback(url: &str) -> bool {
+    let Some(rest) = url.strip_prefix("http://") else { return false };
+    let authority = rest.split('/').next().unwrap_or_default();
+    let host = match authority.rsplit_once(':') {
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => authority,
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    !(host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback()))
+}
+
 impl std::fmt::Debug for AuthToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("AuthToken(<redacted>)")
@@ -161,7 +183,7 @@ pub struct ClientBuilder {
     connect_timeout: Duration,
     connector: Option<SharedConnector>,
     tls: Option<ClientTls>,
-    auth_token: Option<String>,
+    auth_token: Option<Redacted>,
     shutdown_timeout: Duration,
     state_write_delay: Duration,
     state_history: u64,
@@ -355,7 +377,7 @@ impl ClientBuilder {
     /// A bearer token sent with every call (`authorization: Bearer
     /// <token>`), for an orchestrator with an auth file. Never logged.
     pub fn auth_token(mut self, token: impl Into<String>) -> Self {
-        self.auth_token = Some(token.into());
+        self.auth_token = Some(Redacted(token.into()));
         self
     }
 
@@ -477,7 +499,14 @@ impl ClientBuilder {
             return Err(bad("tls", "applies to the default connector; configure TLS on your connector instead".into()));
         }
         let auth_token =
-            self.auth_token.as_deref().map(AuthToken::new).transpose().map_err(|e| bad("auth_token", e))?;
+            self.auth_token.as_ref().map(|t| AuthToken::new(&t.0)).transpose().map_err(|e| bad("auth_token", e))?;
+        if auth_token.is_some() && plaintext_beyond_loopback(&self.orchestrator_url) && self.standalone.is_none() {
+            tracing::warn!(
+                url = %self.orchestrator_url,
+                "the bearer token goes to a non-loopback orchestrator over plaintext http://: anyone on the path can \
+                 read it; use https:// with tls()"
+            );
+        }
         let state_path =
             self.state_path.unwrap_or_else(|| PathBuf::from(format!("./worker-state-{}.db", self.server_id)));
         Ok(ClientConfig {
@@ -530,6 +559,24 @@ impl ClientBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_token_is_in_no_debug_output_and_plaintext_beyond_loopback_is_spotted() {
+        let builder = ClientBuilder::new("http://127.0.0.1:1", "w1").auth_token("tok-secret-0123456789");
+        assert!(!format!("{builder:?}").contains("tok-secret"), "{builder:?}");
+        let config = builder.config().unwrap();
+        assert!(!format!("{config:?}").contains("tok-secret"), "{config:?}");
+        for (url, beyond) in [
+            ("http://127.0.0.1:50051", false),
+            ("http://localhost:50051", false),
+            ("http://[::1]:50051", false),
+            ("https://orchestrator:50051", false),
+            ("http://orchestrator:50051", true),
+            ("http://10.0.0.5:50051/", true),
+        ] {
+            assert_eq!(plaintext_beyond_loopback(url), beyond, "{url}");
+        }
+    }
 
     fn b() -> ClientBuilder {
         ClientBuilder::new("http://127.0.0.1:50051", "w1")

@@ -177,7 +177,7 @@ impl Connector for TcpConnector {
 /// ```no_run
 /// use worker_client::{ClientTls, ResilientWorkerClient};
 ///
-/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// # async fn run() -> Result<(), worker_client::connector::BoxError> {
 /// let tls = ClientTls::from_files("ca.pem", Some(("worker-01.pem", "worker-01.key")))?;
 /// let client = ResilientWorkerClient::builder("https://orchestrator:50051", "worker-01")
 ///     .tls(tls)

@@ -79,12 +79,13 @@ async fn every_method_in_normal_mode() {
             "circuit_breaker_state",
             "last_orchestrator_contact",
             "local_mode_active",
+            "local_mode_reason",
             "metrics",
             "mode",
             "orchestrator_available",
             "server_id"
         ],
-        "the seed's keys plus mode"
+        "the seed's keys plus mode and local_mode_reason"
     );
     assert_eq!(health["server_id"], "w1");
     assert_eq!(health["mode"], "normal");

@@ -164,7 +164,9 @@ struct Access {
 }
 
 fn bearer(token: &str) -> Result<MetadataValue<Ascii>, Error> {
-    Ok(format!("Bearer {token}").parse()?)
+    let mut value: MetadataValue<Ascii> = format!("Bearer {token}").parse()?;
+    value.set_sensitive(true);
+    Ok(value)
 }
 
 impl Access {

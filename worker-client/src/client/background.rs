@@ -131,6 +131,12 @@ impl ResilientWorkerClient {
                     changed
                 });
                 if halted_now {
+                    {
+                        let mut reason = self.inner.local_reason.lock().unwrap_or_else(|p| p.into_inner());
+                        if reason.is_none() {
+                            *reason = Some(format!("no successful call to the orchestrator for {limit:?}"));
+                        }
+                    }
                     tracing::warn!(
                         ?limit,
                         "local-mode limit reached: stopping processing until the orchestrator answers"

@@ -308,6 +308,10 @@ async fn serve(args: ServeArgs) -> ExitCode {
             limit.saturating_sub(64)
         );
     }
+    // Listened for before the (possibly long) load, so that an early SIGHUP
+    // does not end the process.
+    #[cfg(unix)]
+    let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
     let server = match OrchestratorServer::bind(config).await {
         Ok(s) => s,
         Err(e) => {
@@ -321,7 +325,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
     #[cfg(unix)]
     {
         let auth = server.authenticator();
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        match hangups {
             Ok(mut hangups) => {
                 tokio::spawn(async move {
                     while hangups.recv().await.is_some() {

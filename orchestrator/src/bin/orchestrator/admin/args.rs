@@ -36,7 +36,7 @@ pub(crate) struct AdminArgs {
     /// Bearer token for an orchestrator with an auth file (an `admin` line).
     /// Prefer the environment variable: a flag shows in `ps`.
     #[arg(long, global = true, env = "ORCHESTRATOR_TOKEN", hide_env_values = true, value_name = "TOKEN")]
-    pub(crate) token: Option<String>,
+    pub(crate) token: Option<Secret>,
     /// CA certificate (PEM) to verify the orchestrator's TLS certificate;
     /// use an https:// --addr.
     #[arg(long, global = true, env = "ORCHESTRATOR_TLS_CA", value_name = "PATH")]
@@ -48,6 +48,25 @@ pub(crate) struct AdminArgs {
     /// The private key of --client-cert (PEM).
     #[arg(long, global = true, env = "ORCHESTRATOR_CLIENT_KEY", value_name = "PATH", requires = "client_cert")]
     pub(crate) client_key: Option<std::path::PathBuf>,
+}
+
+/// A secret from the command line or the environment; its `Debug` hides
+/// it.
+#[derive(Clone)]
+pub(crate) struct Secret(pub(crate) String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
 }
 
 /// The admin subcommands.

@@ -49,8 +49,11 @@ pub(super) async fn connect(args: &AdminArgs) -> Result<Client, AdminError> {
     if !https && !lower.starts_with("http://") {
         return Err(invalid("the address must start with http:// or https://".to_owned()));
     }
-    let token = match args.token.as_deref().map(str::trim) {
+    let token = match args.token.as_ref().map(|t| t.0.trim()) {
         None | Some("") => None,
+        Some(t) if !t.bytes().all(|b| b.is_ascii_graphic()) => {
+            return Err(AdminError::Usage("--token must be printable ASCII without spaces".to_owned()));
+        }
         Some(t) => {
             let mut value: MetadataValue<Ascii> = format!("Bearer {t}")
                 .parse()

@@ -269,13 +269,28 @@ mod tests {
 
     #[tokio::test]
     async fn invalid_addresses() {
-        for addr in ["not a url", "127.0.0.1:50051", "https://example.com", "http://"] {
+        for addr in ["not a url", "127.0.0.1:50051", "ftp://example.com", "http://"] {
             let err = run(&args(addr), AdminCommand::Workers, &mut Vec::new()).await.unwrap_err();
             let msg = err.to_string();
             assert!(matches!(err, AdminError::InvalidAddr { .. }), "{addr}: {err:?}");
             assert!(msg.starts_with(&format!("invalid --addr {addr}: ")), "{msg}");
             assert!(msg.ends_with("(expected e.g. http://127.0.0.1:50051)"), "{msg}");
         }
+    }
+
+    #[tokio::test]
+    async fn tls_options_must_match_the_scheme() {
+        let err = run(&args("https://example.com"), AdminCommand::Workers, &mut Vec::new()).await.unwrap_err();
+        assert!(matches!(err, AdminError::Usage(_)) && err.to_string().contains("--tls-ca"), "{err:?}");
+        let mut with_ca = args("http://127.0.0.1:1");
+        with_ca.tls_ca = Some("ca.pem".into());
+        let err = run(&with_ca, AdminCommand::Workers, &mut Vec::new()).await.unwrap_err();
+        assert!(err.to_string().contains("use an https:// address"), "{err:?}");
+        let mut token = args("http://127.0.0.1:1");
+        token.token = Some(args::Secret("has space".into()));
+        let err = run(&token, AdminCommand::Workers, &mut Vec::new()).await.unwrap_err();
+        assert!(err.to_string().contains("--token") && !err.to_string().contains("has space"), "{err:?}");
+        assert!(!format!("{token:?}").contains("has space"), "the token is not in Debug output");
     }
 
     #[tokio::test]
