@@ -20,6 +20,7 @@
 //! high availability without touching the service. [`SqliteStore`] is the
 //! embedded default.
 
+mod pg;
 mod sqlite;
 
 use std::collections::HashMap;
@@ -30,6 +31,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
+pub use pg::PostgresStore;
 pub use sqlite::SqliteStore;
 
 use crate::engine::{Change, PersistedState, StreamId};

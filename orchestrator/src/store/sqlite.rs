@@ -97,7 +97,7 @@ fn io(e: rusqlite::Error) -> StoreError {
     StoreError::Io(e.to_string())
 }
 
-fn reason_name(reason: RevokeReason) -> &'static str {
+pub(super) fn reason_name(reason: RevokeReason) -> &'static str {
     match reason {
         RevokeReason::Rebalance => "rebalance",
         RevokeReason::Moved => "moved",
@@ -108,7 +108,7 @@ fn reason_name(reason: RevokeReason) -> &'static str {
     }
 }
 
-fn reason_from_name(name: &str) -> RevokeReason {
+pub(super) fn reason_from_name(name: &str) -> RevokeReason {
     match name {
         "moved" => RevokeReason::Moved,
         "stream_removed" => RevokeReason::StreamRemoved,
