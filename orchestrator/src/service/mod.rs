@@ -164,6 +164,13 @@ impl Orchestrator {
         })
     }
 
+    /// Stops serving because this replica no longer leads (see
+    /// [`crate::store::leader`]): at once, the heartbeat fast path
+    /// included, as for a storage failure; the server shuts down.
+    pub fn step_down(&self, reason: &str) {
+        self.stop_serving(reason);
+    }
+
     /// Something fatal happened (storage failed, the engine lock is
     /// poisoned): the heartbeat fast path stops answering, and the server
     /// is told to stop (NOT_SERVING, shut down; a restart rebuilds from the

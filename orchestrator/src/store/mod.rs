@@ -20,6 +20,7 @@
 //! high availability without touching the service. [`SqliteStore`] is the
 //! embedded default.
 
+pub mod leader;
 mod pg;
 mod sqlite;
 
@@ -31,7 +32,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-pub use pg::PostgresStore;
+pub use pg::{PostgresStore, redact_url};
 pub use sqlite::SqliteStore;
 
 use crate::engine::{Change, PersistedState, StreamId};

@@ -81,6 +81,16 @@ const MIGRATIONS: &[&str] = &[
         through    BIGINT NOT NULL
     );
     ",
+    // 2: the leader lease (one row): who may write, and its fencing epoch.
+    "
+    CREATE TABLE leader_lease (
+        id          BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (id),
+        holder      TEXT NOT NULL,
+        address     TEXT NOT NULL,
+        epoch       BIGINT NOT NULL,
+        expires_at  TIMESTAMPTZ NOT NULL
+    );
+    ",
 ];
 
 /// How long one statement may run before the server cancels it.
@@ -92,6 +102,8 @@ pub struct PostgresStore {
     /// The URL without its password, for messages.
     shown: String,
     statements: HashMap<&'static str, Statement>,
+    /// The leadership every commit must still hold: (holder, epoch).
+    fence: Option<(String, i64)>,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -105,7 +117,7 @@ fn io(e: postgres::Error) -> StoreError {
 }
 
 /// The error with the server's message, when there is one.
-fn error_text(e: &postgres::Error) -> String {
+pub(super) fn error_text(e: &postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("{}: {}", db.code().code(), db.message()),
         None => {
@@ -121,7 +133,7 @@ fn error_text(e: &postgres::Error) -> String {
 }
 
 /// `url` with any password replaced by `***`.
-pub(crate) fn redact_url(url: &str) -> String {
+pub fn redact_url(url: &str) -> String {
     // postgres://user:password@host/db
     if let Some((scheme, rest)) = url.split_once("://")
         && let Some((credentials, host)) = rest.rsplit_once('@')
@@ -187,9 +199,19 @@ impl PostgresStore {
             }
             Some(_) => {}
         }
-        let mut store = Self { client, shown: shown.clone(), statements: HashMap::new() };
+        let mut store = Self { client, shown: shown.clone(), statements: HashMap::new(), fence: None };
         store.migrate(version.unwrap_or(0) as usize).map_err(|e| open_err(format!("migration failed: {e}")))?;
         Ok(store)
+    }
+
+    /// Fences every commit with the leader lease: a commit first reads the
+    /// lease row with `FOR SHARE` (a takeover waits for it) and is refused,
+    /// writing nothing, unless `holder` still holds it at `epoch`. A deposed
+    /// leader's writes fail.
+    #[must_use]
+    pub fn fenced(mut self, holder: &str, epoch: u64) -> Self {
+        self.fence = Some((holder.to_owned(), i64::try_from(epoch).unwrap_or(i64::MAX)));
+        self
     }
 
     /// The database, its password hidden.
@@ -586,8 +608,19 @@ impl Store for PostgresStore {
     }
 
     fn commit(&mut self, batches: &[Batch]) -> Result<Vec<Option<RecordsOutcome>>, StoreError> {
-        let Self { client, statements, .. } = self;
+        let Self { client, statements, fence, .. } = self;
         let mut tx = client.transaction().map_err(io)?;
+        if let Some((holder, epoch)) = fence {
+            let row = tx.query_opt("SELECT holder, epoch FROM leader_lease FOR SHARE", &[]).map_err(io)?;
+            let current = row.map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1)));
+            if current.as_ref().is_none_or(|(h, e)| h != holder || e != epoch) {
+                return Err(StoreError::Io(format!(
+                    "leadership lost: this replica ({holder}, epoch {epoch}) no longer holds the leader lease{}; \
+                     nothing of this commit was written",
+                    current.map(|(h, e)| format!(" ({h} holds it at epoch {e})")).unwrap_or_default()
+                )));
+            }
+        }
         let mut outcomes = Vec::with_capacity(batches.len());
         {
             let mut t = Tx { tx: &mut tx, cache: statements };

@@ -42,10 +42,26 @@ struct ServeArgs {
     /// Address to listen on (host:port; port 0 picks a free port).
     #[arg(long, env = "ORCHESTRATOR_LISTEN", default_value = "127.0.0.1:50051")]
     listen: SocketAddr,
-    /// The SQLite database file; created if missing. Holds the catalog,
-    /// workers, leases, processing records and the audit log.
-    #[arg(long, env = "ORCHESTRATOR_DATABASE", default_value = "./orchestrator.db")]
-    database: PathBuf,
+    /// Where state lives: a SQLite file (created if missing), or a
+    /// PostgreSQL URL (`postgres://user@host:port/db`), which several
+    /// replicas may share: one leads and serves, the others wait as
+    /// standbys (see --leader-lease). Holds the catalog, workers, leases,
+    /// processing records and the audit log.
+    #[arg(long, env = "ORCHESTRATOR_DATABASE", default_value = "./orchestrator.db", value_name = "PATH|URL")]
+    database: String,
+    /// With PostgreSQL: how long the leader lease lasts; the leader renews
+    /// it every fifth of this, and a standby takes over once it expires.
+    #[arg(long, env = "ORCHESTRATOR_LEADER_LEASE", default_value = "10s", value_parser = humantime::parse_duration)]
+    leader_lease: Duration,
+    /// With PostgreSQL: the leader stops serving this long before its lease
+    /// could expire (measured on its own clock from its last successful
+    /// renewal), so that two replicas never serve at once.
+    #[arg(long, env = "ORCHESTRATOR_LEADER_MARGIN", default_value = "2s", value_parser = humantime::parse_duration)]
+    leader_margin: Duration,
+    /// With PostgreSQL: the address other replicas name as the leader's
+    /// (default: http:// or https:// and --listen).
+    #[arg(long, env = "ORCHESTRATOR_ADVERTISE", value_name = "URL")]
+    advertise: Option<String>,
     /// How often workers heartbeat (told to them in every response).
     #[arg(long, env = "ORCHESTRATOR_HEARTBEAT_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
     heartbeat_interval: Duration,
@@ -193,7 +209,11 @@ impl ServeArgs {
         let grace = self.grace.unwrap_or(self.session_timeout + Duration::from_secs(60));
         Ok(ServerConfig {
             listen: self.listen,
-            database: self.database,
+            database: PathBuf::from(if is_postgres(&self.database) {
+                orchestrator::store::redact_url(&self.database)
+            } else {
+                self.database.clone()
+            }),
             engine: EngineConfig {
                 session_timeout: ms(self.session_timeout),
                 heartbeat_interval: ms(self.heartbeat_interval),
@@ -222,6 +242,28 @@ impl ServeArgs {
             drain_timeout: self.drain_timeout,
             security,
         })
+    }
+
+    /// The PostgreSQL settings, when --database is a PostgreSQL URL.
+    fn postgres(&self) -> Result<Option<Postgres>, String> {
+        if !is_postgres(&self.database) {
+            return Ok(None);
+        }
+        if self.leader_lease < Duration::from_millis(500) {
+            return Err("--leader-lease must be at least 500ms".into());
+        }
+        if self.leader_margin.is_zero() || self.leader_margin * 2 > self.leader_lease {
+            return Err(format!(
+                "--leader-margin ({:?}) must be greater than zero and at most half of --leader-lease ({:?})",
+                self.leader_margin, self.leader_lease
+            ));
+        }
+        let scheme = if self.tls_cert.is_some() { "https" } else { "http" };
+        Ok(Some(Postgres {
+            url: self.database.clone(),
+            timings: orchestrator::store::leader::LeaseTimings { lease: self.leader_lease, margin: self.leader_margin },
+            advertise: self.advertise.clone().unwrap_or_else(|| format!("{scheme}://{}", self.listen)),
+        }))
     }
 
     /// TLS and authentication; refuses an unprotected public listener.
@@ -291,6 +333,13 @@ async fn shutdown_signal() {
 
 async fn serve(args: ServeArgs) -> ExitCode {
     init_tracing();
+    let postgres_settings = match args.postgres() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let config = match args.into_config() {
         Ok(c) => c,
         Err(e) => {
@@ -299,6 +348,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
         }
     };
     let reload_on_sighup = config.security.auth_file.is_some();
+    let postgres = postgres_settings;
     if let Some(limit) = orchestrator::server::raise_fd_limit() {
         // A worker holds one connection; keep headroom for the database,
         // the listener and the admin CLI.
@@ -312,12 +362,24 @@ async fn serve(args: ServeArgs) -> ExitCode {
     // does not end the process.
     #[cfg(unix)]
     let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
-    let server = match OrchestratorServer::bind(config).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!("{e}");
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
+    let (server, keeper) = if let Some(pg) = postgres {
+        match lead(config, pg).await {
+            Ok(Some(led)) => led,
+            Ok(None) => return ExitCode::SUCCESS, // stopped while a standby
+            Err(e) => {
+                tracing::error!("{e}");
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        match OrchestratorServer::bind(config).await {
+            Ok(s) => (s, None),
+            Err(e) => {
+                tracing::error!("{e}");
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
         }
     };
     // SIGHUP reads the auth file again; without one it is logged and
@@ -347,13 +409,129 @@ async fn serve(args: ServeArgs) -> ExitCode {
             Err(e) => tracing::warn!("cannot listen for SIGHUP ({e}): the auth file is read only at start"),
         }
     }
-    match server.serve(shutdown_signal()).await {
+    let result = server.serve(shutdown_signal()).await;
+    if let Some(keeper) = keeper {
+        // A clean stop hands over at once; after a failure the lease
+        // expires by itself.
+        let release = result.is_ok();
+        let _ = tokio::task::spawn_blocking(move || keeper.stop(release)).await;
+    }
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
     }
+}
+
+fn is_postgres(database: &str) -> bool {
+    let lower = database.to_ascii_lowercase();
+    lower.starts_with("postgres://") || lower.starts_with("postgresql://")
+}
+
+/// The PostgreSQL side of `serve`.
+#[derive(Debug)]
+struct Postgres {
+    url: String,
+    timings: orchestrator::store::leader::LeaseTimings,
+    advertise: String,
+}
+
+/// With PostgreSQL: connects (migrating the schema), waits as a standby
+/// until this replica wins the leader lease, then loads the state and binds
+/// the listener. `Ok(None)`: stopped (SIGTERM, ctrl-c) while waiting.
+async fn lead(
+    mut config: ServerConfig,
+    pg: Postgres,
+) -> Result<Option<(OrchestratorServer, Option<orchestrator::store::leader::Keeper>)>, String> {
+    use orchestrator::store::PostgresStore;
+    use orchestrator::store::leader::{Election, Leadership};
+    let joined = |e: tokio::task::JoinError| e.to_string();
+    let url = pg.url.clone();
+    let store = tokio::task::spawn_blocking(move || PostgresStore::connect(&url))
+        .await
+        .map_err(joined)?
+        .map_err(|e| e.to_string())?;
+    let holder = format!("{}-{}-{:08x}", hostname(), std::process::id(), fastrand::u32(..));
+    let (url, advertise, timings) = (pg.url.clone(), pg.advertise.clone(), pg.timings);
+    let id = holder.clone();
+    let mut leadership = tokio::task::spawn_blocking(move || Leadership::connect(&url, &id, &advertise, timings))
+        .await
+        .map_err(joined)??;
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    let mut seen = None;
+    let (epoch, started) = loop {
+        let (back, result) = tokio::task::spawn_blocking(move || {
+            let result = leadership.try_acquire();
+            (leadership, result)
+        })
+        .await
+        .map_err(joined)?;
+        leadership = back;
+        match result {
+            Ok(Election::Won { epoch, started }) => break (epoch, started),
+            Ok(Election::Lost(h)) => {
+                if seen.as_ref() != Some(&(h.holder.clone(), h.epoch)) {
+                    tracing::info!(
+                        leader = %h.holder,
+                        leader_address = %h.address,
+                        epoch = h.epoch,
+                        "standby: another replica leads; taking over when its lease expires (in {} ms unless renewed)",
+                        h.expires_in_ms.max(0)
+                    );
+                    seen = Some((h.holder, h.epoch));
+                }
+            }
+            Err(e) => tracing::warn!("leader election failed ({e}); retrying"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(timings.renew_every()) => {}
+            () = &mut shutdown => return Ok(None),
+        }
+    };
+    tracing::info!(epoch, holder = %holder, address = %pg.advertise, "elected leader; loading the state from PostgreSQL");
+    // Renewing starts now, while the state loads; a loss before the server
+    // exists is kept and applied as soon as it does.
+    let slot: std::sync::Arc<std::sync::Mutex<(Option<orchestrator::service::Orchestrator>, Option<String>)>> =
+        Default::default();
+    let on_lost = {
+        let slot = std::sync::Arc::clone(&slot);
+        move |why: String| {
+            let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
+            match &slot.0 {
+                Some(o) => o.step_down(&why),
+                None => slot.1 = Some(why),
+            }
+        }
+    };
+    let keeper = leadership.keep(epoch, started, on_lost);
+    let store = store.fenced(&holder, epoch);
+    config.database = PathBuf::from(orchestrator::store::redact_url(&pg.url));
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+    let server = OrchestratorServer::with_store(config, store, listener, orchestrator::server::Environment::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    {
+        let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
+        slot.0 = Some(server.orchestrator().clone());
+        if let Some(why) = slot.1.take() {
+            server.orchestrator().step_down(&why);
+        }
+    }
+    Ok(Some((server, Some(keeper))))
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "orchestrator".to_owned())
 }
 
 /// A command line clap refused. With `--json` (and not `serve`) the error
