@@ -4,8 +4,8 @@
 //! takes over when the leader is killed, with nothing moved. A deposed
 //! leader's writes are refused (the fencing epoch).
 //!
-//! Both replicas are given the same --listen address (one host), so the
-//! workers' one URL reaches whichever leads.
+//! The workers are given both replicas' addresses (`orchestrator_url`
+//! with two endpoints) and move to the one that answers.
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -46,15 +46,17 @@ async fn owners(addr: std::net::SocketAddr) -> BTreeMap<i64, (String, u64)> {
 async fn a_killed_leader_is_replaced_by_the_standby_with_nothing_moved() {
     let Some(cluster) = TestCluster::start() else { return };
     let url = cluster.database("ha");
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let addr: std::net::SocketAddr = listen.parse().unwrap();
-    let mut a = replica(&url, &listen, "orchestrator serving");
-    let b = replica(&url, &listen, "standby: another replica leads");
+    let (listen_a, listen_b) = (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
+    let addr: std::net::SocketAddr = listen_a.parse().unwrap();
+    let addr_b: std::net::SocketAddr = listen_b.parse().unwrap();
+    let mut a = replica(&url, &listen_a, "orchestrator serving");
+    let b = replica(&url, &listen_b, "standby: another replica leads");
 
     fixtures::add_streams(addr, 1..=30).await;
     let dir = tempfile::tempdir().unwrap();
-    let url_http = format!("http://{listen}");
+    // Both replicas, as a fleet would be configured: the standby listens
+    // only once it leads, so until then it refuses connections.
+    let url_http = format!("http://{listen_b}, http://{listen_a}");
     let mut workers = Vec::new();
     for i in 0..3 {
         let client = client_builder(&url_http, &format!("w{i}"), &dir.path().join(format!("w{i}.db")))
@@ -89,7 +91,7 @@ async fn a_killed_leader_is_replaced_by_the_standby_with_nothing_moved() {
         }
         normal
     });
-    eventually!(Duration::from_secs(5), owners(addr).await == before);
+    eventually!(Duration::from_secs(5), owners(addr_b).await == before);
     for w in &workers {
         assert_eq!(w.leases().borrow().len(), 10);
         w.shutdown().await;

@@ -29,7 +29,8 @@ struct Args {
     /// This worker's stable id (unique in the fleet).
     #[arg(long, env = "WORKER_SERVER_ID")]
     server_id: String,
-    /// The orchestrator's gRPC address.
+    /// The orchestrator's gRPC address; several replicas comma-separated
+    /// (the client moves to the next when one does not answer).
     #[arg(long, env = "WORKER_ORCHESTRATOR_URL", default_value = "http://127.0.0.1:50051")]
     orchestrator_url: String,
     /// Most streams processed at once.

@@ -59,6 +59,8 @@ impl std::fmt::Debug for AuthToken {
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
     pub(crate) orchestrator_url: String,
+    /// `orchestrator_url` split at commas: the replicas to try in turn.
+    pub(crate) endpoints: Vec<String>,
     pub(crate) server_id: String,
     pub(crate) max_streams: u32,
     pub(crate) breaker: CircuitBreakerConfig,
@@ -82,9 +84,15 @@ pub struct ClientConfig {
 }
 
 impl ClientConfig {
-    /// The orchestrator's address.
+    /// The orchestrator's address (several, comma-separated, for
+    /// replicas).
     pub fn orchestrator_url(&self) -> &str {
         &self.orchestrator_url
+    }
+
+    /// The endpoints tried in turn.
+    pub fn endpoints(&self) -> &[String] {
+        &self.endpoints
     }
 
     /// This worker's stable id.
@@ -364,6 +372,19 @@ impl ClientBuilder {
         self
     }
 
+    /// Several orchestrator replicas (the same as a comma-separated
+    /// `orchestrator_url`): the client talks to one at a time, and moves to
+    /// the next at once when one does not answer; the circuit breaker
+    /// counts a failure only when every endpoint failed in a round.
+    pub fn orchestrator_urls<I, S>(mut self, urls: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        self.orchestrator_url = urls.into_iter().map(|u| u.as_ref().trim().to_owned()).collect::<Vec<_>>().join(",");
+        self
+    }
+
     /// TLS for the default [`TcpConnector`] (the `orchestrator_url` must be
     /// `https://`): the CA to verify the orchestrator against, and a client
     /// certificate for mTLS. A connector set with
@@ -440,11 +461,18 @@ impl ClientBuilder {
     /// [`Error::Config`] naming the setting.
     pub fn config(self) -> Result<ClientConfig, Error> {
         let bad = |setting: &'static str, problem: String| Error::Config { setting, problem, source: None };
-        if !(self.orchestrator_url.starts_with("http://") || self.orchestrator_url.starts_with("https://")) {
+        let endpoints: Vec<String> =
+            self.orchestrator_url.split(',').map(str::trim).filter(|e| !e.is_empty()).map(str::to_owned).collect();
+        if endpoints.is_empty() {
             return Err(bad(
                 "orchestrator_url",
-                format!("{:?} must start with http:// or https://", self.orchestrator_url),
+                "is empty: give http://host:port (or several, comma-separated)".into(),
             ));
+        }
+        for e in &endpoints {
+            if !(e.starts_with("http://") || e.starts_with("https://")) {
+                return Err(bad("orchestrator_url", format!("{e:?} must start with http:// or https://")));
+            }
         }
         if self.server_id.is_empty()
             || self.server_id.len() > 128
@@ -500,7 +528,7 @@ impl ClientBuilder {
         }
         let auth_token =
             self.auth_token.as_ref().map(|t| AuthToken::new(&t.0)).transpose().map_err(|e| bad("auth_token", e))?;
-        if auth_token.is_some() && plaintext_beyond_loopback(&self.orchestrator_url) && self.standalone.is_none() {
+        if auth_token.is_some() && endpoints.iter().any(|e| plaintext_beyond_loopback(e)) && self.standalone.is_none() {
             tracing::warn!(
                 url = %self.orchestrator_url,
                 "the bearer token goes to a non-loopback orchestrator over plaintext http://: anyone on the path can \
@@ -510,7 +538,8 @@ impl ClientBuilder {
         let state_path =
             self.state_path.unwrap_or_else(|| PathBuf::from(format!("./worker-state-{}.db", self.server_id)));
         Ok(ClientConfig {
-            orchestrator_url: self.orchestrator_url,
+            orchestrator_url: endpoints.join(","),
+            endpoints,
             server_id: self.server_id,
             max_streams: self.max_streams,
             breaker,
@@ -559,6 +588,19 @@ impl ClientBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn several_endpoints_are_split_at_commas_and_each_is_checked() {
+        let c = ClientBuilder::new(" http://a:1 ,http://b:2,", "w1").config().unwrap();
+        assert_eq!(c.endpoints(), ["http://a:1", "http://b:2"]);
+        assert_eq!(c.orchestrator_url(), "http://a:1,http://b:2");
+        let c = ClientBuilder::new("unused", "w1").orchestrator_urls(["http://a:1", "https://b:2"]);
+        assert_eq!(c.config().unwrap().endpoints().len(), 2);
+        let e = ClientBuilder::new("http://a:1,b:2", "w1").config().unwrap_err().to_string();
+        assert!(e.contains("\"b:2\" must start with http://"), "{e}");
+        let e = ClientBuilder::new(" , ", "w1").config().unwrap_err().to_string();
+        assert!(e.contains("orchestrator_url") && e.contains("empty"), "{e}");
+    }
 
     #[test]
     fn the_token_is_in_no_debug_output_and_plaintext_beyond_loopback_is_spotted() {

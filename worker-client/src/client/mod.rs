@@ -110,6 +110,8 @@ struct Inner {
     /// even if it cannot take the protocol lock in time.
     stopping: AtomicBool,
     local: AtomicBool,
+    /// Index in `config.endpoints` of the endpoint calls go to.
+    endpoint: std::sync::atomic::AtomicUsize,
     /// Why the client is in local mode (the health report's
     /// `local_mode_reason`).
     local_reason: StdMutex<Option<String>>,
@@ -247,7 +249,15 @@ impl ResilientWorkerClient {
     }
 
     pub(crate) async fn from_config(config: ClientConfig) -> Result<Self, Error> {
-        let channel = config.connector.0.connect(&config.orchestrator_url).map_err(|e| Error::Config {
+        for endpoint in config.endpoints.iter().skip(1) {
+            // Each must be usable; only the first is dialled (lazily) now.
+            config.connector.0.connect(endpoint).map_err(|e| Error::Config {
+                setting: "orchestrator_url",
+                problem: format!("{endpoint}: the connector cannot make a channel: {e}"),
+                source: Some(Arc::from(e)),
+            })?;
+        }
+        let channel = config.connector.0.connect(&config.endpoints[0]).map_err(|e| Error::Config {
             setting: "orchestrator_url",
             problem: format!("the connector cannot make a channel: {e}"),
             source: Some(Arc::from(e)),
@@ -323,6 +333,7 @@ impl ResilientWorkerClient {
                 confirmed: AtomicBool::new(false),
                 stopping: AtomicBool::new(false),
                 local: AtomicBool::new(false),
+                endpoint: std::sync::atomic::AtomicUsize::new(0),
                 local_reason: StdMutex::new(None),
                 halted: AtomicBool::new(false),
                 metrics,
@@ -659,12 +670,16 @@ impl ResilientWorkerClient {
 
     /// Drops the current connection: the next call goes over a fresh
     /// channel from the connector (a connection stuck on a dead link, or to
-    /// a hung peer, is never reused).
+    /// a hung peer, is never reused), to the next endpoint when there are
+    /// several.
     fn fresh_connection(&self) {
-        match self.inner.config.connector.0.connect(&self.inner.config.orchestrator_url) {
+        let endpoints = &self.inner.config.endpoints;
+        let next = (self.inner.endpoint.load(Ordering::Acquire) + 1) % endpoints.len();
+        match self.inner.config.connector.0.connect(&endpoints[next]) {
             Ok(channel) => {
                 *self.inner.grpc.lock().unwrap_or_else(|p| p.into_inner()) = WorkerServiceClient::new(channel);
-                tracing::debug!("dropped the connection to the orchestrator; the next call opens a fresh one");
+                self.inner.endpoint.store(next, Ordering::Release);
+                tracing::debug!(endpoint = %endpoints[next], "dropped the connection; the next call opens a fresh one");
             }
             Err(e) => tracing::warn!(error = %e, "the connector could not make a fresh channel; keeping the old one"),
         }

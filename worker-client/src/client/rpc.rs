@@ -108,12 +108,26 @@ impl ResilientWorkerClient {
             let _in_flight = InFlight::start(&self.inner.in_flight_since);
             // No attempt outlives the operation's deadline either (a retry
             // that started late would otherwise get a whole call timeout).
-            let call = breaker.call_with(is_failure, || {
-                let mut request = tonic::Request::new(request.clone());
-                if let Some(token) = &self.inner.config.auth_token {
-                    request.metadata_mut().insert("authorization", token.0.clone());
+            // One round: each endpoint at most once, moving on at once from
+            // one that does not answer; the breaker sees the round's result.
+            let call = breaker.call_with(is_failure, || async {
+                let endpoints = self.inner.config.endpoints.len();
+                let mut tried = 1;
+                loop {
+                    let mut request = tonic::Request::new(request.clone());
+                    if let Some(token) = &self.inner.config.auth_token {
+                        request.metadata_mut().insert("authorization", token.0.clone());
+                    }
+                    let result = rpc(self.grpc(), request).await;
+                    match &result {
+                        Err(status) if tried < endpoints && got_no_answer(&CallError::Inner(status.clone())) => {
+                            tracing::debug!(%status, "no answer from this endpoint; trying the next");
+                            self.fresh_connection();
+                            tried += 1;
+                        }
+                        _ => return result,
+                    }
                 }
-                rpc(self.grpc(), request)
             });
             let result = match tokio::time::timeout_at(deadline, call).await {
                 Ok(result) => result,
