@@ -73,6 +73,31 @@ async fn a_killed_leader_is_replaced_by_the_standby_with_nothing_moved() {
     });
     let before = owners(addr).await;
 
+    // The standby: alive, not serving the services, and naming the leader.
+    let standby =
+        tonic::transport::Endpoint::from_shared(format!("http://{listen_b}")).unwrap().connect().await.unwrap();
+    let health = |service: &str| {
+        let mut h = tonic_health::pb::health_client::HealthClient::new(standby.clone());
+        let request = tonic_health::pb::HealthCheckRequest { service: service.to_owned() };
+        async move { h.check(request).await.unwrap().into_inner().status }
+    };
+    use tonic_health::pb::health_check_response::ServingStatus;
+    assert_eq!(health("").await, ServingStatus::Serving as i32);
+    assert_eq!(health("orchestrator.v1.WorkerService").await, ServingStatus::NotServing as i32);
+    assert_eq!(health("orchestrator.v1.AdminService").await, ServingStatus::NotServing as i32);
+    let e = orchestrator_proto::v1::admin_service_client::AdminServiceClient::new(standby.clone())
+        .list_workers(orchestrator_proto::v1::ListWorkersRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unavailable);
+    use tonic_types::StatusExt;
+    assert_eq!(e.get_error_details().error_info().map(|i| i.reason.clone()).as_deref(), Some("NOT_LEADER"));
+    assert_eq!(
+        e.metadata().get("orchestrator-leader").and_then(|v| v.to_str().ok()),
+        Some(format!("http://{listen_a}").as_str()),
+        "{e:?}"
+    );
+
     // SIGKILL the leader: the standby takes over once the lease expires.
     let killed = Instant::now();
     a.kill();
@@ -129,4 +154,39 @@ fn a_deposed_leaders_writes_are_refused_and_one_replica_leads() {
     new.commit(&[batch(3)]).expect("the new leader writes");
     let ids: Vec<i64> = new.load().unwrap().state.streams.iter().map(|s| s.stream_id).collect();
     assert_eq!(ids, vec![1, 3], "nothing of the deposed leader's late commit was written");
+}
+
+#[tokio::test]
+async fn losing_postgresql_makes_the_leader_step_down_and_lead_again_when_it_returns() {
+    let Some(cluster) = TestCluster::start() else { return };
+    let url = cluster.database("outage");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let addr: std::net::SocketAddr = listen.parse().unwrap();
+    let a = replica(&url, &listen, "orchestrator serving");
+    fixtures::add_streams(addr, 1..=10).await;
+    let dir = tempfile::tempdir().unwrap();
+    let worker = client_builder(&format!("http://{listen}"), "w0", &dir.path().join("w0.db"))
+        .max_streams(10)
+        .build()
+        .await
+        .unwrap();
+    worker.start().await.unwrap();
+    eventually!(Duration::from_secs(10), worker.leases().borrow().len() == 10);
+    let before = owners(addr).await;
+
+    // PostgreSQL down: the leader gives up within its lease and stays up as
+    // a follower; the worker rides it out in local mode with its streams.
+    cluster.stop().unwrap();
+    let stepped = a.wait_log(Duration::from_secs(10), |l| l.contains("back to standby"));
+    assert!(stepped.is_ok(), "{stepped:?}");
+    eventually!(Duration::from_secs(10), worker.health_check().await.mode == Mode::Local);
+    assert_eq!(worker.leases().borrow().len(), 10, "local mode keeps the streams");
+
+    // PostgreSQL back: the same process leads again, nothing moved.
+    cluster.start_server().unwrap();
+    let led = a.wait_log(Duration::from_secs(15), |l| l.contains("orchestrator serving"));
+    assert!(led.is_ok(), "{led:?}");
+    eventually!(Duration::from_secs(10), worker.health_check().await.mode == Mode::Normal);
+    eventually!(Duration::from_secs(5), owners(addr).await == before);
+    worker.shutdown().await;
 }

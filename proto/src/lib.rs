@@ -65,6 +65,11 @@ pub const METADATA_SERVER_ID: &str = "server_id";
 /// long to wait before retrying an `UNAVAILABLE` answer.
 pub const RETRY_PUSHBACK_HEADER: &str = "grpc-retry-pushback-ms";
 
+/// The trailing metadata in which a replica that does not lead names the
+/// leader's advertised address (with reason
+/// [`NOT_LEADER`](reason::NOT_LEADER)), when it knows one.
+pub const LEADER_HEADER: &str = "orchestrator-leader";
+
 /// The `reason` values of the orchestrator's `google.rpc.ErrorInfo`.
 ///
 /// The three session reasons come with code `FAILED_PRECONDITION` on any
@@ -90,12 +95,18 @@ pub mod reason {
     /// after at least that long, with backoff.
     pub const OVERLOADED: &str = "OVERLOADED";
 
+    /// This replica does not lead (it is a standby, or it stepped down):
+    /// code `UNAVAILABLE`, with the leader's address in the
+    /// [`LEADER_HEADER`](crate::LEADER_HEADER) trailer when known. Call the
+    /// leader instead; not a failure of the orchestrator.
+    pub const NOT_LEADER: &str = "NOT_LEADER";
+
     /// The reasons that mean "this session is no longer valid: register
     /// again".
     pub const SESSION_REASONS: &[&str] = &[SESSION_FENCED, SESSION_EXPIRED, SESSION_UNKNOWN];
 
     /// Every reason the orchestrator uses.
-    pub const ALL: &[&str] = &[SESSION_FENCED, SESSION_EXPIRED, SESSION_UNKNOWN, OVERLOADED];
+    pub const ALL: &[&str] = &[SESSION_FENCED, SESSION_EXPIRED, SESSION_UNKNOWN, OVERLOADED, NOT_LEADER];
 
     /// Whether `reason` is one of the session reasons, after which the
     /// worker must register again.

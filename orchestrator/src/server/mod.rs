@@ -16,6 +16,7 @@
 
 mod admission;
 mod incoming;
+pub mod replica;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -233,11 +234,14 @@ pub struct Environment {
     pub store: StoreDriver,
     /// The wall clock (see [`ServiceConfig::wall_clock`]).
     pub wall_clock: fn() -> SystemTime,
+    /// The credentials to check (`None`: made from `config.security`); a
+    /// replica shares one across its terms, so a SIGHUP reload holds.
+    pub authenticator: Option<Arc<Authenticator>>,
 }
 
 impl Default for Environment {
     fn default() -> Self {
-        Self { store: StoreDriver::Thread, wall_clock: SystemTime::now }
+        Self { store: StoreDriver::Thread, wall_clock: SystemTime::now, authenticator: None }
     }
 }
 
@@ -290,7 +294,10 @@ impl<L: Listener> OrchestratorServer<L> {
         env: Environment,
     ) -> Result<Self, ServeError> {
         let tls = config.security.tls.as_ref().map(TlsFiles::server_config).transpose()?;
-        let auth = Arc::new(authenticator(&config.security)?);
+        let auth = match &env.authenticator {
+            Some(auth) => Arc::clone(auth),
+            None => Arc::new(authenticator(&config.security)?),
+        };
         let (handle, store_runner, loaded) = match env.store {
             StoreDriver::Thread => {
                 let (store, loaded) = tokio::task::spawn_blocking(move || store.load().map(|loaded| (store, loaded)))
@@ -514,7 +521,11 @@ impl Orchestrator {
 }
 
 /// The authenticator `security` asks for; logs what it accepts.
-fn authenticator(security: &Security) -> Result<Authenticator, ServeError> {
+///
+/// # Errors
+///
+/// [`ServeError::Auth`] for an auth file that cannot be used.
+pub fn authenticator(security: &Security) -> Result<Authenticator, ServeError> {
     let certificates = security.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
     let tokens = match &security.auth_file {
         Some(path) => {

@@ -685,6 +685,26 @@ impl ResilientWorkerClient {
         }
     }
 
+    /// Calls go to `url` from now on (the leader a standby named): one of
+    /// the endpoints, or an address the client was not given.
+    fn switch_to(&self, url: &str) {
+        let endpoints = &self.inner.config.endpoints;
+        let known = endpoints.iter().position(|e| e.trim_end_matches('/') == url.trim_end_matches('/'));
+        match self.inner.config.connector.0.connect(known.map_or(url, |i| endpoints[i].as_str())) {
+            Ok(channel) => {
+                *self.inner.grpc.lock().unwrap_or_else(|p| p.into_inner()) = WorkerServiceClient::new(channel);
+                if let Some(i) = known {
+                    self.inner.endpoint.store(i, Ordering::Release);
+                }
+                tracing::info!(leader = %url, "following the leader's address");
+            }
+            Err(e) => {
+                tracing::warn!(leader = %url, error = %e, "cannot connect to the leader named; trying the next endpoint");
+                self.fresh_connection();
+            }
+        }
+    }
+
     /// Publishes the lease set the application may process.
     fn publish(&self, core: &Core) {
         *self.inner.view.lock().unwrap_or_else(|p| p.into_inner()) = CoreView::of(core);

@@ -60,9 +60,24 @@ fn got_no_answer(e: &CallError<Status>) -> bool {
         CallError::Inner(status) => {
             matches!(grpc::status_code(status), Code::Unavailable | Code::DeadlineExceeded)
                 && grpc::pushback(status.metadata().as_ref()).is_none()
+                && not_leader(status).is_none()
         }
         _ => false,
     }
+}
+
+/// `Some(hint)` when the answer is NOT_LEADER (a standby replica), with the
+/// leader's address if it named one.
+fn not_leader(status: &Status) -> Option<Option<String>> {
+    let info = status.get_error_details().error_info()?.clone();
+    (info.reason == orchestrator_proto::reason::NOT_LEADER).then(|| {
+        status
+            .metadata()
+            .get(orchestrator_proto::LEADER_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+            .or_else(|| info.metadata.get("leader").cloned())
+    })
 }
 
 fn is_session_error(status: &Status) -> bool {
@@ -92,7 +107,10 @@ impl ResilientWorkerClient {
         let m = &self.inner.metrics;
         m.total.fetch_add(1, Ordering::Relaxed);
         let breaker = &self.inner.breaker;
-        let is_failure = |s: &Status| !too_large(s) && grpc::breaker_outcome(grpc::status_code(s)) == Outcome::Failure;
+        // NOT_LEADER is an answer about where to call, not an outage.
+        let is_failure = |s: &Status| {
+            !too_large(s) && grpc::breaker_outcome(grpc::status_code(s)) == Outcome::Failure && not_leader(s).is_none()
+        };
         let classify = CallError::retry_action(|s: &Status| {
             if too_large(s) { resilience::RetryAction::DoNotRetry } else { grpc::retry_action(s) }
         });
@@ -120,6 +138,19 @@ impl ResilientWorkerClient {
                     }
                     let result = rpc(self.grpc(), request).await;
                     match &result {
+                        // A standby: to the leader it names, at once (or the
+                        // next endpoint if it names none).
+                        Err(status)
+                            if tried <= endpoints
+                                && let Some(hint) = not_leader(status) =>
+                        {
+                            tracing::debug!(leader = ?hint, "this replica does not lead; moving on");
+                            match hint {
+                                Some(leader) => self.switch_to(&leader),
+                                None => self.fresh_connection(),
+                            }
+                            tried += 1;
+                        }
                         Err(status) if tried < endpoints && got_no_answer(&CallError::Inner(status.clone())) => {
                             tracing::debug!(%status, "no answer from this endpoint; trying the next");
                             self.fresh_connection();

@@ -245,7 +245,7 @@ impl ServeArgs {
     }
 
     /// The PostgreSQL settings, when --database is a PostgreSQL URL.
-    fn postgres(&self) -> Result<Option<Postgres>, String> {
+    fn postgres(&self) -> Result<Option<orchestrator::server::replica::ReplicaConfig>, String> {
         if !is_postgres(&self.database) {
             return Ok(None);
         }
@@ -259,7 +259,7 @@ impl ServeArgs {
             ));
         }
         let scheme = if self.tls_cert.is_some() { "https" } else { "http" };
-        Ok(Some(Postgres {
+        Ok(Some(orchestrator::server::replica::ReplicaConfig {
             url: self.database.clone(),
             timings: orchestrator::store::leader::LeaseTimings { lease: self.leader_lease, margin: self.leader_margin },
             advertise: self.advertise.clone().unwrap_or_else(|| format!("{scheme}://{}", self.listen)),
@@ -362,61 +362,37 @@ async fn serve(args: ServeArgs) -> ExitCode {
     // does not end the process.
     #[cfg(unix)]
     let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
-    let (server, keeper) = if let Some(pg) = postgres {
-        match lead(config, pg).await {
-            Ok(Some(led)) => led,
-            Ok(None) => return ExitCode::SUCCESS, // stopped while a standby
+    // A replica on PostgreSQL: follower and leader terms on one listener.
+    if let Some(replica) = postgres {
+        let auth = match orchestrator::server::authenticator(&config.security) {
+            Ok(a) => std::sync::Arc::new(a),
             Err(e) => {
-                tracing::error!("{e}");
                 eprintln!("error: {e}");
                 return ExitCode::FAILURE;
             }
-        }
-    } else {
-        match OrchestratorServer::bind(config).await {
-            Ok(s) => (s, None),
+        };
+        #[cfg(unix)]
+        reload_on(hangups, std::sync::Arc::clone(&auth), reload_on_sighup);
+        return match orchestrator::server::replica::serve_replica(config, replica, auth, shutdown_signal()).await {
+            Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 tracing::error!("{e}");
                 eprintln!("error: {e}");
-                return ExitCode::FAILURE;
+                ExitCode::FAILURE
             }
+        };
+    }
+    let server = match OrchestratorServer::bind(config).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
         }
     };
-    // SIGHUP reads the auth file again; without one it is logged and
-    // ignored (not the default action, which would end the process).
     #[cfg(unix)]
-    {
-        let auth = server.authenticator();
-        match hangups {
-            Ok(mut hangups) => {
-                tokio::spawn(async move {
-                    while hangups.recv().await.is_some() {
-                        if !reload_on_sighup {
-                            tracing::info!("SIGHUP ignored: there is no --auth-file to read again");
-                            continue;
-                        }
-                        match auth.reload() {
-                            Ok(c) => tracing::info!(
-                                admins = c.admins(),
-                                workers = c.workers(),
-                                "SIGHUP: auth file read again; the new credentials are in force"
-                            ),
-                            Err(e) => tracing::error!("SIGHUP: {e}; the previous credentials stay in force"),
-                        }
-                    }
-                });
-            }
-            Err(e) => tracing::warn!("cannot listen for SIGHUP ({e}): the auth file is read only at start"),
-        }
-    }
-    let result = server.serve(shutdown_signal()).await;
-    if let Some(keeper) = keeper {
-        // A clean stop hands over at once; after a failure the lease
-        // expires by itself.
-        let release = result.is_ok();
-        let _ = tokio::task::spawn_blocking(move || keeper.stop(release)).await;
-    }
-    match result {
+    reload_on(hangups, server.authenticator(), reload_on_sighup);
+    match server.serve(shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
@@ -425,113 +401,40 @@ async fn serve(args: ServeArgs) -> ExitCode {
     }
 }
 
+/// SIGHUP reads the auth file again; without one it is logged and ignored
+/// (not the default action, which would end the process).
+#[cfg(unix)]
+fn reload_on(
+    hangups: std::io::Result<tokio::signal::unix::Signal>,
+    auth: std::sync::Arc<orchestrator::auth::Authenticator>,
+    reload: bool,
+) {
+    match hangups {
+        Ok(mut hangups) => {
+            tokio::spawn(async move {
+                while hangups.recv().await.is_some() {
+                    if !reload {
+                        tracing::info!("SIGHUP ignored: there is no --auth-file to read again");
+                        continue;
+                    }
+                    match auth.reload() {
+                        Ok(c) => tracing::info!(
+                            admins = c.admins(),
+                            workers = c.workers(),
+                            "SIGHUP: auth file read again; the new credentials are in force"
+                        ),
+                        Err(e) => tracing::error!("SIGHUP: {e}; the previous credentials stay in force"),
+                    }
+                }
+            });
+        }
+        Err(e) => tracing::warn!("cannot listen for SIGHUP ({e}): the auth file is read only at start"),
+    }
+}
+
 fn is_postgres(database: &str) -> bool {
     let lower = database.to_ascii_lowercase();
     lower.starts_with("postgres://") || lower.starts_with("postgresql://")
-}
-
-/// The PostgreSQL side of `serve`.
-#[derive(Debug)]
-struct Postgres {
-    url: String,
-    timings: orchestrator::store::leader::LeaseTimings,
-    advertise: String,
-}
-
-/// With PostgreSQL: connects (migrating the schema), waits as a standby
-/// until this replica wins the leader lease, then loads the state and binds
-/// the listener. `Ok(None)`: stopped (SIGTERM, ctrl-c) while waiting.
-async fn lead(
-    mut config: ServerConfig,
-    pg: Postgres,
-) -> Result<Option<(OrchestratorServer, Option<orchestrator::store::leader::Keeper>)>, String> {
-    use orchestrator::store::PostgresStore;
-    use orchestrator::store::leader::{Election, Leadership};
-    let joined = |e: tokio::task::JoinError| e.to_string();
-    let url = pg.url.clone();
-    let store = tokio::task::spawn_blocking(move || PostgresStore::connect(&url))
-        .await
-        .map_err(joined)?
-        .map_err(|e| e.to_string())?;
-    let holder = format!("{}-{}-{:08x}", hostname(), std::process::id(), fastrand::u32(..));
-    let (url, advertise, timings) = (pg.url.clone(), pg.advertise.clone(), pg.timings);
-    let id = holder.clone();
-    let mut leadership = tokio::task::spawn_blocking(move || Leadership::connect(&url, &id, &advertise, timings))
-        .await
-        .map_err(joined)??;
-    let shutdown = shutdown_signal();
-    tokio::pin!(shutdown);
-    let mut seen = None;
-    let (epoch, started) = loop {
-        let (back, result) = tokio::task::spawn_blocking(move || {
-            let result = leadership.try_acquire();
-            (leadership, result)
-        })
-        .await
-        .map_err(joined)?;
-        leadership = back;
-        match result {
-            Ok(Election::Won { epoch, started }) => break (epoch, started),
-            Ok(Election::Lost(h)) => {
-                if seen.as_ref() != Some(&(h.holder.clone(), h.epoch)) {
-                    tracing::info!(
-                        leader = %h.holder,
-                        leader_address = %h.address,
-                        epoch = h.epoch,
-                        "standby: another replica leads; taking over when its lease expires (in {} ms unless renewed)",
-                        h.expires_in_ms.max(0)
-                    );
-                    seen = Some((h.holder, h.epoch));
-                }
-            }
-            Err(e) => tracing::warn!("leader election failed ({e}); retrying"),
-        }
-        tokio::select! {
-            () = tokio::time::sleep(timings.renew_every()) => {}
-            () = &mut shutdown => return Ok(None),
-        }
-    };
-    tracing::info!(epoch, holder = %holder, address = %pg.advertise, "elected leader; loading the state from PostgreSQL");
-    // Renewing starts now, while the state loads; a loss before the server
-    // exists is kept and applied as soon as it does.
-    let slot: std::sync::Arc<std::sync::Mutex<(Option<orchestrator::service::Orchestrator>, Option<String>)>> =
-        Default::default();
-    let on_lost = {
-        let slot = std::sync::Arc::clone(&slot);
-        move |why: String| {
-            let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
-            match &slot.0 {
-                Some(o) => o.step_down(&why),
-                None => slot.1 = Some(why),
-            }
-        }
-    };
-    let keeper = leadership.keep(epoch, started, on_lost);
-    let store = store.fenced(&holder, epoch);
-    config.database = PathBuf::from(orchestrator::store::redact_url(&pg.url));
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
-    let server = OrchestratorServer::with_store(config, store, listener, orchestrator::server::Environment::default())
-        .await
-        .map_err(|e| e.to_string())?;
-    {
-        let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
-        slot.0 = Some(server.orchestrator().clone());
-        if let Some(why) = slot.1.take() {
-            server.orchestrator().step_down(&why);
-        }
-    }
-    Ok(Some((server, Some(keeper))))
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "orchestrator".to_owned())
 }
 
 /// A command line clap refused. With `--json` (and not `serve`) the error
