@@ -43,39 +43,18 @@ async fn owners(addr: std::net::SocketAddr) -> BTreeMap<i64, (String, u64)> {
 }
 
 #[tokio::test]
-async fn a_killed_leader_is_replaced_by_the_standby_with_nothing_moved() {
+async fn a_killed_leader_is_replaced_by_a_standby_with_nothing_moved_or_lost() {
     let Some(cluster) = TestCluster::start() else { return };
     let url = cluster.database("ha");
-    let (listen_a, listen_b) = (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
-    let addr: std::net::SocketAddr = listen_a.parse().unwrap();
-    let addr_b: std::net::SocketAddr = listen_b.parse().unwrap();
-    let mut a = replica(&url, &listen_a, "orchestrator serving");
-    let b = replica(&url, &listen_b, "standby: another replica leads");
+    let listens: Vec<String> = (0..3).map(|_| format!("127.0.0.1:{}", free_port())).collect();
+    let addrs: Vec<std::net::SocketAddr> = listens.iter().map(|l| l.parse().unwrap()).collect();
+    let mut a = replica(&url, &listens[0], "orchestrator serving");
+    let standbys: Vec<LoggedProcess> =
+        listens[1..].iter().map(|l| replica(&url, l, "standby: another replica leads")).collect();
 
-    fixtures::add_streams(addr, 1..=30).await;
-    let dir = tempfile::tempdir().unwrap();
-    // Both replicas, as a fleet would be configured: the standby listens
-    // only once it leads, so until then it refuses connections.
-    let url_http = format!("http://{listen_b}, http://{listen_a}");
-    let mut workers = Vec::new();
-    for i in 0..3 {
-        let client = client_builder(&url_http, &format!("w{i}"), &dir.path().join(format!("w{i}.db")))
-            .max_streams(10)
-            .build()
-            .await
-            .unwrap();
-        client.start().await.unwrap();
-        workers.push(client);
-    }
-    eventually!(Duration::from_secs(10), {
-        let held: usize = workers.iter().map(|w| w.leases().borrow().len()).sum();
-        held == 30 && owners(addr).await.len() == 30
-    });
-    let before = owners(addr).await;
-
-    // The standby: alive, not serving the services, and naming the leader.
+    // The standby answers health, refuses the services and names the leader.
     let standby =
-        tonic::transport::Endpoint::from_shared(format!("http://{listen_b}")).unwrap().connect().await.unwrap();
+        tonic::transport::Endpoint::from_shared(format!("http://{}", listens[1])).unwrap().connect().await.unwrap();
     let health = |service: &str| {
         let mut h = tonic_health::pb::health_client::HealthClient::new(standby.clone());
         let request = tonic_health::pb::HealthCheckRequest { service: service.to_owned() };
@@ -92,19 +71,59 @@ async fn a_killed_leader_is_replaced_by_the_standby_with_nothing_moved() {
     assert_eq!(e.code(), tonic::Code::Unavailable);
     use tonic_types::StatusExt;
     assert_eq!(e.get_error_details().error_info().map(|i| i.reason.clone()).as_deref(), Some("NOT_LEADER"));
-    assert_eq!(
-        e.metadata().get("orchestrator-leader").and_then(|v| v.to_str().ok()),
-        Some(format!("http://{listen_a}").as_str()),
-        "{e:?}"
-    );
+    let leader_a = format!("http://{}", listens[0]);
+    assert_eq!(e.metadata().get("orchestrator-leader").and_then(|v| v.to_str().ok()), Some(leader_a.as_str()));
 
-    // SIGKILL the leader: the standby takes over once the lease expires.
+    // 10 workers, 200 streams, every worker given all three addresses
+    // (standbys first: they are told where the leader is).
+    fixtures::add_streams(addrs[0], 1..=200).await;
+    let dir = tempfile::tempdir().unwrap();
+    let endpoints: Vec<String> = listens.iter().rev().map(|l| format!("http://{l}")).collect();
+    let mut workers = Vec::new();
+    for i in 0..10 {
+        let builder = client_builder(&endpoints.join(","), &format!("w{i}"), &dir.path().join(format!("w{i}.db")))
+            .max_streams(40);
+        workers.push(fixtures::SimWorker::start(builder, Duration::from_millis(50)).await);
+    }
+    eventually!(Duration::from_secs(20), {
+        let held: usize = workers.iter().map(|w| w.leases().len()).sum();
+        held == 200 && owners(addrs[0]).await.len() == 200
+    });
+    let before = owners(addrs[0]).await;
+
+    // The admin CLI, given only a standby, follows it to the leader.
+    let out = Command::new(BIN).args(["--addr", &format!("http://{}", listens[1]), "workers"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("w9"), "{text} {}", String::from_utf8_lossy(&out.stderr));
+
+    // What the leader acknowledged (committed) before it dies.
+    let stored = |url: String, ids: Vec<String>| {
+        tokio::task::spawn_blocking(move || {
+            let mut store = PostgresStore::connect(&url).unwrap();
+            ids.iter()
+                .map(|id| store.records_of(id).unwrap().iter().map(|r| r.0).collect::<Vec<u64>>())
+                .collect::<Vec<_>>()
+        })
+    };
+    let ids: Vec<String> = workers.iter().map(|w| w.id.clone()).collect();
+    eventually!(Duration::from_secs(10), stored(url.clone(), ids.clone()).await.unwrap().iter().all(|r| !r.is_empty()));
+    let before_kill = stored(url.clone(), ids.clone()).await.unwrap();
+
+    // SIGKILL the leader: a standby takes over once the lease expires.
     let killed = Instant::now();
     a.kill();
-    let took_over = b.wait_log(Duration::from_secs(10), |l| l.contains("orchestrator serving"));
-    assert!(took_over.is_ok(), "the standby did not take over: {took_over:?}");
+    let deadline = Instant::now() + fixtures::patient(Duration::from_secs(10));
+    let new_leader = loop {
+        let found = standbys
+            .iter()
+            .position(|s| s.wait_log(Duration::from_millis(20), |l| l.contains("orchestrator serving")).is_ok());
+        if let Some(i) = found {
+            break i + 1;
+        }
+        assert!(Instant::now() < deadline, "no standby took over");
+    };
     let failover = killed.elapsed();
-    // Lease (1 s) + one renewal interval (200 ms) + loading and binding.
+    // Lease (1 s) + one renewal interval (200 ms), plus loading and binding.
     assert!(failover <= fixtures::patient(Duration::from_secs(3)), "failover took {failover:?}");
 
     // Every worker back in normal mode, and nothing moved: the same owner
@@ -112,16 +131,29 @@ async fn a_killed_leader_is_replaced_by_the_standby_with_nothing_moved() {
     eventually!(Duration::from_secs(10), {
         let mut normal = true;
         for w in &workers {
-            normal &= w.health_check().await.mode == Mode::Normal;
+            normal &= w.client.health_check().await.mode == Mode::Normal;
         }
         normal
     });
-    eventually!(Duration::from_secs(5), owners(addr_b).await == before);
-    for w in &workers {
-        assert_eq!(w.leases().borrow().len(), 10);
+    eventually!(Duration::from_secs(5), owners(addrs[new_leader]).await == before);
+    // Nothing lost: every record acknowledged before the kill is still
+    // there, uploads go on through the new leader, and nothing is stored
+    // that a worker did not make, or twice.
+    eventually!(Duration::from_secs(10), {
+        let now = stored(url.clone(), ids.clone()).await.unwrap();
+        now.iter().zip(&before_kill).all(|(n, b)| n.len() > b.len())
+    });
+    let after = stored(url.clone(), ids.clone()).await.unwrap();
+    for ((w, before), after) in workers.iter().zip(&before_kill).zip(&after) {
+        let made: std::collections::BTreeSet<u64> = w.acked.lock().unwrap().iter().copied().collect();
+        assert!(before.iter().all(|s| after.contains(s)), "{}: a record acknowledged before the kill is missing", w.id);
+        assert!(after.iter().all(|s| made.contains(s)), "{}: a record nobody made is stored", w.id);
+        assert!(after.windows(2).all(|p| p[0] < p[1]), "{}: stored once each", w.id);
+    }
+    for w in workers {
         w.shutdown().await;
     }
-    drop(b);
+    drop(standbys);
     eprintln!("failover (kill to serving): {failover:?}");
 }
 

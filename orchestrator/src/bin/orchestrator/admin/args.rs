@@ -18,7 +18,8 @@ const MAX_IDS_PER_COMMAND: usize = 1_000_000;
 #[derive(Debug, Clone, clap::Args)]
 #[command(next_help_heading = "Admin commands (ignored by serve)")]
 pub(crate) struct AdminArgs {
-    /// Address of the orchestrator's gRPC endpoint.
+    /// Address of the orchestrator's gRPC endpoint; several replicas
+    /// comma-separated (the command goes to the one that leads).
     #[arg(long, global = true, env = "ORCHESTRATOR_ADDR", default_value = "http://127.0.0.1:50051")]
     pub(crate) addr: String,
     /// Print machine-readable JSON instead of a table.

@@ -40,9 +40,55 @@ fn read_pem(flag: &str, path: &std::path::Path) -> Result<Vec<u8>, AdminError> {
     Ok(pem)
 }
 
-/// Connects to `args.addr` within `args.timeout`.
+/// Connects to the orchestrator that leads: `args.addr` may name several
+/// replicas (comma-separated); each is tried in turn, and a replica that
+/// answers NOT_LEADER with the leader's address sends the command there.
 pub(super) async fn connect(args: &AdminArgs) -> Result<Client, AdminError> {
-    let addr = args.addr.as_str();
+    let mut queue: std::collections::VecDeque<String> =
+        args.addr.split(',').map(str::trim).filter(|a| !a.is_empty()).map(str::to_owned).collect();
+    if queue.is_empty() {
+        return Err(AdminError::InvalidAddr { addr: args.addr.clone(), why: "no address given".to_owned() });
+    }
+    let single = queue.len() == 1;
+    let mut hops = 0;
+    let mut last = None;
+    while let Some(addr) = queue.pop_front() {
+        let mut client = match connect_one(args, &addr).await {
+            Ok(c) => c,
+            Err(e) if single || matches!(e, AdminError::InvalidAddr { .. } | AdminError::Usage(_)) => return Err(e),
+            Err(e) => {
+                last = Some(e);
+                continue;
+            }
+        };
+        // Which replica leads: one cheap call. Any other answer (an error
+        // included) is left to the command itself to report.
+        match client.get_cluster_status(orchestrator_proto::v1::GetClusterStatusRequest {}).await {
+            Err(status) if is_not_leader(&status) => {
+                let hint = status.metadata().get(orchestrator_proto::LEADER_HEADER).and_then(|v| v.to_str().ok());
+                match hint {
+                    Some(leader) if hops < 3 && leader != addr => {
+                        hops += 1;
+                        queue.push_front(leader.to_owned());
+                    }
+                    _ => {}
+                }
+                last = Some(rpc_error(&addr, "GetClusterStatus")(status));
+            }
+            _ => return Ok(client),
+        }
+    }
+    Err(last
+        .unwrap_or_else(|| AdminError::Unreachable { addr: args.addr.clone(), cause: "no replica answered".into() }))
+}
+
+fn is_not_leader(status: &tonic::Status) -> bool {
+    use tonic_types::StatusExt;
+    status.get_error_details().error_info().is_some_and(|i| i.reason == orchestrator_proto::reason::NOT_LEADER)
+}
+
+/// Connects to `addr` within `args.timeout`.
+async fn connect_one(args: &AdminArgs, addr: &str) -> Result<Client, AdminError> {
     let invalid = |why: String| AdminError::InvalidAddr { addr: addr.to_owned(), why };
     let lower = addr.to_ascii_lowercase();
     let https = lower.starts_with("https://");
