@@ -222,3 +222,42 @@ async fn losing_postgresql_makes_the_leader_step_down_and_lead_again_when_it_ret
     eventually!(Duration::from_secs(5), owners(addr).await == before);
     worker.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_paused_leader_resumed_after_losing_its_lease_steps_down() {
+    let Some(cluster) = TestCluster::start() else { return };
+    let url = cluster.database("paused");
+    let (listen_a, listen_b) = (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
+    let mut a = replica(&url, &listen_a, "orchestrator serving");
+    let b = replica(&url, &listen_b, "standby: another replica leads");
+    let addr_b: std::net::SocketAddr = listen_b.parse().unwrap();
+    fixtures::add_streams(listen_a.parse().unwrap(), 1..=10).await;
+    let dir = tempfile::tempdir().unwrap();
+    let worker = client_builder(&format!("http://{listen_a},http://{listen_b}"), "w0", &dir.path().join("w0.db"))
+        .max_streams(10)
+        .build()
+        .await
+        .unwrap();
+    worker.start().await.unwrap();
+    eventually!(Duration::from_secs(10), worker.leases().borrow().len() == 10);
+
+    // SIGSTOP the leader past its lease: the standby takes over.
+    let pid = a.child().id().to_string();
+    assert!(Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
+    let took_over = b.wait_log(Duration::from_secs(10), |l| l.contains("orchestrator serving"));
+    assert!(took_over.is_ok(), "{took_over:?}");
+    eventually!(Duration::from_secs(10), worker.health_check().await.mode == Mode::Normal);
+    let with_b = owners(addr_b).await;
+    assert_eq!(with_b.len(), 10);
+
+    // Resumed: it finds its lease gone, steps down and becomes a standby;
+    // it changes nothing (its writes would be refused by the epoch).
+    assert!(Command::new("kill").args(["-CONT", &pid]).status().unwrap().success());
+    let down = a.wait_log(Duration::from_secs(10), |l| l.contains("standby: another replica leads"));
+    assert!(down.is_ok(), "{down:?}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(owners(addr_b).await, with_b, "nothing moved");
+    assert_eq!(worker.health_check().await.mode, Mode::Normal);
+    worker.shutdown().await;
+    a.kill();
+}

@@ -5,6 +5,7 @@
 //! orchestrator-load heartbeat --target http://127.0.0.1:50051 --workers 1000
 //! orchestrator-load compare            # orchestrator vs a bare tonic echo server, same payload
 //! orchestrator-load compare --security # plaintext vs TLS vs tokens vs TLS + tokens
+//! orchestrator-load compare --postgres postgres://user@host/db   # SQLite vs PostgreSQL
 //! orchestrator-load scale --workers 10000 --streams 500000
 //! orchestrator-load storm --workers 1000
 //! ```
@@ -104,6 +105,11 @@ struct CompareArgs {
     /// security on heartbeat throughput).
     #[arg(long)]
     security: bool,
+    /// Instead of the echo comparison: the orchestrator on SQLite and on
+    /// this PostgreSQL database (an empty one: the schema is created),
+    /// side by side.
+    #[arg(long, value_name = "URL", conflicts_with = "security")]
+    postgres: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -463,6 +469,9 @@ async fn compare(args: CompareArgs) -> Result<(), Error> {
     if args.security {
         return compare_security(args).await;
     }
+    if let Some(url) = args.postgres.clone() {
+        return compare_postgres(args, url).await;
+    }
     let load = args.load;
     let per_worker = (args.streams as usize).div_ceil(load.workers.max(1)) as u32 + 1;
     let engine = EngineConfig { max_streams_limit: per_worker.max(10_000), ..EngineConfig::default() };
@@ -497,6 +506,69 @@ async fn compare(args: CompareArgs) -> Result<(), Error> {
     );
     let _ = orch.stop.send(());
     let _ = orch.done.await;
+    Ok(())
+}
+
+/// The same heartbeat load on the orchestrator with SQLite and with
+/// PostgreSQL, one after the other in one run.
+async fn compare_postgres(args: CompareArgs, url: String) -> Result<(), Error> {
+    let load = args.load;
+    let per_worker = (args.streams as usize).div_ceil(load.workers.max(1)) as u32 + 1;
+    let engine = EngineConfig { max_streams_limit: per_worker.max(10_000), ..EngineConfig::default() };
+    let dir = tempfile::Builder::new().prefix("orchestrator-load-").tempdir()?;
+    let none = Access::default();
+    let mut rows = Vec::new();
+    for label in ["sqlite", "postgres"] {
+        let config = ServerConfig {
+            listen: "127.0.0.1:0".parse()?,
+            database: dir.path().join("orchestrator.db"),
+            engine: engine.clone(),
+            max_concurrent_requests: 100_000,
+            drain_timeout: Duration::from_millis(200),
+            ..ServerConfig::default()
+        };
+        let server = if label == "sqlite" {
+            OrchestratorServer::bind(config).await?
+        } else {
+            let u = url.clone();
+            let store = tokio::task::spawn_blocking(move || orchestrator::store::PostgresStore::connect(&u)).await??;
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            OrchestratorServer::with_store(config, store, listener, orchestrator::server::Environment::default())
+                .await?
+        };
+        let addr = server.local_addr()?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let done = tokio::spawn(async move {
+            let _ = server
+                .serve(async {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        let orch_url = format!("http://{addr}");
+        add_streams(&orch_url, args.streams, &none).await?;
+        let ch = channels(&orch_url, load.connections, &none).await?;
+        let sessions = Arc::new(register_all(&ch, load.workers, per_worker, &none).await?);
+        let serial = Load { concurrency: 1, ..load.clone() };
+        let s = drive(&ch, Arc::clone(&sessions), &serial, &format!("{label} serial"), &none).await;
+        let c = drive(&ch, sessions, &load, &format!("{label} x{}", load.concurrency), &none).await;
+        rows.push((label, s, c));
+        let _ = stop.send(());
+        let _ = done.await;
+    }
+    println!("\nheartbeat, {} workers, {} streams, {} connections", load.workers, args.streams, load.connections);
+    for (label, s, c) in &rows {
+        println!("{}", s.line(&format!("{label} serial")));
+        println!("{}", c.line(&format!("{label} concurrency {}", load.concurrency)));
+    }
+    let (q, p) = (&rows[0], &rows[1]);
+    println!(
+        "\nratios (postgres / sqlite): throughput x{}: {:.2}   serial p50: {:.2}   serial p99: {:.2}",
+        load.concurrency,
+        p.2.throughput() / q.2.throughput(),
+        percentile(&p.1.hist, 0.5).as_secs_f64() / percentile(&q.1.hist, 0.5).as_secs_f64(),
+        percentile(&p.1.hist, 0.99).as_secs_f64() / percentile(&q.1.hist, 0.99).as_secs_f64(),
+    );
     Ok(())
 }
 
