@@ -189,38 +189,59 @@ fn a_deposed_leaders_writes_are_refused_and_one_replica_leads() {
 }
 
 #[tokio::test]
-async fn losing_postgresql_makes_the_leader_step_down_and_lead_again_when_it_returns() {
+async fn losing_postgresql_makes_the_leader_step_down_and_service_resumes_when_it_returns() {
     let Some(cluster) = TestCluster::start() else { return };
     let url = cluster.database("outage");
-    let listen = format!("127.0.0.1:{}", free_port());
-    let addr: std::net::SocketAddr = listen.parse().unwrap();
-    let a = replica(&url, &listen, "orchestrator serving");
-    fixtures::add_streams(addr, 1..=10).await;
+    let (listen_a, listen_b) = (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
+    let addrs: Vec<std::net::SocketAddr> = vec![listen_a.parse().unwrap(), listen_b.parse().unwrap()];
+    let mut a = replica(&url, &listen_a, "orchestrator serving");
+    let mut b = replica(&url, &listen_b, "standby: another replica leads");
+    fixtures::add_streams(addrs[0], 1..=10).await;
     let dir = tempfile::tempdir().unwrap();
-    let worker = client_builder(&format!("http://{listen}"), "w0", &dir.path().join("w0.db"))
+    let worker = client_builder(&format!("http://{listen_a},http://{listen_b}"), "w0", &dir.path().join("w0.db"))
         .max_streams(10)
         .build()
         .await
         .unwrap();
     worker.start().await.unwrap();
     eventually!(Duration::from_secs(10), worker.leases().borrow().len() == 10);
-    let before = owners(addr).await;
+    let before = owners(addrs[0]).await;
 
     // PostgreSQL down: the leader gives up within its lease and stays up as
-    // a follower; the worker rides it out in local mode with its streams.
+    // a follower, the standby stays up too; the worker rides it out in
+    // local mode with its streams.
     cluster.stop().unwrap();
     let stepped = a.wait_log(Duration::from_secs(10), |l| l.contains("back to standby"));
     assert!(stepped.is_ok(), "{stepped:?}");
     eventually!(Duration::from_secs(10), worker.health_check().await.mode == Mode::Local);
     assert_eq!(worker.leases().borrow().len(), 10, "local mode keeps the streams");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(a.child().try_wait().unwrap(), None, "the old leader is still running");
+    assert_eq!(b.child().try_wait().unwrap(), None, "the standby is still running");
 
-    // PostgreSQL back: the same process leads again, nothing moved.
+    // PostgreSQL back: one of them leads again, nothing moved.
     cluster.start_server().unwrap();
-    let led = a.wait_log(Duration::from_secs(15), |l| l.contains("orchestrator serving"));
-    assert!(led.is_ok(), "{led:?}");
-    eventually!(Duration::from_secs(10), worker.health_check().await.mode == Mode::Normal);
-    eventually!(Duration::from_secs(5), owners(addr).await == before);
+    eventually!(Duration::from_secs(15), worker.health_check().await.mode == Mode::Normal);
+    let mut leader = None;
+    for addr in &addrs {
+        let e = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+        let ok = orchestrator_proto::v1::admin_service_client::AdminServiceClient::new(e)
+            .list_workers(orchestrator_proto::v1::ListWorkersRequest::default())
+            .await
+            .is_ok();
+        if ok {
+            leader = Some(*addr);
+        }
+    }
+    let leader = leader.expect("a replica leads");
+    eventually!(Duration::from_secs(5), owners(leader).await == before);
     worker.shutdown().await;
+    // SIGTERM the standby: it stops cleanly (its database client is
+    // dropped off the async runtime).
+    let follower = if leader == addrs[0] { &mut b } else { &mut a };
+    let pid = follower.child().id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert_eq!(follower.wait_exit(Duration::from_secs(10)), Some(0));
 }
 
 #[tokio::test]

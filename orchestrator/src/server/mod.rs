@@ -468,6 +468,7 @@ impl<L: Listener> OrchestratorServer<L> {
             .http2_keepalive_interval(config.keepalive_interval)
             .http2_keepalive_timeout(Some(config.keepalive_timeout))
             .layer(AuthLayer::new(auth))
+            .layer(StoppedLayer { fatal: orchestrator.fatal() })
             .layer(admission)
             .add_service(health)
             .add_optional_service(reflection_on.then_some(reflection))
@@ -563,4 +564,53 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         source = cause.source();
     }
     text
+}
+
+/// Once the orchestrator stopped serving (storage failed; a replica lost its
+/// lease), every call but health is answered UNAVAILABLE at once, on
+/// connections already open too: a deposed leader must not answer a
+/// heartbeat from memory while another replica leads.
+#[derive(Debug, Clone)]
+struct StoppedLayer {
+    fatal: tokio::sync::watch::Receiver<Option<String>>,
+}
+
+impl<S> tower::Layer<S> for StoppedLayer {
+    type Service = Stopped<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Stopped { inner, fatal: self.fatal.clone() }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Stopped<S> {
+    inner: S,
+    fatal: tokio::sync::watch::Receiver<Option<String>>,
+}
+
+impl<S> tower::Service<http::Request<tonic::body::Body>> for Stopped<S>
+where
+    S: tower::Service<http::Request<tonic::body::Body>, Response = http::Response<tonic::body::Body>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = S::Error;
+    type Future = std::pin::Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        let stopped = self.fatal.borrow().clone();
+        match stopped {
+            Some(reason) if !request.uri().path().starts_with("/grpc.health.v1.Health/") => {
+                let status = tonic::Status::unavailable(format!("this orchestrator stopped serving: {reason}"));
+                Box::pin(async move { Ok(status.into_http()) })
+            }
+            _ => Box::pin(self.inner.call(request)),
+        }
+    }
 }

@@ -18,7 +18,11 @@
 //! database is not fatal for a replica.
 //!
 //! Connections are accepted by one task and handed to the current term's
-//! server; a term's connections close when it ends, and clients reconnect.
+//! server (a new leader's term gets them from the moment it is elected,
+//! queued while the state loads). Connections opened in an earlier term
+//! stay with it: a follower's keep answering NOT_LEADER (naming this
+//! replica once it leads), a stepped-down leader's answer UNAVAILABLE to
+//! everything but health; either way the client opens a fresh connection.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -159,13 +163,15 @@ pub async fn serve_replica(
             follower_stopped,
         ));
         let won = elect(&replica, &holder, &hint, stop.clone()).await;
-        let _ = end_follower.send(true);
-        let _ = follower.await;
         let Some((leadership, epoch, started)) = won else {
+            let _ = end_follower.send(true);
+            let _ = follower.await;
             tracing::info!("replica stopped");
             return Ok(());
         };
-        // Leader.
+        // Leader. Renewing starts at once (before the follower term has
+        // drained and the state is loaded), and new connections queue for
+        // the leader term from now on.
         tracing::info!(epoch, holder = %holder, "elected leader; loading the state from PostgreSQL");
         let slot: Arc<Mutex<(Option<Orchestrator>, Option<String>)>> = Arc::default();
         let keeper = {
@@ -178,6 +184,9 @@ pub async fn serve_replica(
                 }
             })
         };
+        let leader_listener = acceptor.term();
+        let _ = end_follower.send(true);
+        tokio::spawn(follower);
         let url = replica.url.clone();
         let store = match tokio::task::spawn_blocking(move || PostgresStore::connect(&url)).await {
             Ok(Ok(store)) => store.fenced(&holder, epoch),
@@ -189,7 +198,7 @@ pub async fn serve_replica(
             Err(e) => return Err(ServeError::Store(crate::store::StoreError::Io(e.to_string()))),
         };
         let env = Environment { authenticator: Some(Arc::clone(&auth)), ..Environment::default() };
-        let server = match OrchestratorServer::with_store(config.clone(), store, acceptor.term(), env).await {
+        let server = match OrchestratorServer::with_store(config.clone(), store, leader_listener, env).await {
             Ok(server) => server,
             Err(e) => {
                 tracing::error!("cannot load the state after winning the lease ({e}); standing down");
@@ -212,8 +221,9 @@ pub async fn serve_replica(
             })
             .await;
         let stopping = *stop.borrow();
-        let release = stopping || result.is_ok();
-        let _ = tokio::task::spawn_blocking(move || keeper.stop(release)).await;
+        // Always released: guarded by holder and epoch, it can only end our
+        // own lease, and a standby need not wait for it to expire.
+        let _ = tokio::task::spawn_blocking(move || keeper.stop(true)).await;
         *hint.write().unwrap_or_else(|p| p.into_inner()) = None;
         if stopping {
             return result;
@@ -238,6 +248,7 @@ async fn elect(
     let mut failing = false;
     loop {
         if *stop.borrow() {
+            drop_off_runtime(leadership);
             return None;
         }
         let (url, id, address, timings) =
@@ -263,7 +274,9 @@ async fn elect(
                     tracing::info!("PostgreSQL reachable again");
                     failing = false;
                 }
-                let address = (!h.address.is_empty() && h.expires_in_ms > 0).then(|| h.address.clone());
+                // Not our own address: a lease we just gave up is not a leader.
+                let address =
+                    (!h.address.is_empty() && h.expires_in_ms > 0 && h.holder != holder).then(|| h.address.clone());
                 *hint.write().unwrap_or_else(|p| p.into_inner()) = address;
                 if seen.as_ref() != Some(&(h.holder.clone(), h.epoch)) {
                     tracing::info!(
@@ -277,7 +290,15 @@ async fn elect(
                 }
                 leadership = Some(l);
             }
-            Ok(Ok((_, Err(e)))) | Ok(Err(e)) => {
+            Ok(Ok((l, Err(e)))) => {
+                // A fresh connection next time; this one may be broken.
+                drop_off_runtime(Some(l));
+                if !failing {
+                    tracing::warn!("leader election failed ({e}); retrying every {:?}", replica.timings.renew_every());
+                    failing = true;
+                }
+            }
+            Ok(Err(e)) => {
                 if !failing {
                     tracing::warn!("leader election failed ({e}); retrying every {:?}", replica.timings.renew_every());
                     failing = true;
@@ -287,8 +308,20 @@ async fn elect(
         }
         tokio::select! {
             () = tokio::time::sleep(replica.timings.renew_every()) => {}
-            _ = stop.wait_for(|s| *s) => return None,
+            _ = stop.wait_for(|s| *s) => {
+                drop_off_runtime(leadership);
+                return None;
+            }
         }
+    }
+}
+
+/// Drops a synchronous PostgreSQL client on a thread of its own: its drop
+/// blocks on a runtime of its own, which must not happen on the async
+/// runtime's threads (it panics there).
+fn drop_off_runtime<T: Send + 'static>(value: Option<T>) {
+    if let Some(value) = value {
+        std::thread::spawn(move || drop(value));
     }
 }
 
@@ -336,7 +369,7 @@ async fn serve_follower(
     }
 }
 
-/// Answers every call but health and reflection with NOT_LEADER.
+/// Answers every call but health with NOT_LEADER.
 #[derive(Debug, Clone)]
 struct NotLeaderLayer {
     hint: Arc<RwLock<Option<String>>>,

@@ -291,6 +291,11 @@ fn check_len(field: &str, value: &str, max: usize) -> Result<(), Status> {
     if value.len() > max {
         return Err(status::invalid(field, &format!("at most {max} bytes")));
     }
+    // PostgreSQL's TEXT refuses NUL: a text the store could not keep is
+    // refused here, with every backend, before anything changes.
+    if value.contains('\0') {
+        return Err(status::invalid(field, "must not contain NUL characters"));
+    }
     Ok(())
 }
 

@@ -2,9 +2,11 @@
 //! may write, its advertised address and an epoch, the fencing token every
 //! commit of the PostgreSQL store checks (`PostgresStore::fenced`).
 //!
-//! - **Acquire**: one `INSERT … ON CONFLICT DO UPDATE … WHERE expires_at <
-//!   now()`: the row is taken only when its lease has expired by the
-//!   database's clock, and the epoch grows by one with each new holder.
+//! - **Acquire**: one transaction, `SELECT … FOR UPDATE` (which waits for
+//!   commits in flight, see `PostgresStore::fenced`) then the `UPDATE` (or
+//!   the first `INSERT`): the row is taken only when its lease has expired
+//!   by the database's clock, and the epoch grows by one with each new
+//!   holder.
 //! - **Renew**: one `UPDATE … WHERE holder = $1 AND epoch = $2`, every
 //!   lease / 5, extending `expires_at` to `now() + lease`.
 //! - **Step down on our own clock**: the holder stops serving once
@@ -107,15 +109,23 @@ impl Leadership {
     pub fn connect(url: &str, holder: &str, address: &str, timings: LeaseTimings) -> Result<Self, String> {
         let shown = redact_url(url);
         let mut config: postgres::Config = url.parse().map_err(|e: postgres::Error| error_text(&e))?;
+        let bound = timings.renew_every().max(Duration::from_millis(500));
         config
             .connect_timeout(timings.renew_every().max(Duration::from_secs(1)))
             .keepalives(true)
-            .keepalives_idle(Duration::from_secs(5))
+            .keepalives_idle(Duration::from_secs(2))
+            .keepalives_interval(Duration::from_secs(1))
+            .keepalives_retries(2)
+            .tcp_user_timeout(bound)
             .application_name("orchestrator-leader");
         let mut client = config.connect(NoTls).map_err(|e| format!("{shown}: {}", error_text(&e)))?;
         let timeout_ms = timings.renew_every().as_millis().max(100);
         client
-            .batch_execute(&format!("SET statement_timeout = {timeout_ms}"))
+            .batch_execute(&format!(
+                "SET statement_timeout = {timeout_ms}; SET lock_timeout = {timeout_ms}; \
+                 SET idle_in_transaction_session_timeout = {}",
+                bound.as_millis()
+            ))
             .map_err(|e| format!("{shown}: {}", error_text(&e)))?;
         Ok(Self { client, holder: holder.to_owned(), address: address.to_owned(), timings, shown })
     }
@@ -132,30 +142,53 @@ impl Leadership {
     /// The database failed.
     pub fn try_acquire(&mut self) -> Result<Election, String> {
         let started = Instant::now();
-        let lease_ms = i64::try_from(self.timings.lease.as_millis()).unwrap_or(i64::MAX);
-        let won = self
-            .client
-            .query_opt(
-                "INSERT INTO leader_lease (id, holder, address, epoch, expires_at)
-                 VALUES (TRUE, $1, $2, 1, now() + $3 * interval '1 millisecond')
-                 ON CONFLICT (id) DO UPDATE SET holder = EXCLUDED.holder, address = EXCLUDED.address,
-                     epoch = leader_lease.epoch + 1, expires_at = EXCLUDED.expires_at
-                 WHERE leader_lease.expires_at < now()
-                 RETURNING epoch",
-                &[&self.holder, &self.address, &(lease_ms as f64)],
-            )
+        let lease_ms = i64::try_from(self.timings.lease.as_millis()).unwrap_or(i64::MAX) as f64;
+        let mut tx = self.client.transaction().map_err(|e| error_text(&e))?;
+        // FOR UPDATE waits for commits in flight (they hold FOR KEY SHARE):
+        // no commit of the old epoch can land after the takeover.
+        let row = tx
+            .query_opt("SELECT epoch, expires_at < now() FROM leader_lease FOR UPDATE", &[])
             .map_err(|e| error_text(&e))?;
-        if let Some(row) = won {
-            return Ok(Election::Won { epoch: row.get::<_, i64>(0) as u64, started });
+        let epoch = match row {
+            None => {
+                let inserted = tx
+                    .execute(
+                        "INSERT INTO leader_lease (id, holder, address, epoch, expires_at)
+                         VALUES (TRUE, $1, $2, 1, now() + $3 * interval '1 millisecond')
+                         ON CONFLICT (id) DO NOTHING",
+                        &[&self.holder, &self.address, &lease_ms],
+                    )
+                    .map_err(|e| error_text(&e))?;
+                (inserted == 1).then_some(1)
+            }
+            Some(r) if r.get::<_, bool>(1) => {
+                let epoch = r.get::<_, i64>(0) + 1;
+                tx.execute(
+                    "UPDATE leader_lease SET holder = $1, address = $2, epoch = $3,
+                         expires_at = now() + $4 * interval '1 millisecond'",
+                    &[&self.holder, &self.address, &epoch, &lease_ms],
+                )
+                .map_err(|e| error_text(&e))?;
+                Some(epoch)
+            }
+            Some(_) => None,
+        };
+        match epoch {
+            Some(epoch) => {
+                tx.commit().map_err(|e| error_text(&e))?;
+                Ok(Election::Won { epoch: epoch as u64, started })
+            }
+            None => {
+                tx.rollback().map_err(|e| error_text(&e))?;
+                let holder = self.current()?.unwrap_or(Holder {
+                    holder: String::new(),
+                    address: String::new(),
+                    epoch: 0,
+                    expires_in_ms: 0,
+                });
+                Ok(Election::Lost(holder))
+            }
         }
-        self.current().map(|h| {
-            Election::Lost(h.unwrap_or_else(|| Holder {
-                holder: String::new(),
-                address: String::new(),
-                epoch: 0,
-                expires_in_ms: 0,
-            }))
-        })
     }
 
     /// Extends the lease held at `epoch`. `Ok(false)`: it is no longer
@@ -272,11 +305,13 @@ impl Leadership {
         }
         let renewer = {
             let stop = Arc::clone(&stop);
+            let fired = Arc::clone(&fired);
             let mut me = self;
             std::thread::Builder::new()
                 .name("leader-renewer".into())
                 .spawn(move || {
-                    while !stop.load(Ordering::Acquire) {
+                    // Once leadership is given up it is not renewed again.
+                    while !stop.load(Ordering::Acquire) && !fired.load(Ordering::Acquire) {
                         let next = Instant::now() + timings.renew_every();
                         while Instant::now() < next && !stop.load(Ordering::Acquire) {
                             std::thread::sleep(Duration::from_millis(20));

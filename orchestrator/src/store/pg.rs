@@ -93,8 +93,13 @@ const MIGRATIONS: &[&str] = &[
     ",
 ];
 
-/// How long one statement may run before the server cancels it.
+/// How long one statement may run (or wait for a lock) before the server
+/// cancels it.
 const STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a transaction may sit idle (its process frozen or cut off)
+/// before the server ends it and frees its locks.
+const IDLE_IN_TRANSACTION: Duration = Duration::from_secs(2);
 
 /// The PostgreSQL store.
 pub struct PostgresStore {
@@ -167,11 +172,21 @@ impl PostgresStore {
         config
             .connect_timeout(Duration::from_secs(5))
             .keepalives(true)
-            .keepalives_idle(Duration::from_secs(10))
+            .keepalives_idle(Duration::from_secs(5))
+            .keepalives_interval(Duration::from_secs(2))
+            .keepalives_retries(3)
+            .tcp_user_timeout(Duration::from_secs(10))
             .application_name("orchestrator");
         let mut client = config.connect(NoTls).map_err(|e| open_err(error_text(&e)))?;
+        // A statement, a wait for a lock, and a transaction left open by a
+        // frozen process (which would hold the lease row's lock and block
+        // every takeover) are all bounded.
+        let ms = STATEMENT_TIMEOUT.as_millis();
         client
-            .batch_execute(&format!("SET statement_timeout = {}", STATEMENT_TIMEOUT.as_millis()))
+            .batch_execute(&format!(
+                "SET statement_timeout = {ms}; SET lock_timeout = {ms}; SET idle_in_transaction_session_timeout = {}",
+                IDLE_IN_TRANSACTION.as_millis()
+            ))
             .map_err(|e| open_err(error_text(&e)))?;
         let version = Self::schema_version(&mut client).map_err(|e| open_err(error_text(&e)))?;
         let known = MIGRATIONS.len() as i64;
@@ -205,7 +220,7 @@ impl PostgresStore {
     }
 
     /// Fences every commit with the leader lease: a commit first reads the
-    /// lease row with `FOR SHARE` (a takeover waits for it) and is refused,
+    /// lease row with `FOR KEY SHARE` (a takeover waits for it) and is refused,
     /// writing nothing, unless `holder` still holds it at `epoch`. A deposed
     /// leader's writes fail.
     #[must_use]
@@ -611,7 +626,9 @@ impl Store for PostgresStore {
         let Self { client, statements, fence, .. } = self;
         let mut tx = client.transaction().map_err(io)?;
         if let Some((holder, epoch)) = fence {
-            let row = tx.query_opt("SELECT holder, epoch FROM leader_lease FOR SHARE", &[]).map_err(io)?;
+            // FOR KEY SHARE: a renewal (an UPDATE of other columns) does not
+            // wait for it; a takeover (SELECT … FOR UPDATE) does.
+            let row = tx.query_opt("SELECT holder, epoch FROM leader_lease FOR KEY SHARE", &[]).map_err(io)?;
             let current = row.map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1)));
             if current.as_ref().is_none_or(|(h, e)| h != holder || e != epoch) {
                 return Err(StoreError::Io(format!(

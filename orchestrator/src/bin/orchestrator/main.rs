@@ -258,6 +258,13 @@ impl ServeArgs {
                 self.leader_margin, self.leader_lease
             ));
         }
+        if self.advertise.is_none() && (self.listen.ip().is_unspecified() || self.listen.port() == 0) {
+            return Err(format!(
+                "--listen {} is not an address other replicas and clients can call: give --advertise URL \
+                 (e.g. http://10.0.0.2:50051), the address standbys name as the leader's",
+                self.listen
+            ));
+        }
         let scheme = if self.tls_cert.is_some() { "https" } else { "http" };
         Ok(Some(orchestrator::server::replica::ReplicaConfig {
             url: self.database.clone(),
