@@ -123,11 +123,13 @@ async fn a_killed_leader_is_replaced_by_a_standby_with_nothing_moved_or_lost() {
         assert!(Instant::now() < deadline, "no standby took over");
     };
     let failover = killed.elapsed();
-    // Lease (1 s) + one renewal interval (200 ms), plus loading and binding.
-    assert!(failover <= fixtures::patient(Duration::from_secs(3)), "failover took {failover:?}");
+    // Lease (1 s) + one renewal interval (200 ms), plus loading and binding
+    // (allowed 600 ms here; under 100 ms measured).
+    assert!(failover <= fixtures::patient(Duration::from_millis(1800)), "failover took {failover:?}");
 
-    // Every worker back in normal mode, and nothing moved: the same owner
-    // at the same epoch for every stream.
+    // Every worker back in normal mode within that plus a heartbeat (100
+    // ms) and a reconnect probe (at most 200 ms), and nothing moved: the
+    // same owner at the same epoch for every stream.
     eventually!(Duration::from_secs(10), {
         let mut normal = true;
         for w in &workers {
@@ -135,6 +137,8 @@ async fn a_killed_leader_is_replaced_by_a_standby_with_nothing_moved_or_lost() {
         }
         normal
     });
+    let all_normal = killed.elapsed();
+    assert!(all_normal <= fixtures::patient(Duration::from_millis(2500)), "workers back after {all_normal:?}");
     eventually!(Duration::from_secs(5), owners(addrs[new_leader]).await == before);
     // Nothing lost: every record acknowledged before the kill is still
     // there, uploads go on through the new leader, and nothing is stored
@@ -154,7 +158,7 @@ async fn a_killed_leader_is_replaced_by_a_standby_with_nothing_moved_or_lost() {
         w.shutdown().await;
     }
     drop(standbys);
-    eprintln!("failover (kill to serving): {failover:?}");
+    eprintln!("failover (kill to serving): {failover:?}; every worker normal after {all_normal:?}");
 }
 
 #[test]

@@ -200,6 +200,23 @@ fn both_backends_answer_and_load_the_same() {
 
 #[test]
 fn foreign_and_newer_databases_are_refused_untouched() {
+    // SQLite: the same two refusals, the same words.
+    let dir = tempfile::tempdir().unwrap();
+    let foreign = dir.path().join("foreign.db");
+    rusqlite::Connection::open(&foreign)
+        .unwrap()
+        .execute_batch("CREATE TABLE invoices (id INTEGER PRIMARY KEY)")
+        .unwrap();
+    let before = std::fs::read(&foreign).unwrap();
+    let e = SqliteStore::open(&foreign).unwrap_err().to_string();
+    assert!(e.contains("belongs to something else"), "{e}");
+    assert_eq!(std::fs::read(&foreign).unwrap(), before, "nothing was written");
+    let newer = dir.path().join("newer.db");
+    drop(SqliteStore::open(&newer).unwrap());
+    rusqlite::Connection::open(&newer).unwrap().execute_batch("PRAGMA user_version = 99").unwrap();
+    let e = SqliteStore::open(&newer).unwrap_err().to_string();
+    assert!(e.contains("schema version 99 is newer"), "{e}");
+
     let Some(cluster) = TestCluster::start() else { return };
     let foreign = cluster.database("foreign");
     let mut client = postgres::Client::connect(&foreign, postgres::NoTls).unwrap();
