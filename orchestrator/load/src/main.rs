@@ -430,7 +430,11 @@ async fn start_orchestrator(
         security,
         ..ServerConfig::default()
     };
-    let server = OrchestratorServer::bind(config).await?;
+    run_server(OrchestratorServer::bind(config).await?)
+}
+
+/// Serves `server` in a task until `Local::stop` fires.
+fn run_server(server: OrchestratorServer) -> Result<Local, Error> {
     let addr = server.local_addr()?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let done = tokio::spawn(async move {
@@ -465,6 +469,35 @@ async fn add_streams(url: &str, count: i64, access: &Access) -> Result<(), Error
     Ok(())
 }
 
+/// One configuration's result: its label, serial and concurrent runs.
+type Row = (&'static str, Report, Report);
+
+/// Registers the workers, then drives heartbeats serially and with
+/// `load.concurrency` in flight.
+async fn measure(label: &'static str, url: &str, load: &Load, per_worker: u32, access: &Access) -> Result<Row, Error> {
+    let ch = channels(url, load.connections, access).await?;
+    let sessions = Arc::new(register_all(&ch, load.workers, per_worker, access).await?);
+    let serial = Load { concurrency: 1, ..load.clone() };
+    let s = drive(&ch, Arc::clone(&sessions), &serial, &format!("{label} serial"), access).await;
+    let c = drive(&ch, sessions, load, &format!("{label} x{}", load.concurrency), access).await;
+    Ok((label, s, c))
+}
+
+/// The table of rows, then `a / b` ratios.
+fn print_rows(rows: &[Row], load: &Load, streams: i64) {
+    println!("\nheartbeat, {} workers, {streams} streams, {} connections", load.workers, load.connections);
+    for (label, s, c) in rows {
+        println!("{}", s.line(&format!("{label} serial")));
+        println!("{}", c.line(&format!("{label} concurrency {}", load.concurrency)));
+    }
+}
+
+/// `a / b`: throughput at `concurrency`, serial p50 and p99.
+fn ratios(a: &Row, b: &Row) -> (f64, f64, f64) {
+    let ratio = |q: f64| percentile(&a.1.hist, q).as_secs_f64() / percentile(&b.1.hist, q).as_secs_f64();
+    (a.2.throughput() / b.2.throughput(), ratio(0.5), ratio(0.99))
+}
+
 async fn compare(args: CompareArgs) -> Result<(), Error> {
     if args.security {
         return compare_security(args).await;
@@ -484,25 +517,13 @@ async fn compare(args: CompareArgs) -> Result<(), Error> {
 
     let mut rows = Vec::new();
     for (label, url) in [("orchestrator", &orch_url), ("echo", &echo_url)] {
-        let ch = channels(url, load.connections, &none).await?;
-        let sessions = Arc::new(register_all(&ch, load.workers, per_worker, &none).await?);
-        let serial = Load { concurrency: 1, ..load.clone() };
-        let s = drive(&ch, Arc::clone(&sessions), &serial, &format!("{label} serial"), &none).await;
-        let c = drive(&ch, sessions, &load, &format!("{label} x{}", load.concurrency), &none).await;
-        rows.push((label, s, c));
+        rows.push(measure(label, url, &load, per_worker, &none).await?);
     }
-    println!("\nheartbeat, {} workers, {} streams, {} connections", load.workers, args.streams, load.connections);
-    for (label, s, c) in &rows {
-        println!("{}", s.line(&format!("{label} serial")));
-        println!("{}", c.line(&format!("{label} concurrency {}", load.concurrency)));
-    }
-    let (o, e) = (&rows[0], &rows[1]);
+    print_rows(&rows, &load, args.streams);
+    let (t, p50, p99) = ratios(&rows[0], &rows[1]);
     println!(
-        "\nratios (orchestrator / echo): throughput x{}: {:.2}   serial p50: {:.2}   serial p99: {:.2}",
-        load.concurrency,
-        o.2.throughput() / e.2.throughput(),
-        percentile(&o.1.hist, 0.5).as_secs_f64() / percentile(&e.1.hist, 0.5).as_secs_f64(),
-        percentile(&o.1.hist, 0.99).as_secs_f64() / percentile(&e.1.hist, 0.99).as_secs_f64(),
+        "\nratios (orchestrator / echo): throughput x{}: {t:.2}   serial p50: {p50:.2}   serial p99: {p99:.2}",
+        load.concurrency
     );
     let _ = orch.stop.send(());
     let _ = orch.done.await;
@@ -536,38 +557,18 @@ async fn compare_postgres(args: CompareArgs, url: String) -> Result<(), Error> {
             OrchestratorServer::with_store(config, store, listener, orchestrator::server::Environment::default())
                 .await?
         };
-        let addr = server.local_addr()?;
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let done = tokio::spawn(async move {
-            let _ = server
-                .serve(async {
-                    let _ = stopped.await;
-                })
-                .await;
-        });
-        let orch_url = format!("http://{addr}");
+        let local = run_server(server)?;
+        let orch_url = format!("http://{}", local.addr);
         add_streams(&orch_url, args.streams, &none).await?;
-        let ch = channels(&orch_url, load.connections, &none).await?;
-        let sessions = Arc::new(register_all(&ch, load.workers, per_worker, &none).await?);
-        let serial = Load { concurrency: 1, ..load.clone() };
-        let s = drive(&ch, Arc::clone(&sessions), &serial, &format!("{label} serial"), &none).await;
-        let c = drive(&ch, sessions, &load, &format!("{label} x{}", load.concurrency), &none).await;
-        rows.push((label, s, c));
-        let _ = stop.send(());
-        let _ = done.await;
+        rows.push(measure(label, &orch_url, &load, per_worker, &none).await?);
+        let _ = local.stop.send(());
+        let _ = local.done.await;
     }
-    println!("\nheartbeat, {} workers, {} streams, {} connections", load.workers, args.streams, load.connections);
-    for (label, s, c) in &rows {
-        println!("{}", s.line(&format!("{label} serial")));
-        println!("{}", c.line(&format!("{label} concurrency {}", load.concurrency)));
-    }
-    let (q, p) = (&rows[0], &rows[1]);
+    print_rows(&rows, &load, args.streams);
+    let (t, p50, p99) = ratios(&rows[1], &rows[0]);
     println!(
-        "\nratios (postgres / sqlite): throughput x{}: {:.2}   serial p50: {:.2}   serial p99: {:.2}",
-        load.concurrency,
-        p.2.throughput() / q.2.throughput(),
-        percentile(&p.1.hist, 0.5).as_secs_f64() / percentile(&q.1.hist, 0.5).as_secs_f64(),
-        percentile(&p.1.hist, 0.99).as_secs_f64() / percentile(&q.1.hist, 0.99).as_secs_f64(),
+        "\nratios (postgres / sqlite): throughput x{}: {t:.2}   serial p50: {p50:.2}   serial p99: {p99:.2}",
+        load.concurrency
     );
     Ok(())
 }
@@ -620,30 +621,19 @@ async fn compare_security(args: CompareArgs) -> Result<(), Error> {
         let orch = start_orchestrator(engine.clone(), 100_000, &data, "127.0.0.1:0".parse()?, security).await?;
         let url = format!("{}://localhost:{}", if tls { "https" } else { "http" }, orch.addr.port());
         add_streams(&url, args.streams, &access).await?;
-        let ch = channels(&url, load.connections, &access).await?;
-        let sessions = Arc::new(register_all(&ch, load.workers, per_worker, &access).await?);
-        let serial = Load { concurrency: 1, ..load.clone() };
-        let s = drive(&ch, Arc::clone(&sessions), &serial, &format!("{label} serial"), &access).await;
-        let c = drive(&ch, sessions, &load, &format!("{label} x{}", load.concurrency), &access).await;
-        rows.push((label, s, c));
+        rows.push(measure(label, &url, &load, per_worker, &access).await?);
         let _ = orch.stop.send(());
         let _ = orch.done.await;
     }
-    println!("\nheartbeat, {} workers, {} streams, {} connections", load.workers, args.streams, load.connections);
-    for (label, s, c) in &rows {
-        println!("{}", s.line(&format!("{label} serial")));
-        println!("{}", c.line(&format!("{label} concurrency {}", load.concurrency)));
-    }
-    let base = &rows[0];
+    print_rows(&rows, &load, args.streams);
     println!("\nratios to plaintext:");
-    for (label, s, c) in &rows[1..] {
+    for row in &rows[1..] {
+        let (t, p50, p99) = ratios(row, &rows[0]);
         println!(
-            "  {label:<11} throughput x{}: {:.2}   serial p50: {:.2}   serial p99: {:.2}   errors {}",
+            "  {:<11} throughput x{}: {t:.2}   serial p50: {p50:.2}   serial p99: {p99:.2}   errors {}",
+            row.0,
             load.concurrency,
-            c.throughput() / base.2.throughput(),
-            percentile(&s.hist, 0.5).as_secs_f64() / percentile(&base.1.hist, 0.5).as_secs_f64(),
-            percentile(&s.hist, 0.99).as_secs_f64() / percentile(&base.1.hist, 0.99).as_secs_f64(),
-            s.errors + c.errors,
+            row.1.errors + row.2.errors,
         );
     }
     if rows.iter().any(|(_, s, c)| s.errors + c.errors > 0) {
