@@ -13,6 +13,13 @@
 //! simulation uses: any [`Store`], any [`Listener`] (a simulated network's),
 //! and an [`Environment`] that runs the committer on the runtime and reads a
 //! simulated wall clock.
+//!
+//! Every request passes, in order: TLS (tonic's, when [`Security::tls`] is
+//! set), the `AuthLayer` (`crate::auth`: a caller, or UNAUTHENTICATED /
+//! PERMISSION_DENIED), the `StoppedLayer` (once the orchestrator stopped
+//! serving, UNAVAILABLE for everything but health, on open connections
+//! too), then admission. Replicas on PostgreSQL are served by
+//! [`replica::serve_replica`], which runs this server for each leader term.
 
 mod admission;
 mod incoming;
