@@ -371,6 +371,41 @@ impl Authenticator {
         }))
     }
 
+    /// The decision for a request to the HTTP listener's `/api/*`: with
+    /// authentication on, only an admin bearer token from the auth file
+    /// (the HTTP listener has no TLS, so no client certificate).
+    ///
+    /// # Errors
+    ///
+    /// The HTTP status to answer (401: no or an unknown token; 403: a
+    /// worker token, or no auth file to hold admin tokens) and why.
+    pub fn authorize_http_admin(&self, authorization: Option<&[u8]>) -> Result<(), (u16, &'static str)> {
+        if !self.enabled() {
+            return Ok(());
+        }
+        if self.auth_file.is_none() {
+            return Err((
+                403,
+                "this orchestrator authenticates by client certificate only; the HTTP API needs an admin token: \
+                 add `admin <name> <token>` to an --auth-file",
+            ));
+        }
+        let Some(value) = authorization else {
+            return Err((401, "send `Authorization: Bearer <admin token>`"));
+        };
+        let token = std::str::from_utf8(value)
+            .ok()
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim())
+            .ok_or((401, "the authorization header must be `Bearer <token>`"))?;
+        match self.tokens().lookup(token.as_bytes()) {
+            Some(Caller::Admin(_)) => Ok(()),
+            Some(Caller::Worker(_)) => Err((403, "a worker token may not read the admin API; use an admin token")),
+            None => Err((401, "the bearer token is not valid")),
+        }
+    }
+
     /// The decision for one request: let through (with the caller to put
     /// in its extensions, if any) or refuse.
     fn admit(&self, request: &http::Request<Body>) -> Result<Option<Caller>, Status> {

@@ -10,6 +10,8 @@
 //!   they may do.
 //! - [`server`]: binds the listener and serves the services with health,
 //!   reflection, load shedding, the liveness ticker and graceful shutdown.
+//! - [`metrics`] and [`http`]: Prometheus metrics, and the HTTP listener
+//!   with `/metrics`, health probes, the status API and the dashboard.
 //!
 //! The `orchestrator` binary (serve and the admin CLI) is built with the
 //! default `cli` feature; a crate that links only the library can turn it off
@@ -19,6 +21,8 @@
 
 pub mod auth;
 pub mod engine;
+pub mod http;
+pub mod metrics;
 pub mod server;
 pub mod service;
 pub mod store;

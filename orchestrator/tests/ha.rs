@@ -25,7 +25,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_orchestrator");
 fn replica(url: &str, listen: &str, ready: &str) -> LoggedProcess {
     let mut command = Command::new(BIN);
     command
-        .args(["serve", "--database", url, "--listen", listen])
+        .args(["serve", "--database", url, "--listen", listen, "--http-listen", "127.0.0.1:0"])
         .args(["--heartbeat-interval", "100ms", "--session-timeout", "1s", "--grace", "5s"])
         .args(["--drain-timeout", "100ms", "--leader-lease", "1s", "--leader-margin", "200ms"])
         .env("RUST_LOG", "info");

@@ -26,14 +26,14 @@ impl Engine {
                 && expiring as f64 > self.config.mass_failure_threshold * window as f64
                 && !self.brake
             {
-                self.brake = true;
+                self.set_brake(true);
             }
             for id in silent {
                 self.expire(&id, now);
             }
         }
         if self.brake && !self.brake_still_needed() {
-            self.brake = false;
+            self.set_brake(false);
             self.dirty = true;
         }
         self.rebalance(now);
@@ -134,6 +134,15 @@ impl Engine {
         }
     }
 
+    /// Engages or releases the mass-failure brake, recording the change
+    /// (the audit log, the dashboard's timeline) when there is one.
+    pub(super) fn set_brake(&mut self, engaged: bool) {
+        if self.brake != engaged {
+            self.brake = engaged;
+            self.changes.push(Change::BrakeChanged { engaged });
+        }
+    }
+
     /// The brake stays on while the workers whose streams it holds back are
     /// more than the threshold share of the sessions.
     pub(super) fn brake_still_needed(&self) -> bool {
@@ -170,7 +179,7 @@ impl Engine {
         if window >= self.config.mass_failure_min_sessions
             && missing.len() as f64 > self.config.mass_failure_threshold * window as f64
         {
-            self.brake = true;
+            self.set_brake(true);
         }
         self.dirty = true;
     }

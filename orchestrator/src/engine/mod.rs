@@ -66,7 +66,10 @@ pub use config::EngineConfig;
 use memory::{Answer, Answers, fingerprint};
 pub(crate) use validate::validate_server_id;
 use validate::{invalid, validate_request_id};
-pub use views::{ClusterStatus, LeaseView, PersistedState, PersistedStream, PersistedWorker, SessionView, WorkerView};
+pub use views::{
+    ClusterStatus, LeaseView, Overview, PersistedState, PersistedStream, PersistedWorker, RevokingLease, SessionView,
+    WorkerView,
+};
 
 #[derive(Debug, Clone)]
 struct Worker {
@@ -642,7 +645,7 @@ impl Engine {
         }
         self.rebalancing_paused = paused;
         if !paused {
-            self.brake = false;
+            self.set_brake(false);
             self.expiries.clear();
         }
         self.admin_answers.put(request_id, print, Answer::Paused(paused));
@@ -679,6 +682,7 @@ impl Engine {
             state: w.state,
             max_streams: w.max_streams,
             owned: u32::try_from(w.owned.len()).unwrap_or(u32::MAX),
+            revoking: u32::try_from(w.revoking.len()).unwrap_or(u32::MAX),
             last_heartbeat: w.last_heartbeat,
         }
     }
@@ -800,6 +804,57 @@ impl Engine {
             brake_engaged: self.brake,
             grace_until: self.grace_until,
         }
+    }
+
+    /// Counts over the whole fleet and the first `list` unassigned and
+    /// revoking streams (see [`Overview`]). O(workers + list): no walk of
+    /// the catalog.
+    pub fn overview(&self, list: usize) -> Overview {
+        let mut o = Overview { status: self.status(), ..Overview::default() };
+        for w in self.workers.values() {
+            let slot = match w.state {
+                WorkerState::Live => 0,
+                WorkerState::Draining => 1,
+                WorkerState::Expired => 2,
+                WorkerState::AwaitingReregistration => 3,
+            };
+            o.workers_by_state[slot] += 1;
+            if Self::holds_state(w.state) {
+                o.leases_revoking += w.revoking.len() as u64;
+                o.leases_active += (w.owned.len() - w.revoking.len()) as u64;
+            } else {
+                o.leases_orphaned += w.owned.len() as u64;
+            }
+        }
+        if list == 0 {
+            return o;
+        }
+        // Unassigned: catalog streams with no lease, then those whose
+        // holder is gone; the first `list` of the union, by id.
+        let mut first: Vec<StreamId> = self.unassigned.iter().take(list).copied().collect();
+        for w in self.workers.values().filter(|w| !Self::holds_state(w.state)) {
+            first.extend(w.owned.iter().filter(|id| !self.removed.contains(id)).take(list));
+        }
+        first.sort_unstable();
+        first.truncate(list);
+        o.unassigned_first = first;
+        'workers: for (id, w) in self.workers.iter().filter(|(_, w)| Self::holds_state(w.state)) {
+            for &stream_id in &w.revoking {
+                if o.revoking_first.len() == list {
+                    break 'workers;
+                }
+                if let Some(l) = self.streams.get(&stream_id).and_then(|s| s.lease.as_ref())
+                    && let LeaseState::Revoking(reason) = l.state
+                {
+                    o.revoking_first.push(RevokingLease {
+                        server_id: id.clone(),
+                        lease: Lease { stream_id, lease_epoch: l.epoch },
+                        reason,
+                    });
+                }
+            }
+        }
+        o
     }
 
     /// The engine's durable state, as the store keeps it.

@@ -208,6 +208,12 @@ pub enum Change {
         /// The lease.
         lease: Lease,
     },
+    /// The mass-failure brake engaged (`true`: the streams of workers that
+    /// went silent together are held back) or was released.
+    BrakeChanged {
+        /// Whether it is now engaged.
+        engaged: bool,
+    },
     /// A lease was revoked; it stays with its owner until released.
     LeaseRevoking {
         /// The owner.

@@ -1,7 +1,7 @@
 //! The engine's state as the store persists it and as the admin API shows
 //! it.
 
-use super::{Lease, LeaseState, Millis, StreamId, WorkerState};
+use super::{Lease, LeaseState, Millis, RevokeReason, StreamId, WorkerState};
 
 /// A worker as persisted by the store.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,6 +55,8 @@ pub struct WorkerView {
     pub max_streams: u32,
     /// Leases naming it.
     pub owned: u32,
+    /// The part of `owned` being revoked.
+    pub revoking: u32,
     /// Time of its last heartbeat.
     pub last_heartbeat: Millis,
 }
@@ -75,7 +77,7 @@ pub struct LeaseView {
 }
 
 /// Cluster-wide figures.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ClusterStatus {
     /// Live (or draining) sessions.
     pub live_workers: u32,
@@ -110,4 +112,37 @@ pub struct SessionView {
     pub draining: bool,
     /// The last heartbeat the engine has seen.
     pub last_heartbeat: Millis,
+}
+
+/// The fleet at a glance, for metrics and the dashboard: counts over all
+/// workers (O(workers), a few microseconds per thousand) and the first few
+/// unassigned and revoking streams (bounded lists, never O(streams)).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Overview {
+    /// The cluster-wide figures of the admin API.
+    pub status: ClusterStatus,
+    /// Known workers by state: live, draining, expired, awaiting
+    /// re-registration.
+    pub workers_by_state: [u32; 4],
+    /// Leases held by a live (or, in grace, returning) worker, not revoked.
+    pub leases_active: u64,
+    /// Leases revoked, waiting for their holder's release.
+    pub leases_revoking: u64,
+    /// Leases whose holder is gone: their streams are unassigned.
+    pub leases_orphaned: u64,
+    /// The first unassigned streams (no lease, or an orphaned one), by id.
+    pub unassigned_first: Vec<StreamId>,
+    /// The first revoking leases: stream, holder, epoch, reason.
+    pub revoking_first: Vec<RevokingLease>,
+}
+
+/// A lease being revoked, for the dashboard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevokingLease {
+    /// The holder, until it releases.
+    pub server_id: String,
+    /// The lease.
+    pub lease: Lease,
+    /// Why it was revoked.
+    pub reason: RevokeReason,
 }

@@ -113,6 +113,8 @@ pub(crate) struct Limits {
     pub(crate) max_message_bytes: usize,
     /// How long a request's first message may take to arrive.
     pub(crate) request_receive_timeout: Duration,
+    /// Counts shed calls (metrics on).
+    pub(crate) shed: Option<prometheus_client::metrics::counter::Counter>,
 }
 
 #[derive(Debug)]
@@ -259,7 +261,14 @@ where
     };
     let (arrived, buffered) = match tokio::time::timeout(limits.request_receive_timeout, receive(body, framing)).await {
         Ok(Ok(arrived)) => arrived,
-        Ok(Err(status)) => return Ok(respond(status, activity)),
+        Ok(Err(status)) => {
+            if status.code() == tonic::Code::Unavailable
+                && let Some(shed) = &limits.shed
+            {
+                shed.inc();
+            }
+            return Ok(respond(status, activity));
+        }
         Err(_) => {
             let status = Status::deadline_exceeded(format!(
                 "the request message did not arrive within {:?} (--request-receive-timeout)",
@@ -311,6 +320,9 @@ fn acquire(shared: &Shared, pool: usize, conn: Option<&ConnInfo>) -> Result<Perm
 
 /// One warning per second at most: under attack the log must stay useful.
 fn log_shed(shared: &Shared, why: &str) {
+    if let Some(shed) = &shared.limits.shed {
+        shed.inc();
+    }
     let second = shared.started.elapsed().as_secs();
     if shared.last_shed_log.swap(second, Ordering::Relaxed) != second {
         tracing::warn!("shedding requests: {why}");

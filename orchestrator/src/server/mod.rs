@@ -37,6 +37,8 @@ use tokio::net::TcpListener;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 use crate::auth::{AuthLayer, Authenticator, Credentials};
+use crate::http::Site;
+pub use crate::metrics::Role;
 
 use crate::engine::EngineConfig;
 use crate::service::{Orchestrator, ServiceConfig};
@@ -81,6 +83,23 @@ pub struct ServerConfig {
     pub drain_timeout: Duration,
     /// TLS, client certificates, tokens, reflection.
     pub security: Security,
+    /// The HTTP listener (`/metrics`, `/healthz`, `/readyz`, the status API
+    /// and the dashboard; see [`crate::http`]); `None`: none.
+    pub http: Option<HttpListen>,
+    /// Collect metrics (`false`: `/metrics` answers 404, nothing is
+    /// counted; for measuring what collection costs).
+    pub metrics: bool,
+}
+
+/// Where the HTTP listener binds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpListen {
+    /// The address (port 0: any free port; the bound one is logged).
+    pub addr: SocketAddr,
+    /// If the address is taken, serve without the HTTP listener (with a
+    /// warning) instead of failing: the binary's default address, so a
+    /// second orchestrator on one machine still starts.
+    pub if_free: bool,
 }
 
 /// Who may reach what (see the [`auth`](crate::auth) module and
@@ -175,6 +194,8 @@ impl Default for ServerConfig {
             demo_streams: 0,
             drain_timeout: Duration::from_secs(5),
             security: Security::default(),
+            http: None,
+            metrics: true,
         }
     }
 }
@@ -208,6 +229,14 @@ pub enum ServeError {
     /// The auth file is missing or unusable.
     #[error("{0}")]
     Auth(String),
+    /// The HTTP listen address could not be bound.
+    #[error("cannot listen for HTTP on {addr} (--http-listen): {source}")]
+    HttpBind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
 }
 
 /// Where the committer runs (see [`StoreHandle`]).
@@ -244,11 +273,44 @@ pub struct Environment {
     /// The credentials to check (`None`: made from `config.security`); a
     /// replica shares one across its terms, so a SIGHUP reload holds.
     pub authenticator: Option<Arc<Authenticator>>,
+    /// The metrics and the HTTP listener's view (`None`: made here, and
+    /// the listener of `config.http` bound here); a replica keeps one
+    /// across its terms and serves the HTTP listener itself.
+    pub site: Option<Arc<Site>>,
+    /// What this server is, for `/readyz` and the dashboard.
+    pub role: Role,
 }
 
 impl Default for Environment {
     fn default() -> Self {
-        Self { store: StoreDriver::Thread, wall_clock: SystemTime::now, authenticator: None }
+        Self {
+            store: StoreDriver::Thread,
+            wall_clock: SystemTime::now,
+            authenticator: None,
+            site: None,
+            role: Role::Standalone,
+        }
+    }
+}
+
+/// Binds the HTTP listener; `None` if it is `if_free` and the address is
+/// taken.
+///
+/// # Errors
+///
+/// [`ServeError::HttpBind`].
+pub async fn bind_http(listen: HttpListen) -> Result<Option<TcpListener>, ServeError> {
+    match TcpListener::bind(listen.addr).await {
+        Ok(listener) => Ok(Some(listener)),
+        Err(source) if listen.if_free && source.kind() == std::io::ErrorKind::AddrInUse => {
+            tracing::warn!(
+                addr = %listen.addr,
+                "the default HTTP address is in use (another orchestrator on this machine?): serving without \
+                 /metrics and the dashboard; pass --http-listen ADDR (127.0.0.1:0 picks a free port) or off"
+            );
+            Ok(None)
+        }
+        Err(source) => Err(ServeError::HttpBind { addr: listen.addr, source }),
     }
 }
 
@@ -261,6 +323,10 @@ pub struct OrchestratorServer<L: Listener = TcpListener> {
     store_runner: StoreRunner,
     tls: Option<ServerTlsConfig>,
     auth: Arc<Authenticator>,
+    site: Arc<Site>,
+    /// This server's own HTTP listener (a replica serves its own).
+    http: Option<TcpListener>,
+    role: Role,
 }
 
 impl OrchestratorServer<TcpListener> {
@@ -305,25 +371,38 @@ impl<L: Listener> OrchestratorServer<L> {
             Some(auth) => Arc::clone(auth),
             None => Arc::new(authenticator(&config.security)?),
         };
+        let (site, http) = match env.site {
+            Some(site) => (site, None),
+            None => {
+                let http = match config.http {
+                    Some(listen) => bind_http(listen).await?,
+                    None => None,
+                };
+                (Site::new(config.metrics, Arc::clone(&auth)), http)
+            }
+        };
+        let metrics = site.metrics().cloned();
+        let store_metrics = metrics.as_ref().map(|m| m.store());
         let (handle, store_runner, loaded) = match env.store {
             StoreDriver::Thread => {
                 let (store, loaded) = tokio::task::spawn_blocking(move || store.load().map(|loaded| (store, loaded)))
                     .await
                     .map_err(|e| StoreError::Io(e.to_string()))??;
-                let (handle, runner) = StoreHandle::spawn(store, loaded.acknowledged_through.clone())?;
+                let (handle, runner) =
+                    StoreHandle::spawn_observed(store, loaded.acknowledged_through.clone(), store_metrics)?;
                 (handle, runner, loaded)
             }
             StoreDriver::Task { commit_delay } => {
                 let loaded = store.load()?;
                 let (handle, runner) =
-                    StoreHandle::spawn_task(store, loaded.acknowledged_through.clone(), commit_delay);
+                    StoreHandle::spawn_task(store, loaded.acknowledged_through.clone(), commit_delay, store_metrics);
                 (handle, runner, loaded)
             }
         };
         let workers = loaded.state.workers.len();
         let streams = loaded.state.streams.len();
         let orchestrator = Orchestrator::new(
-            ServiceConfig { engine: config.engine.clone(), wall_clock: env.wall_clock },
+            ServiceConfig { engine: config.engine.clone(), wall_clock: env.wall_clock, metrics },
             loaded,
             handle,
         );
@@ -352,7 +431,17 @@ impl<L: Listener> OrchestratorServer<L> {
                 config.database.display()
             );
         }
-        Ok(Self { config, listener, orchestrator, store_runner, tls, auth })
+        Ok(Self { config, listener, orchestrator, store_runner, tls, auth, site, http, role: env.role })
+    }
+
+    /// The address the HTTP listener is bound to, if this server has one.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// The metrics and the HTTP listener's view.
+    pub fn site(&self) -> Arc<Site> {
+        Arc::clone(&self.site)
     }
 
     /// The credentials in force; [`Authenticator::reload`] reads the auth
@@ -383,8 +472,25 @@ impl<L: Listener> OrchestratorServer<L> {
     /// [`ServeError::Transport`] if the server fails, [`ServeError::Store`]
     /// if storage failed while serving.
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
-        let Self { config, listener, orchestrator, store_runner, tls, auth } = self;
+        let Self { config, listener, orchestrator, store_runner, tls, auth, site, http, role } = self;
         let addr = listener.local_addr().ok();
+        site.fleet().set(Some(orchestrator.clone()), role.clone());
+        let (http_stop, http_stopped) = tokio::sync::watch::channel(false);
+        let http_task = http.map(|listener| {
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!(%addr, "HTTP listening: dashboard at http://{addr}/, /metrics, /healthz, /readyz, /api/v1/status");
+            }
+            let site = Arc::clone(&site);
+            let mut stopped = http_stopped;
+            tokio::spawn(async move {
+                let shutdown = async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                };
+                if let Err(e) = crate::http::serve(listener, site, shutdown).await {
+                    tracing::error!("the HTTP listener failed: {e}");
+                }
+            })
+        });
         let (reporter, health) = tonic_health::server::health_reporter();
         reporter.set_not_serving::<orchestrator_proto::v1::worker_service_server::WorkerServiceServer<crate::service::WorkerApi>>().await;
         reporter.set_not_serving::<orchestrator_proto::v1::admin_service_server::AdminServiceServer<crate::service::AdminApi>>().await;
@@ -421,6 +527,7 @@ impl<L: Listener> OrchestratorServer<L> {
 
         let mut fatal = orchestrator.fatal();
         let stop_reporter = reporter.clone();
+        let (stop_site, stop_role) = (Arc::clone(&site), role.clone());
         let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<Option<String>>();
         let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
         let signal = async move {
@@ -429,6 +536,7 @@ impl<L: Listener> OrchestratorServer<L> {
                 r = fatal.wait_for(Option::is_some) => r.ok().and_then(|r| r.clone()),
             };
             tracing::info!("shutting down: health NOT_SERVING, finishing in-flight calls");
+            stop_site.fleet().set(None, stop_role);
             stop_reporter.set_service_status("", tonic_health::ServingStatus::NotServing).await;
             stop_reporter
                 .set_not_serving::<orchestrator_proto::v1::worker_service_server::WorkerServiceServer<crate::service::WorkerApi>>()
@@ -464,7 +572,9 @@ impl<L: Listener> OrchestratorServer<L> {
             max_connection_share: config.max_connection_share,
             max_message_bytes: config.max_message_bytes,
             request_receive_timeout: config.request_receive_timeout,
+            shed: site.metrics().map(|m| m.shed()),
         });
+        let rpc_metrics = site.metrics().map(|m| crate::metrics::RpcMetricsLayer::new(Arc::clone(m)));
         let mut builder = tonic::transport::Server::builder();
         if let Some(tls) = tls {
             builder = builder.tls_config(tls)?;
@@ -474,6 +584,7 @@ impl<L: Listener> OrchestratorServer<L> {
             .max_concurrent_streams(config.max_streams_per_connection.max(1))
             .http2_keepalive_interval(config.keepalive_interval)
             .http2_keepalive_timeout(Some(config.keepalive_timeout))
+            .layer(tower::util::option_layer(rpc_metrics))
             .layer(AuthLayer::new(auth))
             .layer(StoppedLayer { fatal: orchestrator.fatal() })
             .layer(admission)
@@ -497,6 +608,11 @@ impl<L: Listener> OrchestratorServer<L> {
         // Commit what is queued, then stop the store thread.
         orchestrator.close_store();
         store_runner.join().await;
+        site.fleet().set(None, role);
+        let _ = http_stop.send(true);
+        if let Some(task) = http_task {
+            let _ = task.await;
+        }
         match stopped_rx.await.ok().flatten() {
             Some(reason) => Err(ServeError::Store(StoreError::Io(reason))),
             None => {

@@ -39,6 +39,8 @@ use tonic::body::Body;
 use super::incoming::{Incoming, Listener};
 use super::{Environment, OrchestratorServer, ServeError, ServerConfig};
 use crate::auth::{AuthLayer, Authenticator};
+use crate::http::Site;
+use crate::metrics::Role;
 use crate::service::Orchestrator;
 use crate::store::PostgresStore;
 use crate::store::leader::{Election, Leadership, LeaseTimings};
@@ -150,8 +152,29 @@ pub async fn serve_replica(
     });
     let holder = format!("{}-{}-{:08x}", hostname(), std::process::id(), fastrand::u32(..));
     let hint: Arc<RwLock<Option<String>>> = Arc::default();
+    // One HTTP listener and one set of metrics for the process's life.
+    let site = Site::new(config.metrics, Arc::clone(&auth));
+    let http = match config.http {
+        Some(listen) => super::bind_http(listen).await?,
+        None => None,
+    };
     tracing::info!(addr = %acceptor.addr, holder = %holder, "replica started: standby until elected");
+    if let Some(listener) = http {
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(%addr, "HTTP listening: dashboard at http://{addr}/, /metrics, /healthz, /readyz, /api/v1/status");
+        }
+        let (site, mut stop) = (Arc::clone(&site), stop.clone());
+        tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            if let Err(e) = crate::http::serve(listener, site, shutdown).await {
+                tracing::error!("the HTTP listener failed: {e}");
+            }
+        });
+    }
     loop {
+        site.fleet().set(None, Role::Follower { leader: hint.read().unwrap_or_else(|p| p.into_inner()).clone() });
         // Follower.
         let (end_follower, follower_stopped) = watch::channel(false);
         let follower = tokio::spawn(serve_follower(
@@ -162,7 +185,7 @@ pub async fn serve_replica(
             Arc::clone(&hint),
             follower_stopped,
         ));
-        let won = elect(&replica, &holder, &hint, stop.clone()).await;
+        let won = elect(&replica, &holder, &hint, &site, stop.clone()).await;
         let Some((leadership, epoch, started)) = won else {
             let _ = end_follower.send(true);
             let _ = follower.await;
@@ -197,7 +220,12 @@ pub async fn serve_replica(
             }
             Err(e) => return Err(ServeError::Store(crate::store::StoreError::Io(e.to_string()))),
         };
-        let env = Environment { authenticator: Some(Arc::clone(&auth)), ..Environment::default() };
+        let env = Environment {
+            authenticator: Some(Arc::clone(&auth)),
+            site: Some(Arc::clone(&site)),
+            role: Role::Leader,
+            ..Environment::default()
+        };
         let server = match OrchestratorServer::with_store(config.clone(), store, leader_listener, env).await {
             Ok(server) => server,
             Err(e) => {
@@ -241,6 +269,7 @@ async fn elect(
     replica: &ReplicaConfig,
     holder: &str,
     hint: &Arc<RwLock<Option<String>>>,
+    site: &Site,
     mut stop: watch::Receiver<bool>,
 ) -> Option<(Leadership, u64, Instant)> {
     let mut leadership: Option<Leadership> = None;
@@ -277,6 +306,7 @@ async fn elect(
                 // Not our own address: a lease we just gave up is not a leader.
                 let address =
                     (!h.address.is_empty() && h.expires_in_ms > 0 && h.holder != holder).then(|| h.address.clone());
+                site.fleet().set(None, Role::Follower { leader: address.clone() });
                 *hint.write().unwrap_or_else(|p| p.into_inner()) = address;
                 if seen.as_ref() != Some(&(h.holder.clone(), h.epoch)) {
                     tracing::info!(

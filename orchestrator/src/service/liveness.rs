@@ -141,7 +141,8 @@ impl Sessions {
                 | Change::StreamRestored { .. }
                 | Change::StreamRemoved { .. }
                 | Change::StreamDeleted { .. }
-                | Change::RebalancingPaused { .. } => {
+                | Change::RebalancingPaused { .. }
+                | Change::BrakeChanged { .. } => {
                     continue;
                 }
             };

@@ -22,8 +22,11 @@ use orchestrator_proto::v1::worker_service_server::{WorkerService, WorkerService
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
-use crate::engine::{Change, Engine, EngineConfig, EngineError, Millis, StreamId};
-use crate::store::{Batch, Loaded, RecordRow, RecordUpload, RecordsOutcome, StoreHandle, StreamMeta};
+use crate::engine::{Change, Engine, EngineConfig, EngineError, Millis, Overview, StreamId, WorkerView};
+use crate::metrics::Metrics;
+use crate::store::{
+    AuditEvent, Batch, Loaded, RecordRow, RecordUpload, RecordsOutcome, StoreError, StoreHandle, StreamMeta,
+};
 
 /// Limits of the service beyond the engine's.
 #[derive(Debug, Clone)]
@@ -35,13 +38,37 @@ pub struct ServiceConfig {
     /// `SystemTime::now`, except in the simulation, which runs on simulated
     /// time.
     pub wall_clock: fn() -> SystemTime,
+    /// Where to count grants, moves and expiries (`None`: not counted).
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 impl ServiceConfig {
     /// The engine's settings with the system's wall clock.
     pub fn new(engine: EngineConfig) -> Self {
-        Self { engine, wall_clock: SystemTime::now }
+        Self { engine, wall_clock: SystemTime::now, metrics: None }
     }
+}
+
+/// The system clock, Unix milliseconds.
+pub(crate) fn unix_now_ms() -> i64 {
+    status::unix_ms(SystemTime::now())
+}
+
+/// What the dashboard shows of the fleet (`GET /api/v1/status`), copied
+/// under the engine lock in O(workers + shown).
+#[derive(Debug, Clone)]
+pub struct FleetView {
+    /// Counts and the first unassigned and revoking streams.
+    pub overview: Overview,
+    /// The first workers by server_id, each with its client version and
+    /// last heartbeat (Unix ms).
+    pub workers: Vec<(WorkerView, String, i64)>,
+    /// Every worker the engine knows.
+    pub workers_total: usize,
+    /// The orchestrator's clock, Unix ms.
+    pub server_time_ms: i64,
+    /// End of the restart grace period, Unix ms.
+    pub grace_ends_at_ms: Option<i64>,
 }
 
 /// The state behind both services. Cheap to clone.
@@ -60,6 +87,7 @@ struct Shared {
     /// The heartbeat fast path's view of the live sessions.
     sessions: liveness::Sessions,
     heartbeat_interval: Duration,
+    metrics: Option<Arc<Metrics>>,
 }
 
 #[derive(Debug)]
@@ -101,6 +129,7 @@ impl Orchestrator {
                 fatal,
                 sessions: liveness::Sessions::default(),
                 heartbeat_interval: Duration::from_millis(config.engine.heartbeat_interval),
+                metrics: config.metrics,
             }),
         }
     }
@@ -132,6 +161,63 @@ impl Orchestrator {
     /// INTERNAL if the engine lock is poisoned (the server is stopping).
     pub fn status(&self) -> Result<crate::engine::ClusterStatus, Status> {
         Ok(self.lock()?.engine.status())
+    }
+
+    /// Fleet counts and the first `list` unassigned and revoking streams
+    /// (see [`Overview`]).
+    ///
+    /// # Errors
+    ///
+    /// INTERNAL if the engine lock is poisoned (the server is stopping).
+    pub fn overview(&self, list: usize) -> Result<Overview, Status> {
+        Ok(self.lock()?.engine.overview(list))
+    }
+
+    /// The dashboard's view: the overview with `list` streams of each kind
+    /// and the first `workers` workers.
+    ///
+    /// # Errors
+    ///
+    /// INTERNAL if the engine lock is poisoned (the server is stopping).
+    pub fn fleet_view(&self, workers: usize, list: usize) -> Result<FleetView, Status> {
+        let st = self.lock()?;
+        let overview = st.engine.overview(list);
+        let (page, _) = st.engine.workers_page(None, workers);
+        let workers = page
+            .into_iter()
+            .map(|w| {
+                let stamp = self.shared.sessions.stamp(&w.server_id);
+                let last = self.wall_ms(stamp.map_or(w.last_heartbeat, |s| s.max(w.last_heartbeat)));
+                let version = st.versions.get(&w.server_id).cloned().unwrap_or_default();
+                (w, version, last)
+            })
+            .collect();
+        let workers_total = overview.workers_by_state.iter().map(|&n| n as usize).sum();
+        let grace_ends_at_ms = overview.status.grace_until.map(|t| self.wall_ms(t));
+        drop(st);
+        Ok(FleetView {
+            overview,
+            workers,
+            workers_total,
+            server_time_ms: self.wall_ms(self.now_ms()),
+            grace_ends_at_ms,
+        })
+    }
+
+    /// The newest `limit` audit events, newest first (a bounded store
+    /// read, queued behind the commits before it).
+    ///
+    /// # Errors
+    ///
+    /// The store's error.
+    pub async fn recent_events(&self, limit: usize) -> Result<Vec<AuditEvent>, StoreError> {
+        self.shared.store.recent_events(limit).await
+    }
+
+    /// Whether the orchestrator stopped serving (storage failed, the lease
+    /// was lost, the engine lock was poisoned).
+    pub fn stopped(&self) -> bool {
+        self.shared.fatal.borrow().is_some()
     }
 
     /// Advances the engine's clock: expiries, the brake, the end of grace,
@@ -224,6 +310,9 @@ impl Orchestrator {
             };
             batch.changes = st.engine.take_changes();
             log_changes(&batch.changes);
+            if let Some(metrics) = &self.shared.metrics {
+                metrics.observe_changes(&batch.changes);
+            }
             self.shared.sessions.publish_changes(&st.engine, &batch.changes);
             for change in &batch.changes {
                 if let Change::WorkerPruned { server_id } = change {
@@ -283,6 +372,11 @@ fn log_changes(changes: &[Change]) {
             }
             Change::StreamDeleted { stream_id } => tracing::debug!(stream_id, "stream deleted"),
             Change::RebalancingPaused { paused } => tracing::info!(paused, "rebalancing paused changed"),
+            Change::BrakeChanged { engaged: true } => tracing::warn!(
+                "mass-failure brake engaged: many sessions expired together; their streams are held back until the \
+                 workers return or an operator resumes rebalancing"
+            ),
+            Change::BrakeChanged { engaged: false } => tracing::info!("mass-failure brake released"),
         }
     }
 }

@@ -36,6 +36,7 @@ pub use pg::{PostgresStore, redact_url};
 pub use sqlite::SqliteStore;
 
 use crate::engine::{Change, PersistedState, StreamId};
+use crate::metrics::StoreMetrics;
 
 /// Why storage failed. Every variant names what to look at.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -149,6 +150,29 @@ pub struct Loaded {
     pub acknowledged_through: HashMap<String, u64>,
 }
 
+/// One row of the audit log: what changed, when, to whom.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEvent {
+    /// Its position in the log (ascending with time).
+    pub id: i64,
+    /// When, Unix milliseconds.
+    pub at_ms: i64,
+    /// What: `worker_registered`, `lease_granted`, `lease_revoking`,
+    /// `brake_engaged`, … (see ARCHITECTURE.md).
+    pub event: String,
+    /// The worker concerned, if any.
+    pub server_id: Option<String>,
+    /// The stream concerned, if any.
+    pub stream_id: Option<StreamId>,
+    /// The lease epoch concerned, if any.
+    pub lease_epoch: Option<u64>,
+    /// More: a revocation's reason, the workers a grace period missed.
+    pub detail: Option<String>,
+}
+
+/// The most audit events a read returns.
+pub const MAX_EVENTS: usize = 1000;
+
 /// Durable storage, used from one thread at a time.
 pub trait Store: Send + 'static {
     /// Reads everything the orchestrator needs to start.
@@ -165,6 +189,20 @@ pub trait Store: Send + 'static {
     ///
     /// [`StoreError::Io`]; nothing of the batches is stored then.
     fn commit(&mut self, batches: &[Batch]) -> Result<Vec<Option<RecordsOutcome>>, StoreError>;
+
+    /// The newest `limit` audit events (at most [`MAX_EVENTS`]), newest
+    /// first: a bounded read by the log's key, whatever its length.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Io`].
+    fn recent_events(&mut self, limit: usize) -> Result<Vec<AuditEvent>, StoreError>;
+}
+
+/// A read of the audit log, answered by the store thread between commits.
+struct Read {
+    limit: usize,
+    reply: oneshot::Sender<Result<Vec<AuditEvent>, StoreError>>,
 }
 
 struct Job {
@@ -175,6 +213,8 @@ struct Job {
 /// What the store thread is asked to do.
 enum Msg {
     Commit(Job),
+    /// Read the audit log (after the commits queued before it).
+    Read(Read),
     /// Commit everything queued before this, then stop.
     Close,
 }
@@ -226,18 +266,36 @@ impl StoreRunner {
     }
 }
 
-/// Takes every commit waiting behind `first` (up to 1024) for one group;
-/// `true` if a close came after them.
-fn gather(first: Job, queue: &mut mpsc::UnboundedReceiver<Msg>) -> (Vec<Job>, bool) {
-    let mut jobs = vec![first];
-    while jobs.len() < 1024 {
-        match queue.try_recv() {
-            Ok(Msg::Commit(more)) => jobs.push(more),
-            Ok(Msg::Close) => return (jobs, true),
-            Err(_) => break,
+/// What the committer takes from its queue at once.
+#[derive(Default)]
+struct Gathered {
+    /// Commits for one group (up to 1024).
+    jobs: Vec<Job>,
+    /// Reads, answered after the group.
+    reads: Vec<Read>,
+    /// A close came after them.
+    closing: bool,
+}
+
+/// Takes `first` and every message waiting behind it: commits (up to 1024)
+/// for one group, and the reads among them.
+fn gather(first: Msg, queue: &mut mpsc::UnboundedReceiver<Msg>) -> Gathered {
+    let mut g = Gathered::default();
+    let mut next = Some(first);
+    while let Some(msg) = next.take() {
+        match msg {
+            Msg::Commit(job) => g.jobs.push(job),
+            Msg::Read(read) => g.reads.push(read),
+            Msg::Close => {
+                g.closing = true;
+                break;
+            }
+        }
+        if g.jobs.len() < 1024 {
+            next = queue.try_recv().ok();
         }
     }
-    (jobs, false)
+    g
 }
 
 /// The committing side, the same under a thread or a task.
@@ -246,6 +304,7 @@ struct Committer {
     watermarks: Arc<std::sync::Mutex<HashMap<String, u64>>>,
     durable: watch::Sender<u64>,
     done: u64,
+    metrics: Option<StoreMetrics>,
 }
 
 impl Committer {
@@ -257,13 +316,25 @@ impl Committer {
         self.settle(jobs, &batches, result)
     }
 
+    /// Answers reads of the audit log.
+    fn answer(&mut self, reads: Vec<Read>) {
+        for read in reads {
+            let _ = read.reply.send(self.store.recent_events(read.limit.min(MAX_EVENTS)));
+        }
+    }
+
     /// Writes one group in one transaction: durable once this returns Ok.
     fn write(&mut self, jobs: &mut [Job]) -> (Vec<Batch>, Result<Vec<Option<RecordsOutcome>>, StoreError>) {
         let batches: Vec<Batch> = jobs.iter_mut().map(|j| std::mem::take(&mut j.batch)).collect();
         let result = if batches.iter().all(Batch::is_empty) {
             Ok(vec![None; batches.len()])
         } else {
-            self.store.commit(&batches)
+            let started = std::time::Instant::now();
+            let result = self.store.commit(&batches);
+            if let Some(metrics) = &self.metrics {
+                metrics.observe_commit(started.elapsed().as_secs_f64(), batches.len());
+            }
+            result
         };
         (batches, result)
     }
@@ -339,13 +410,30 @@ impl StoreHandle {
     ///
     /// [`StoreError::Io`] if the thread cannot be started.
     pub fn spawn(store: impl Store, watermarks: HashMap<String, u64>) -> Result<(Self, StoreRunner), StoreError> {
-        let (handle, mut committer, mut queue) = Self::parts(store, watermarks);
+        Self::spawn_observed(store, watermarks, None)
+    }
+
+    /// As [`spawn`](Self::spawn), timing each group commit into `metrics`.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Io`] if the thread cannot be started.
+    pub fn spawn_observed(
+        store: impl Store,
+        watermarks: HashMap<String, u64>,
+        metrics: Option<StoreMetrics>,
+    ) -> Result<(Self, StoreRunner), StoreError> {
+        let (handle, mut committer, mut queue) = Self::parts(store, watermarks, metrics);
         let thread = thread::Builder::new()
             .name("store".into())
             .spawn(move || {
-                while let Some(Msg::Commit(first)) = queue.blocking_recv() {
-                    let (jobs, closing) = gather(first, &mut queue);
-                    if !committer.commit(jobs) || closing {
+                while let Some(first) = queue.blocking_recv() {
+                    let Gathered { jobs, reads, closing } = gather(first, &mut queue);
+                    if !jobs.is_empty() && !committer.commit(jobs) {
+                        return;
+                    }
+                    committer.answer(reads);
+                    if closing {
                         return;
                     }
                 }
@@ -364,20 +452,27 @@ impl StoreHandle {
         store: impl Store,
         watermarks: HashMap<String, u64>,
         commit_delay: CommitDelay,
+        metrics: Option<StoreMetrics>,
     ) -> (Self, StoreRunner) {
-        let (handle, mut committer, mut queue) = Self::parts(store, watermarks);
+        let (handle, mut committer, mut queue) = Self::parts(store, watermarks, metrics);
         let task = tokio::spawn(async move {
-            while let Some(Msg::Commit(first)) = queue.recv().await {
+            while let Some(first) = queue.recv().await {
                 let delay = commit_delay();
                 if !delay.is_zero() {
                     tokio::time::sleep(delay / 2).await;
                 }
-                let (mut jobs, closing) = gather(first, &mut queue);
-                let (batches, result) = committer.write(&mut jobs);
-                if !delay.is_zero() {
-                    tokio::time::sleep(delay - delay / 2).await;
+                let Gathered { mut jobs, reads, closing } = gather(first, &mut queue);
+                if !jobs.is_empty() {
+                    let (batches, result) = committer.write(&mut jobs);
+                    if !delay.is_zero() {
+                        tokio::time::sleep(delay - delay / 2).await;
+                    }
+                    if !committer.settle(jobs, &batches, result) {
+                        return;
+                    }
                 }
-                if !committer.settle(jobs, &batches, result) || closing {
+                committer.answer(reads);
+                if closing {
                     return;
                 }
             }
@@ -385,12 +480,16 @@ impl StoreHandle {
         (handle, StoreRunner::Task(task))
     }
 
-    fn parts(store: impl Store, watermarks: HashMap<String, u64>) -> (Self, Committer, mpsc::UnboundedReceiver<Msg>) {
+    fn parts(
+        store: impl Store,
+        watermarks: HashMap<String, u64>,
+        metrics: Option<StoreMetrics>,
+    ) -> (Self, Committer, mpsc::UnboundedReceiver<Msg>) {
         let (jobs, queue) = mpsc::unbounded_channel::<Msg>();
         let (durable_tx, durable) = watch::channel(0u64);
         let watermarks = Arc::new(std::sync::Mutex::new(watermarks));
         let committer =
-            Committer { store: Box::new(store), watermarks: Arc::clone(&watermarks), durable: durable_tx, done: 0 };
+            Committer { store: Box::new(store), watermarks: Arc::clone(&watermarks), durable: durable_tx, done: 0, metrics };
         let handle = Self { jobs, durable, submitted: Arc::new(std::sync::atomic::AtomicU64::new(0)), watermarks };
         (handle, committer, queue)
     }
@@ -417,6 +516,18 @@ impl StoreHandle {
             return Pending { reply: Some(rx), barrier: None };
         }
         Pending { reply: Some(rx), barrier: None }
+    }
+
+    /// The newest `limit` audit events (at most [`MAX_EVENTS`]), newest
+    /// first, read by the store thread after the commits queued before.
+    ///
+    /// # Errors
+    ///
+    /// The store's error; [`StoreError::Closed`] if the store stopped.
+    pub async fn recent_events(&self, limit: usize) -> Result<Vec<AuditEvent>, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.jobs.send(Msg::Read(Read { limit, reply })).map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
     }
 
     /// Asks the store thread to commit what is queued and stop; later

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use postgres::{Client, NoTls, Statement, Transaction};
 
-use super::{Batch, Loaded, RecordUpload, RecordsOutcome, Store, StoreError, StreamMeta};
+use super::{AuditEvent, Batch, Loaded, RecordUpload, RecordsOutcome, Store, StoreError, StreamMeta};
 use crate::engine::{Change, LeaseState, PersistedStream, PersistedWorker, StreamId};
 
 /// Schema migrations, applied in order. Never edit a released one: add a
@@ -478,6 +478,10 @@ impl Tx<'_, '_> {
                 let event = if *paused { "rebalancing_paused" } else { "rebalancing_resumed" };
                 self.audit(at_ms, event, None, None, None, None)?;
             }
+            Change::BrakeChanged { engaged } => {
+                let event = if *engaged { "brake_engaged" } else { "brake_released" };
+                self.audit(at_ms, event, None, None, None, None)?;
+            }
         }
         Ok(())
     }
@@ -664,6 +668,30 @@ impl Store for PostgresStore {
         }
         tx.commit().map_err(io)?;
         Ok(outcomes)
+    }
+
+    fn recent_events(&mut self, limit: usize) -> Result<Vec<AuditEvent>, StoreError> {
+        let limit = limit.min(super::MAX_EVENTS) as i64;
+        let rows = self
+            .client
+            .query(
+                "SELECT id, at_ms, event, server_id, stream_id, lease_epoch, detail FROM audit_log
+                 ORDER BY id DESC LIMIT $1",
+                &[&limit],
+            )
+            .map_err(io)?;
+        Ok(rows
+            .into_iter()
+            .map(|r| AuditEvent {
+                id: r.get(0),
+                at_ms: r.get(1),
+                event: r.get(2),
+                server_id: r.get(3),
+                stream_id: r.get(4),
+                lease_epoch: r.get::<_, Option<i64>>(5).map(|e| e as u64),
+                detail: r.get(6),
+            })
+            .collect())
     }
 }
 

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
-use super::{Batch, Loaded, RecordRow, RecordUpload, RecordsOutcome, Store, StoreError, StreamMeta};
+use super::{AuditEvent, Batch, Loaded, RecordRow, RecordUpload, RecordsOutcome, Store, StoreError, StreamMeta};
 use crate::engine::{Change, LeaseState, PersistedStream, PersistedWorker, RevokeReason, StreamId};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` is the number
@@ -338,6 +338,9 @@ impl SqliteStore {
                 )?;
                 audit(if *paused { "rebalancing_paused" } else { "rebalancing_resumed" }, None, None, None, None)?;
             }
+            Change::BrakeChanged { engaged } => {
+                audit(if *engaged { "brake_engaged" } else { "brake_released" }, None, None, None, None)?;
+            }
         }
         Ok(())
     }
@@ -577,6 +580,30 @@ impl Store for SqliteStore {
         }
         tx.commit().map_err(io)?;
         Ok(outcomes)
+    }
+
+    fn recent_events(&mut self, limit: usize) -> Result<Vec<AuditEvent>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT id, at_ms, event, server_id, stream_id, lease_epoch, detail FROM audit_log
+                 ORDER BY id DESC LIMIT ?1",
+            )
+            .map_err(io)?;
+        let rows = stmt
+            .query_map(params![limit.min(super::MAX_EVENTS) as i64], |r| {
+                Ok(AuditEvent {
+                    id: r.get(0)?,
+                    at_ms: r.get(1)?,
+                    event: r.get(2)?,
+                    server_id: r.get(3)?,
+                    stream_id: r.get(4)?,
+                    lease_epoch: r.get::<_, Option<i64>>(5)?.map(|e| e as u64),
+                    detail: r.get(6)?,
+                })
+            })
+            .map_err(io)?;
+        rows.collect::<Result<_, _>>().map_err(io)
     }
 }
 

@@ -231,6 +231,10 @@ impl Store for Disk {
     fn commit(&mut self, batches: &[Batch]) -> Result<Vec<Option<RecordsOutcome>>, StoreError> {
         self.0.lock().unwrap().commit(batches)
     }
+
+    fn recent_events(&mut self, limit: usize) -> Result<Vec<orchestrator::store::AuditEvent>, StoreError> {
+        self.0.lock().unwrap().recent_events(limit)
+    }
 }
 
 /// What one run found.
@@ -814,7 +818,7 @@ fn orchestrator_host(
             let listener = SimListener::bind(PORT).await?;
             let commit_delay = Arc::new(move || Duration::from_millis(delay.load(Ordering::Relaxed)));
             let env =
-                Environment { store: StoreDriver::Task { commit_delay }, wall_clock: sim_wall, authenticator: None };
+                Environment { store: StoreDriver::Task { commit_delay }, wall_clock: sim_wall, ..Environment::default() };
             let server = OrchestratorServer::with_store(config, disk, listener, env).await?;
             shared.borrow_mut().orchestrator = Some(server.orchestrator().clone());
             server.serve(std::future::pending()).await?;

@@ -3,6 +3,9 @@
 //! ([`admin`]: arguments, connecting, errors, rendering).
 
 mod admin;
+mod otel;
+
+use otel::Telemetry;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -12,7 +15,7 @@ use std::time::Duration;
 use admin::{AdminArgs, AdminCommand};
 use clap::{Args, Parser, Subcommand};
 use orchestrator::engine::EngineConfig;
-use orchestrator::server::{OrchestratorServer, Security, ServerConfig, TlsFiles};
+use orchestrator::server::{HttpListen, OrchestratorServer, Security, ServerConfig, TlsFiles};
 
 /// Balances long-lived media streams across a fleet of workers.
 ///
@@ -172,7 +175,39 @@ struct ServeArgs {
     /// operator.
     #[arg(long, env = "ORCHESTRATOR_INSECURE", help_heading = "Security")]
     insecure: bool,
+    /// The HTTP listener: the dashboard at /, /metrics (Prometheus),
+    /// /healthz, /readyz and /api/v1/status; `off` for none; port 0 picks a
+    /// free port (logged). Plain HTTP, separate from gRPC so it can stay
+    /// internal: a non-loopback address needs --insecure. With --auth-file,
+    /// /api/* needs an admin token. [default: 127.0.0.1:50052, or none if
+    /// that port is taken]
+    #[arg(long, env = "ORCHESTRATOR_HTTP_LISTEN", value_name = "ADDR|off", help_heading = "Observability")]
+    http_listen: Option<String>,
+    /// Collect metrics; with false, /metrics answers 404 and nothing is
+    /// counted.
+    #[arg(long, env = "ORCHESTRATOR_METRICS", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL", help_heading = "Observability")]
+    metrics: bool,
+    /// Log lines as `text` (for people) or `json` (one object per line, for
+    /// log pipelines). The level is set by RUST_LOG (default info).
+    #[arg(long, env = "ORCHESTRATOR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, help_heading = "Observability")]
+    log_format: LogFormat,
+    /// Export traces over OTLP/gRPC to this collector (e.g.
+    /// http://127.0.0.1:4317). Needs a binary built with `--features otel`.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", value_name = "URL", help_heading = "Observability")]
+    otlp_endpoint: Option<String>,
 }
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The binary's default HTTP listen address.
+const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:50052";
 
 impl ServeArgs {
     fn into_config(self) -> Result<ServerConfig, String> {
@@ -206,6 +241,7 @@ impl ServeArgs {
             return Err("--request-receive-timeout and --keepalive-timeout must be greater than zero".into());
         }
         let security = self.security()?;
+        let http = self.http()?;
         let grace = self.grace.unwrap_or(self.session_timeout + Duration::from_secs(60));
         Ok(ServerConfig {
             listen: self.listen,
@@ -241,7 +277,30 @@ impl ServeArgs {
             demo_streams: self.demo_streams,
             drain_timeout: self.drain_timeout,
             security,
+            http,
+            metrics: self.metrics,
         })
+    }
+
+    /// The HTTP listener: off, the default (skipped if its port is taken),
+    /// or an address given; a non-loopback one needs --insecure.
+    fn http(&self) -> Result<Option<HttpListen>, String> {
+        let (text, if_free) = match self.http_listen.as_deref().map(str::trim) {
+            None => (DEFAULT_HTTP_LISTEN, true),
+            Some(off) if off.eq_ignore_ascii_case("off") => return Ok(None),
+            Some(addr) => (addr, false),
+        };
+        let addr: SocketAddr = text.parse().map_err(|_| {
+            format!("--http-listen {text:?}: not an address; give host:port (e.g. 127.0.0.1:50052, port 0 for any) or off")
+        })?;
+        if !addr.ip().is_loopback() && !self.insecure {
+            return Err(format!(
+                "refusing --http-listen {addr} (not a loopback address) without --insecure: the HTTP listener is plain \
+                 HTTP, so the status API (and, with --auth-file, the admin token sent to it) would cross the network \
+                 in clear. Keep it on loopback behind a proxy, or add --insecure if the network itself is trusted"
+            ));
+        }
+        Ok(Some(HttpListen { addr, if_free }))
     }
 
     /// The PostgreSQL settings, when --database is a PostgreSQL URL.
@@ -310,11 +369,27 @@ impl ServeArgs {
     }
 }
 
-fn init_tracing() {
+/// Logs to stderr as `format`; with `otlp` (the `otel` feature), traces
+/// are exported too. Returns what must live until exit.
+fn init_tracing(format: LogFormat, otlp: Option<&str>) -> Result<Telemetry, String> {
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none();
+    let lines = match format {
+        LogFormat::Text => tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi).boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_writer(std::io::stderr)
+            .boxed(),
+    };
+    let (traces, telemetry) = otel::layer(otlp)?;
+    tracing_subscriber::registry().with(filter).with(lines).with(traces).init();
+    Ok(telemetry)
 }
 
 async fn shutdown_signal() {
@@ -339,7 +414,13 @@ async fn shutdown_signal() {
 }
 
 async fn serve(args: ServeArgs) -> ExitCode {
-    init_tracing();
+    let _telemetry = match init_tracing(args.log_format, args.otlp_endpoint.as_deref()) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let postgres_settings = match args.postgres() {
         Ok(p) => p,
         Err(e) => {

@@ -14,6 +14,7 @@ fn limits(worker: usize, admin: usize) -> Limits {
         max_connection_share: 0.25,
         max_message_bytes: 1024,
         request_receive_timeout: Duration::from_secs(10),
+        shed: None,
     }
 }
 

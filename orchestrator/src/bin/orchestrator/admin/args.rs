@@ -89,8 +89,15 @@ pub(crate) enum AdminCommand {
     },
     /// Show cluster-wide figures: streams assigned and unassigned, workers
     /// by state, whether rebalancing is paused or held back. Prints once and
-    /// exits.
-    Status,
+    /// exits, or with --watch refreshes until ctrl-c.
+    Status {
+        /// Refresh every INTERVAL (default 2s) until ctrl-c: redrawn in
+        /// place on a terminal; otherwise (or with --json, one compact
+        /// document per line) each reading is appended. A failed reading is
+        /// shown and the watch goes on.
+        #[arg(long, value_name = "INTERVAL", num_args = 0..=1, default_missing_value = "2s", value_parser = humantime::parse_duration)]
+        watch: Option<std::time::Duration>,
+    },
     /// Move every stream away from a worker and give it no new ones.
     ///
     /// Returns at once with the number of streams to move; they move over the

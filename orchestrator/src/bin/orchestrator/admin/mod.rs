@@ -79,10 +79,53 @@ pub(crate) async fn run(
     command: AdminCommand,
     out: &mut dyn std::io::Write,
 ) -> Result<(), AdminError> {
+    if let AdminCommand::Status { watch: Some(every) } = command {
+        return watch_status(args, every, out).await;
+    }
     let text = execute(args, command).await?;
     out.write_all(text.as_bytes())?;
     out.flush()?;
     Ok(())
+}
+
+/// `status --watch`: a reading every `every` until ctrl-c. On a terminal
+/// each reading replaces the last; otherwise readings are appended (with
+/// `--json`, one compact document per line). A failed reading is shown in
+/// its place and the watch goes on (the orchestrator may be restarting).
+async fn watch_status(args: &AdminArgs, every: std::time::Duration, out: &mut dyn std::io::Write) -> Result<(), AdminError> {
+    if every < std::time::Duration::from_millis(100) {
+        return Err(AdminError::Usage("--watch: the interval must be at least 100ms".into()));
+    }
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stdout()) && !args.json;
+    let stop = tokio::signal::ctrl_c();
+    tokio::pin!(stop);
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return Ok(()),
+            _ = ticks.tick() => {}
+        }
+        let reading = execute(args, AdminCommand::Status { watch: None }).await;
+        let text = match (reading, args.json) {
+            (Ok(text), true) => match serde_json::from_str::<serde_json::Value>(&text) {
+                Ok(doc) => format!("{doc}\n"),
+                Err(_) => text,
+            },
+            (Ok(text), false) => text,
+            (Err(e), true) => format!("{}\n", e.to_json()),
+            (Err(e), false) => format!("error: {e}\n"),
+        };
+        if terminal {
+            let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
+            write!(out, "\x1b[H\x1b[2J{} every {every:?} ({now}; ctrl-c to stop)\n\n{text}", args.addr)?;
+        } else if args.json {
+            out.write_all(text.as_bytes())?;
+        } else {
+            write!(out, "{text}\n")?;
+        }
+        out.flush()?;
+    }
 }
 
 async fn execute(args: &AdminArgs, command: AdminCommand) -> Result<String, AdminError> {
@@ -175,7 +218,7 @@ async fn execute(args: &AdminArgs, command: AdminCommand) -> Result<String, Admi
             .await?;
             Ok(render_assignments(&assignments, json))
         }
-        AdminCommand::Status => {
+        AdminCommand::Status { .. } => {
             let mut client = connect(args).await?;
             let resp = client
                 .get_cluster_status(GetClusterStatusRequest {})
@@ -258,7 +301,7 @@ mod tests {
     #[tokio::test]
     async fn unreachable_address() {
         let mut out = Vec::new();
-        let err = run(&args("http://127.0.0.1:1"), AdminCommand::Status, &mut out).await.unwrap_err();
+        let err = run(&args("http://127.0.0.1:1"), AdminCommand::Status { watch: None }, &mut out).await.unwrap_err();
         let msg = err.to_string();
         assert!(matches!(err, AdminError::Unreachable { .. }), "{err:?}");
         assert!(msg.starts_with("cannot reach the orchestrator at http://127.0.0.1:1: "), "{msg}");

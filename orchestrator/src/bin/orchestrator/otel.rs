@@ -1,0 +1,81 @@
+//! OpenTelemetry trace export (`--otlp-endpoint`), compiled in only with the
+//! `otel` feature: spans (every gRPC call is one, named after its method,
+//! with the worker's server_id where there is one) go over OTLP/gRPC to a
+//! collector in batches.
+
+use tracing::Subscriber;
+use tracing_subscriber::Layer;
+use tracing_subscriber::registry::LookupSpan;
+
+/// A trace layer for subscribers of type `S`, if any.
+pub(crate) type TraceLayer<S> = Option<Box<dyn Layer<S> + Send + Sync>>;
+
+/// What must live until exit: dropping it flushes the spans not yet sent.
+#[derive(Debug, Default)]
+pub(crate) struct Telemetry {
+    #[cfg(feature = "otel")]
+    provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+}
+
+#[cfg(feature = "otel")]
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        if let Some(provider) = self.provider.take()
+            && let Err(e) = provider.shutdown()
+        {
+            eprintln!("warning: flushing traces to the OTLP collector: {e}");
+        }
+    }
+}
+
+/// The OTLP layer for `endpoint` (none without one).
+///
+/// # Errors
+///
+/// The endpoint cannot be used, or (without the `otel` feature) the binary
+/// cannot export at all.
+#[cfg(feature = "otel")]
+pub(crate) fn layer<S>(endpoint: Option<&str>) -> Result<(TraceLayer<S>, Telemetry), String>
+where
+    S: Subscriber + for<'a> LookupSpan<'a> + Send + Sync,
+{
+    use opentelemetry::trace::TracerProvider as _;
+    use opentelemetry_otlp::WithExportConfig as _;
+    let Some(endpoint) = endpoint else {
+        return Ok((None, Telemetry::default()));
+    };
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .with_endpoint(endpoint)
+        .build()
+        .map_err(|e| format!("--otlp-endpoint {endpoint}: {e}"))?;
+    let resource = opentelemetry_sdk::Resource::builder()
+        .with_service_name("orchestrator")
+        .with_attribute(opentelemetry::KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
+        .build();
+    let provider =
+        opentelemetry_sdk::trace::SdkTracerProvider::builder().with_batch_exporter(exporter).with_resource(resource).build();
+    let tracer = provider.tracer("orchestrator");
+    let layer = tracing_opentelemetry::layer().with_tracer(tracer).boxed();
+    Ok((Some(layer), Telemetry { provider: Some(provider) }))
+}
+
+/// Without the `otel` feature: no layer; an endpoint is an error that
+/// says how to get one.
+///
+/// # Errors
+///
+/// An endpoint was given.
+#[cfg(not(feature = "otel"))]
+pub(crate) fn layer<S>(endpoint: Option<&str>) -> Result<(TraceLayer<S>, Telemetry), String>
+where
+    S: Subscriber + for<'a> LookupSpan<'a> + Send + Sync,
+{
+    match endpoint {
+        None => Ok((None, Telemetry::default())),
+        Some(endpoint) => Err(format!(
+            "--otlp-endpoint {endpoint}: this orchestrator was built without trace export; build it with \
+             `cargo build --release -p orchestrator --features otel`"
+        )),
+    }
+}

@@ -1,0 +1,337 @@
+//! The HTTP listener, separate from gRPC so that it can stay internal while
+//! gRPC is public behind TLS (`serve --http-listen`, default
+//! 127.0.0.1:50052):
+//!
+//! | path | what | auth |
+//! |---|---|---|
+//! | `/` | the live dashboard (one self-contained page) | open (it holds no data) |
+//! | `/api/v1/status` | the fleet as JSON (`docs/HTTP-API.md`) | admin token, with authentication on |
+//! | `/metrics` | Prometheus text format (`crate::metrics`) | open |
+//! | `/healthz` | 200 while the process runs | open |
+//! | `/readyz` | 200 while this process serves the fleet; 503 on a follower or once stopping | open |
+//!
+//! The listener lives as long as the process: a replica keeps it across
+//! its terms, and the [`Fleet`] it reads from says which engine (if any)
+//! is being served.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::{Value, json};
+
+use crate::auth::Authenticator;
+use crate::engine::WorkerState;
+use crate::metrics::{Fleet, Metrics, Role, reason_label};
+
+/// The dashboard page.
+const DASHBOARD: &str = include_str!("dashboard.html");
+
+/// Workers `/api/v1/status` lists by default, and at most.
+pub const DEFAULT_WORKERS: usize = 1000;
+/// The most workers one status answer lists.
+pub const MAX_WORKERS: usize = 10_000;
+/// Unassigned and revoking streams listed (each).
+pub const LISTED_STREAMS: usize = 100;
+/// Audit events listed, newest first.
+pub const LISTED_EVENTS: usize = 50;
+
+/// How long open HTTP connections get once shutdown begins.
+const DRAIN: Duration = Duration::from_secs(2);
+
+/// What the HTTP listener serves from; one per process.
+#[derive(Debug)]
+pub struct Site {
+    metrics: Option<Arc<Metrics>>,
+    fleet: Arc<Fleet>,
+    auth: Arc<Authenticator>,
+}
+
+impl Site {
+    /// The site of a process: metrics collected if `metrics`, `/api/*`
+    /// checked by `auth`.
+    pub fn new(metrics: bool, auth: Arc<Authenticator>) -> Arc<Self> {
+        let fleet = Arc::new(Fleet::default());
+        let metrics = metrics.then(|| Arc::new(Metrics::new(Arc::clone(&fleet))));
+        Arc::new(Self { metrics, fleet, auth })
+    }
+
+    /// The metrics, unless collection is off.
+    pub fn metrics(&self) -> Option<&Arc<Metrics>> {
+        self.metrics.as_ref()
+    }
+
+    /// What is being served.
+    pub fn fleet(&self) -> &Fleet {
+        &self.fleet
+    }
+}
+
+/// Serves the site on `listener` until `shutdown` fires; open connections
+/// then get [`DRAIN`] to finish.
+///
+/// # Errors
+///
+/// The I/O error that stopped the server.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    site: Arc<Site>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let server = axum::serve(listener, router(site)).with_graceful_shutdown(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let mut stop = stop_rx;
+    tokio::select! {
+        result = server => result,
+        () = async {
+            let _ = stop.wait_for(|&s| s).await;
+            tokio::time::sleep(DRAIN).await;
+        } => Ok(()),
+    }
+}
+
+/// The routes (for tests that serve them on a listener of their own).
+pub fn router(site: Arc<Site>) -> Router {
+    Router::new()
+        .route("/", get(dashboard))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/api/v1/status", get(status))
+        .fallback(not_found)
+        .with_state(site)
+}
+
+async fn dashboard() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8")),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+            // Nothing but this page's own inline code, and requests to its origin.
+            (
+                header::CONTENT_SECURITY_POLICY,
+                HeaderValue::from_static(
+                    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+                     connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+                ),
+            ),
+            (header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")),
+        ],
+        DASHBOARD,
+    )
+        .into_response()
+}
+
+async fn not_found() -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        "no such path: try / (dashboard), /api/v1/status, /metrics, /healthz or /readyz",
+    )
+}
+
+fn error(code: StatusCode, message: &str) -> Response {
+    (code, [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))], axum::Json(json!({ "error": message })))
+        .into_response()
+}
+
+async fn readyz(State(site): State<Arc<Site>>) -> Response {
+    let (current, role) = site.fleet.get();
+    match (current, role) {
+        (_, Role::Follower { leader }) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "not ready: this replica is a follower (leader: {})\n",
+                leader.as_deref().unwrap_or("not known yet")
+            ),
+        )
+            .into_response(),
+        (Some(o), _) if !o.stopped() => "ready\n".into_response(),
+        (Some(_), _) => (StatusCode::SERVICE_UNAVAILABLE, "not ready: stopping\n").into_response(),
+        (None, _) => (StatusCode::SERVICE_UNAVAILABLE, "not ready: not serving\n").into_response(),
+    }
+}
+
+async fn metrics(State(site): State<Arc<Site>>) -> Response {
+    let Some(metrics) = &site.metrics else {
+        return (StatusCode::NOT_FOUND, "metrics are off (--metrics=false)\n").into_response();
+    };
+    match metrics.encode() {
+        Ok(text) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response(),
+        Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "could not format the metrics\n").into_response(),
+    }
+}
+
+/// `?workers=N`: how many workers to list.
+fn workers_param(query: Option<&str>) -> Result<usize, String> {
+    let mut workers = DEFAULT_WORKERS;
+    for pair in query.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match key {
+            "workers" => {
+                workers = value
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=MAX_WORKERS).contains(n))
+                    .ok_or_else(|| format!("workers: must be a number from 1 to {MAX_WORKERS}, not {value:?}"))?;
+            }
+            _ => return Err(format!("unknown query parameter {key:?}: the only one is workers=N")),
+        }
+    }
+    Ok(workers)
+}
+
+async fn status(State(site): State<Arc<Site>>, headers: HeaderMap, RawQuery(query): RawQuery) -> Response {
+    if let Err((code, message)) =
+        site.auth.authorize_http_admin(headers.get(header::AUTHORIZATION).map(HeaderValue::as_bytes))
+    {
+        let code = StatusCode::from_u16(code).unwrap_or(StatusCode::UNAUTHORIZED);
+        let mut response = error(code, message);
+        if code == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        return response;
+    }
+    let workers = match workers_param(query.as_deref()) {
+        Ok(n) => n,
+        Err(message) => return error(StatusCode::BAD_REQUEST, &message),
+    };
+    let (current, role) = site.fleet.get();
+    let mut doc = json!({
+        "schema": "orchestrator.status.v1",
+        "version": env!("CARGO_PKG_VERSION"),
+        "role": match &role {
+            Role::Standalone => "standalone",
+            Role::Leader => "leader",
+            Role::Follower { .. } => "follower",
+        },
+        "leader": match &role {
+            Role::Follower { leader } => json!(leader),
+            _ => Value::Null,
+        },
+        "ready": false,
+        "server_time_ms": crate::service::unix_now_ms(),
+        "cluster": Value::Null,
+        "workers_total": 0,
+        "workers_truncated": false,
+        "workers": [],
+        "unassigned": { "count": 0, "first": [] },
+        "revoking": { "count": 0, "first": [] },
+        "events": [],
+        "events_error": Value::Null,
+    });
+    let Some(o) = current.filter(|_| !matches!(role, Role::Follower { .. })) else {
+        return json_response(doc);
+    };
+    let view = match o.fleet_view(workers, LISTED_STREAMS) {
+        Ok(view) => view,
+        Err(status) => return error(StatusCode::SERVICE_UNAVAILABLE, status.message()),
+    };
+    let s = &view.overview.status;
+    doc["ready"] = json!(!o.stopped());
+    doc["server_time_ms"] = json!(view.server_time_ms);
+    doc["cluster"] = json!({
+        "live_workers": s.live_workers,
+        "total_streams": s.total_streams,
+        "assigned_streams": s.assigned_streams,
+        "unassigned_streams": s.total_streams.saturating_sub(s.assigned_streams),
+        "revoking_streams": view.overview.leases_revoking,
+        "total_capacity": s.total_capacity,
+        "rebalancing_paused": s.rebalancing_paused,
+        "brake_engaged": s.brake_engaged,
+        "grace_ends_at_ms": view.grace_ends_at_ms,
+    });
+    doc["workers_total"] = json!(view.workers_total);
+    doc["workers_truncated"] = json!(view.workers.len() < view.workers_total);
+    doc["workers"] = view
+        .workers
+        .iter()
+        .map(|(w, version, last_heartbeat_ms)| {
+            json!({
+                "server_id": w.server_id,
+                "state": state_name(w.state),
+                "worker_epoch": w.worker_epoch,
+                "max_streams": w.max_streams,
+                "assigned_streams": w.owned,
+                "revoking_streams": w.revoking,
+                "last_heartbeat_ms": last_heartbeat_ms,
+                "client_version": version,
+            })
+        })
+        .collect();
+    doc["unassigned"] = json!({
+        "count": s.total_streams.saturating_sub(s.assigned_streams),
+        "first": view.overview.unassigned_first,
+    });
+    doc["revoking"] = json!({
+        "count": view.overview.leases_revoking,
+        "first": view.overview.revoking_first.iter().map(|r| json!({
+            "stream_id": r.lease.stream_id,
+            "server_id": r.server_id,
+            "lease_epoch": r.lease.lease_epoch,
+            "reason": reason_label(r.reason),
+        })).collect::<Vec<_>>(),
+    });
+    match o.recent_events(LISTED_EVENTS).await {
+        Ok(events) => {
+            doc["events"] = events
+                .into_iter()
+                .map(|e| {
+                    json!({
+                        "id": e.id,
+                        "at_ms": e.at_ms,
+                        "event": e.event,
+                        "server_id": e.server_id,
+                        "stream_id": e.stream_id,
+                        "lease_epoch": e.lease_epoch,
+                        "detail": e.detail,
+                    })
+                })
+                .collect();
+        }
+        Err(e) => doc["events_error"] = json!(e.to_string()),
+    }
+    json_response(doc)
+}
+
+fn json_response(doc: Value) -> Response {
+    ([(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))], axum::Json(doc)).into_response()
+}
+
+fn state_name(state: WorkerState) -> &'static str {
+    match state {
+        WorkerState::Live => "live",
+        WorkerState::Draining => "draining",
+        WorkerState::Expired => "expired",
+        WorkerState::AwaitingReregistration => "awaiting_reregistration",
+    }
+}
+
+/// Whether `addr` is only reachable from this machine.
+pub fn is_loopback(addr: SocketAddr) -> bool {
+    addr.ip().is_loopback()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_workers_parameter_is_checked_and_named() {
+        assert_eq!(workers_param(None), Ok(DEFAULT_WORKERS));
+        assert_eq!(workers_param(Some("workers=5")), Ok(5));
+        assert_eq!(workers_param(Some("")), Ok(DEFAULT_WORKERS));
+        for bad in ["workers=0", "workers=x", "workers=10001", "workers="] {
+            assert!(workers_param(Some(bad)).unwrap_err().starts_with("workers:"), "{bad}");
+        }
+        assert!(workers_param(Some("limit=3")).unwrap_err().contains("\"limit\""));
+    }
+}
