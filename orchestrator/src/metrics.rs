@@ -55,10 +55,10 @@ const METHODS: [&str; 19] = [
 
 /// The index of a request path in [`METHODS`].
 fn method_index(path: &str) -> usize {
-    let short = path
-        .strip_prefix("/orchestrator.v1.")
-        .or_else(|| path.strip_prefix("/grpc.health.v1."))
-        .or_else(|| path.strip_prefix("/grpc.reflection.v1.").or_else(|| path.strip_prefix("/grpc.reflection.v1alpha.")));
+    let short =
+        path.strip_prefix("/orchestrator.v1.").or_else(|| path.strip_prefix("/grpc.health.v1.")).or_else(|| {
+            path.strip_prefix("/grpc.reflection.v1.").or_else(|| path.strip_prefix("/grpc.reflection.v1alpha."))
+        });
     let Some(short) = short else { return OTHER };
     match short {
         "WorkerService/Register" => 0,
@@ -246,7 +246,8 @@ impl Metrics {
             "Leases revoked (a stream leaving its worker), by reason",
             moves_family.clone(),
         );
-        let moves = std::array::from_fn(|i| moves_family.get_or_create_owned(&vec![("reason", reason_label(REASONS[i]))]));
+        let moves =
+            std::array::from_fn(|i| moves_family.get_or_create_owned(&vec![("reason", reason_label(REASONS[i]))]));
         let grants = Counter::default();
         registry.register("orchestrator_lease_grants", "Leases granted", grants.clone());
         let expiries = Counter::default();
@@ -340,14 +341,15 @@ impl Metrics {
         // A code beyond the known ones counts as UNKNOWN.
         let code = if code < CODES.len() { code } else { 2 };
         self.requests[method][code]
-            .get_or_init(|| self.requests_family.get_or_create_owned(&vec![("method", METHODS[method]), ("code", CODES[code])]))
+            .get_or_init(|| {
+                self.requests_family.get_or_create_owned(&vec![("method", METHODS[method]), ("code", CODES[code])])
+            })
             .inc();
         self.durations[method]
             .get_or_init(|| self.durations_family.get_or_create_owned(&vec![("method", METHODS[method])]))
             .observe(started.elapsed().as_secs_f64());
     }
 }
-
 
 /// The scrape-time gauges.
 #[derive(Debug)]

@@ -282,7 +282,16 @@ fn out_of_file_descriptors_the_server_backs_off_and_recovers() {
     let bin = env!("CARGO_BIN_EXE_orchestrator");
     let mut command = Command::new("sh");
     command
-        .args(["-c", "ulimit -n 64 && exec \"$0\" \"$@\"", bin, "serve", "--http-listen", "off", "--listen", "127.0.0.1:0"])
+        .args([
+            "-c",
+            "ulimit -n 64 && exec \"$0\" \"$@\"",
+            bin,
+            "serve",
+            "--http-listen",
+            "off",
+            "--listen",
+            "127.0.0.1:0",
+        ])
         .arg("--database")
         .arg(dir.path().join("o.db"))
         .env("RUST_LOG", "info");

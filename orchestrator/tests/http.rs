@@ -122,8 +122,10 @@ async fn metrics_status_and_the_dashboard_show_the_live_fleet() {
     assert_eq!(refused.code(), tonic::Code::NotFound);
     eventually!(
         Duration::from_secs(5),
-        sample(&metrics(http).await, "orchestrator_rpc_requests_total{method=\"AdminService/DrainWorker\",code=\"NOT_FOUND\"}")
-            == Some(1.0)
+        sample(
+            &metrics(http).await,
+            "orchestrator_rpc_requests_total{method=\"AdminService/DrainWorker\",code=\"NOT_FOUND\"}"
+        ) == Some(1.0)
     );
 
     // A drain: moves by reason, revoking streams listed with their reason.
@@ -141,11 +143,16 @@ async fn metrics_status_and_the_dashboard_show_the_live_fleet() {
 
     // A worker gone: an expiry counted, its streams unassigned or moved.
     drop(workers.remove(1));
-    eventually!(Duration::from_secs(10), sample(&metrics(http).await, "orchestrator_session_expiries_total") == Some(1.0));
+    eventually!(
+        Duration::from_secs(10),
+        sample(&metrics(http).await, "orchestrator_session_expiries_total") == Some(1.0)
+    );
     let after = get(http, "/api/v1/status", &[]).await.json();
     let w2 = after["workers"].as_array().unwrap().iter().find(|w| w["server_id"] == "w2").unwrap().clone();
     assert_eq!(w2["state"], "expired");
-    assert!(after["events"].as_array().unwrap().iter().any(|e| e["event"] == "worker_expired" && e["server_id"] == "w2"));
+    assert!(
+        after["events"].as_array().unwrap().iter().any(|e| e["event"] == "worker_expired" && e["server_id"] == "w2")
+    );
 
     // The page, the probes, an unknown path.
     let page = get(http, "/", &[]).await;

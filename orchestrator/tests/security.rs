@@ -473,7 +473,16 @@ async fn the_binary_reloads_on_sighup_warns_about_a_readable_file_and_never_logs
     // 0.0.0.0 with an auth file: protected, so it starts.
     let mut command = std::process::Command::new(BIN);
     command
-        .args(["serve", "--http-listen", "off", "--listen", "0.0.0.0:0", "--auth-file", file.to_str().unwrap(), "--database"])
+        .args([
+            "serve",
+            "--http-listen",
+            "off",
+            "--listen",
+            "0.0.0.0:0",
+            "--auth-file",
+            file.to_str().unwrap(),
+            "--database",
+        ])
         .arg(dir.path().join("o.db"))
         .env("RUST_LOG", "info");
     let (process, port) = fixtures::LoggedProcess::spawn(command, |line| {

@@ -2,11 +2,14 @@
 //! "processes" each stream it is assigned (simulated work that records a
 //! processing record per chunk), following lease and mode changes. It logs
 //! every change, prints its health JSON on SIGUSR1 (and every
-//! `--health-every`), and on ctrl-c / SIGTERM releases its streams,
-//! deregisters and exits.
+//! `--health-every`), serves `/metrics` (Prometheus) and `/health` (the
+//! health JSON) with `--http-listen`, and on ctrl-c / SIGTERM releases its
+//! streams, deregisters and exits.
 //!
 //! ```sh
 //! cargo run -p worker-client --example worker -- --server-id worker-1
+//! # with /metrics and /health on port 9101:
+//! cargo run -p worker-client --example worker -- --server-id worker-1 --http-listen 127.0.0.1:9101
 //! # without an orchestrator:
 //! cargo run -p worker-client --example worker -- --server-id worker-1 --standalone --streams 1-10
 //! ```
@@ -86,6 +89,10 @@ struct Args {
     /// shows in `ps`.
     #[arg(long, env = "WORKER_TOKEN", hide_env_values = true, value_name = "TOKEN")]
     token: Option<Secret>,
+    /// Serve /metrics (Prometheus text format) and /health (the health
+    /// JSON) on this address (port 0: any free port, logged).
+    #[arg(long, env = "WORKER_HTTP_LISTEN", value_name = "ADDR")]
+    http_listen: Option<std::net::SocketAddr>,
 }
 
 /// A token from the command line or the environment; its `Debug` hides it.
@@ -183,6 +190,9 @@ async fn run(args: Args) -> Result<(), worker_client::Error> {
     }
     let client = builder.build().await?;
     client.start().await?;
+    if let Some(addr) = args.http_listen {
+        serve_http(addr, &client).await?;
+    }
     if args.standalone {
         tracing::info!(server_id = %args.server_id, "worker started in standalone mode (no orchestrator)");
     } else {
@@ -264,5 +274,47 @@ async fn run(args: Args) -> Result<(), worker_client::Error> {
         timed_out = report.timed_out,
         "worker stopped"
     );
+    Ok(())
+}
+
+/// `/metrics` and `/health` on `addr`, for as long as the process runs.
+async fn serve_http(addr: std::net::SocketAddr, client: &ResilientWorkerClient) -> Result<(), worker_client::Error> {
+    use axum::http::header::CONTENT_TYPE;
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| worker_client::Error::Config {
+        setting: "http_listen",
+        problem: format!("cannot listen on {addr}: {e}"),
+        source: None,
+    })?;
+    let mut registry = prometheus_client::registry::Registry::default();
+    client.register_metrics(&mut registry);
+    let registry = Arc::new(registry);
+    let health_client = client.clone();
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let registry = Arc::clone(&registry);
+                async move {
+                    let mut text = String::new();
+                    let _ = prometheus_client::encoding::prometheus_text::encode(&mut text, &registry);
+                    ([(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text)
+                }
+            }),
+        )
+        .route(
+            "/health",
+            axum::routing::get(move || {
+                let client = health_client.clone();
+                async move { axum::Json(client.health_check().await.to_json()) }
+            }),
+        );
+    if let Ok(bound) = listener.local_addr() {
+        tracing::info!(addr = %bound, "HTTP listening: /metrics, /health");
+    }
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!("the HTTP listener failed: {e}");
+        }
+    });
     Ok(())
 }

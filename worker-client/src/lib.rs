@@ -64,7 +64,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 pub use client::{
-    HealthMetrics, HealthReport, Mode, ResilientWorkerClient, ShutdownReport, create_resilient_worker_client,
+    HealthMetrics, HealthReport, Mode, ResilientWorkerClient, ShutdownReport, WorkerMetrics,
+    create_resilient_worker_client,
 };
 pub use config::{ClientBuilder, ClientConfig};
 pub use connector::{ClientTls, Connector, TcpConnector};

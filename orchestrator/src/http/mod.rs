@@ -132,10 +132,7 @@ async fn dashboard() -> Response {
 }
 
 async fn not_found() -> Response {
-    error(
-        StatusCode::NOT_FOUND,
-        "no such path: try / (dashboard), /api/v1/status, /metrics, /healthz or /readyz",
-    )
+    error(StatusCode::NOT_FOUND, "no such path: try / (dashboard), /api/v1/status, /metrics, /healthz or /readyz")
 }
 
 fn error(code: StatusCode, message: &str) -> Response {

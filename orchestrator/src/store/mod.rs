@@ -488,8 +488,13 @@ impl StoreHandle {
         let (jobs, queue) = mpsc::unbounded_channel::<Msg>();
         let (durable_tx, durable) = watch::channel(0u64);
         let watermarks = Arc::new(std::sync::Mutex::new(watermarks));
-        let committer =
-            Committer { store: Box::new(store), watermarks: Arc::clone(&watermarks), durable: durable_tx, done: 0, metrics };
+        let committer = Committer {
+            store: Box::new(store),
+            watermarks: Arc::clone(&watermarks),
+            durable: durable_tx,
+            done: 0,
+            metrics,
+        };
         let handle = Self { jobs, durable, submitted: Arc::new(std::sync::atomic::AtomicU64::new(0)), watermarks };
         (handle, committer, queue)
     }

@@ -817,8 +817,11 @@ fn orchestrator_host(
         async move {
             let listener = SimListener::bind(PORT).await?;
             let commit_delay = Arc::new(move || Duration::from_millis(delay.load(Ordering::Relaxed)));
-            let env =
-                Environment { store: StoreDriver::Task { commit_delay }, wall_clock: sim_wall, ..Environment::default() };
+            let env = Environment {
+                store: StoreDriver::Task { commit_delay },
+                wall_clock: sim_wall,
+                ..Environment::default()
+            };
             let server = OrchestratorServer::with_store(config, disk, listener, env).await?;
             shared.borrow_mut().orchestrator = Some(server.orchestrator().clone());
             server.serve(std::future::pending()).await?;

@@ -103,6 +103,128 @@ impl HealthReport {
     }
 }
 
+/// The client's metrics at one moment ([`ResilientWorkerClient::metrics`]).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct WorkerMetrics {
+    /// The mode.
+    pub mode: Mode,
+    /// As the health report's `orchestrator_available`.
+    pub orchestrator_available: bool,
+    /// Streams the worker may process now.
+    pub assigned_streams: u64,
+    /// `closed`, `open`, `half_open`, `forced_open` or `forced_closed`.
+    pub circuit_breaker_state: &'static str,
+    /// Seconds since the last successful call (`None`: none yet).
+    pub seconds_since_contact: Option<f64>,
+    /// The health report's counters.
+    pub counters: HealthMetrics,
+}
+
+/// Reports a client's metrics at each scrape, through a weak handle.
+#[derive(Debug)]
+struct Collector {
+    inner: std::sync::Weak<super::Inner>,
+}
+
+impl Collector {
+    fn one(
+        encoder: &mut prometheus_client::encoding::DescriptorEncoder<'_>,
+        name: &str,
+        help: &str,
+        counter: bool,
+        value: f64,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric as _;
+        use prometheus_client::metrics::counter::ConstCounter;
+        use prometheus_client::metrics::gauge::ConstGauge;
+        if counter {
+            let c = ConstCounter::new(value as u64);
+            c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)
+        } else if value.fract() == 0.0 && value.abs() < 1e15 {
+            // Whole numbers print as such.
+            let g = ConstGauge::new(value as i64);
+            g.encode(encoder.encode_descriptor(name, help, None, g.metric_type())?)
+        } else {
+            let g = ConstGauge::new(value);
+            g.encode(encoder.encode_descriptor(name, help, None, g.metric_type())?)
+        }
+    }
+
+    fn states(
+        encoder: &mut prometheus_client::encoding::DescriptorEncoder<'_>,
+        name: &str,
+        help: &str,
+        states: &[&'static str],
+        current: &str,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric as _;
+        use prometheus_client::metrics::gauge::ConstGauge;
+        let mut metric = encoder.encode_descriptor(name, help, None, prometheus_client::metrics::MetricType::Gauge)?;
+        for &state in states {
+            ConstGauge::new(i64::from(state == current)).encode(metric.encode_family(&[("state", state)])?)?;
+        }
+        Ok(())
+    }
+}
+
+impl prometheus_client::collector::Collector for Collector {
+    fn encode(&self, mut encoder: prometheus_client::encoding::DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let Some(inner) = self.inner.upgrade() else { return Ok(()) };
+        let m = ResilientWorkerClient { inner, life: None }.metrics();
+        let c = &m.counters;
+        Self::states(
+            &mut encoder,
+            "worker_client_mode",
+            "1 for the client's current mode",
+            &["normal", "local", "halted", "standalone"],
+            m.mode.as_str(),
+        )?;
+        Self::states(
+            &mut encoder,
+            "worker_client_circuit_breaker_state",
+            "1 for the circuit breaker's current state",
+            &["closed", "open", "half_open", "forced_open", "forced_closed"],
+            m.circuit_breaker_state,
+        )?;
+        let gauges: [(&str, &str, f64); 4] = [
+            (
+                "worker_client_orchestrator_available",
+                "1 while the orchestrator answers",
+                f64::from(u8::from(m.orchestrator_available)),
+            ),
+            ("worker_client_assigned_streams", "Streams the worker may process now", m.assigned_streams as f64),
+            (
+                "worker_client_records_unsynced",
+                "Processing records not yet acknowledged by the orchestrator",
+                c.records_unsynced as f64,
+            ),
+            (
+                "worker_client_seconds_since_contact",
+                "Seconds since the last successful call to the orchestrator (-1: none yet)",
+                m.seconds_since_contact.unwrap_or(-1.0),
+            ),
+        ];
+        for (name, help, value) in gauges {
+            Self::one(&mut encoder, name, help, false, value)?;
+        }
+        let counters: [(&str, &str, u64); 8] = [
+            ("worker_client_requests", "Calls to the orchestrator (retries aside)", c.total_requests),
+            ("worker_client_failed_requests", "Calls that failed after their retries", c.failed_requests),
+            ("worker_client_retries", "Retries made", c.retry_attempts),
+            ("worker_client_circuit_breaker_trips", "Times the circuit breaker opened", c.circuit_breaker_trips),
+            ("worker_client_local_mode_activations", "Times the client entered local mode", c.local_mode_activations),
+            ("worker_client_records_made", "Processing records made since start", c.records_made),
+            ("worker_client_records_uploaded", "Processing records acknowledged since start", c.records_uploaded),
+            ("worker_client_successful_requests", "Calls that succeeded", c.successful_requests),
+        ];
+        for (name, help, value) in counters {
+            Self::one(&mut encoder, name, help, true, value as f64)?;
+        }
+        Ok(())
+    }
+}
+
 /// The client's own counters (the breaker and retry keep theirs).
 #[derive(Debug, Default)]
 pub(super) struct Metrics {
@@ -120,6 +242,38 @@ impl ResilientWorkerClient {
     /// Answers at once from published state, never behind a call in
     /// flight.
     pub async fn health_check(&self) -> HealthReport {
+        self.health_report()
+    }
+
+    /// The client's metrics as a typed value, read at once from published
+    /// state (for an application's own metrics system; see
+    /// [`register_metrics`](Self::register_metrics) for Prometheus).
+    pub fn metrics(&self) -> WorkerMetrics {
+        let health = self.health_report();
+        let last = *self.inner.last_contact.lock().unwrap_or_else(|p| p.into_inner());
+        WorkerMetrics {
+            mode: health.mode,
+            orchestrator_available: health.orchestrator_available,
+            assigned_streams: health.assigned_streams as u64,
+            circuit_breaker_state: self.inner.breaker.stats().state.as_str(),
+            seconds_since_contact: last
+                .and_then(|t| std::time::SystemTime::now().duration_since(t).ok())
+                .map(|d| d.as_secs_f64()),
+            counters: health.metrics,
+        }
+    }
+
+    /// Registers the client's metrics into `registry` (names
+    /// `worker_client_*`, read at each scrape; the table is in the worker
+    /// client's README section of the project README). The registry holds
+    /// no handle that keeps the client running: once the application drops
+    /// its handles, the metrics are no longer reported.
+    pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.register_collector(Box::new(Collector { inner: std::sync::Arc::downgrade(&self.inner) }));
+    }
+
+    /// [`health_check`](Self::health_check) without the `async`.
+    pub(super) fn health_report(&self) -> HealthReport {
         let mode = self.mode();
         let last = *self.inner.last_contact.lock().unwrap_or_else(|p| p.into_inner());
         let breaker = self.inner.breaker.stats();

@@ -29,7 +29,7 @@ use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 
 use health::Metrics;
-pub use health::{HealthMetrics, HealthReport, Mode};
+pub use health::{HealthMetrics, HealthReport, Mode, WorkerMetrics};
 use leases::Core;
 use rpc::request_id;
 

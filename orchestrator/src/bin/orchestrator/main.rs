@@ -291,7 +291,9 @@ impl ServeArgs {
             Some(addr) => (addr, false),
         };
         let addr: SocketAddr = text.parse().map_err(|_| {
-            format!("--http-listen {text:?}: not an address; give host:port (e.g. 127.0.0.1:50052, port 0 for any) or off")
+            format!(
+                "--http-listen {text:?}: not an address; give host:port (e.g. 127.0.0.1:50052, port 0 for any) or off"
+            )
         })?;
         if !addr.ip().is_loopback() && !self.insecure {
             return Err(format!(

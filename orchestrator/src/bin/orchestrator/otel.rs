@@ -53,8 +53,10 @@ where
         .with_service_name("orchestrator")
         .with_attribute(opentelemetry::KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
         .build();
-    let provider =
-        opentelemetry_sdk::trace::SdkTracerProvider::builder().with_batch_exporter(exporter).with_resource(resource).build();
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(resource)
+        .build();
     let tracer = provider.tracer("orchestrator");
     let layer = tracing_opentelemetry::layer().with_tracer(tracer).boxed();
     Ok((Some(layer), Telemetry { provider: Some(provider) }))

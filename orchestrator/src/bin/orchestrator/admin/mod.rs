@@ -92,7 +92,11 @@ pub(crate) async fn run(
 /// each reading replaces the last; otherwise readings are appended (with
 /// `--json`, one compact document per line). A failed reading is shown in
 /// its place and the watch goes on (the orchestrator may be restarting).
-async fn watch_status(args: &AdminArgs, every: std::time::Duration, out: &mut dyn std::io::Write) -> Result<(), AdminError> {
+async fn watch_status(
+    args: &AdminArgs,
+    every: std::time::Duration,
+    out: &mut dyn std::io::Write,
+) -> Result<(), AdminError> {
     if every < std::time::Duration::from_millis(100) {
         return Err(AdminError::Usage("--watch: the interval must be at least 100ms".into()));
     }
@@ -122,7 +126,7 @@ async fn watch_status(args: &AdminArgs, every: std::time::Duration, out: &mut dy
         } else if args.json {
             out.write_all(text.as_bytes())?;
         } else {
-            write!(out, "{text}\n")?;
+            writeln!(out, "{text}")?;
         }
         out.flush()?;
     }
