@@ -446,15 +446,16 @@ impl Collector for FleetCollector {
     }
 }
 
-/// The tower layer that counts and times every gRPC call (outermost, so
-/// refused and shed calls count too).
+/// The tower layer that counts and times every gRPC call (the server puts
+/// it outermost, so refused and shed calls count too).
 #[derive(Debug, Clone)]
-pub(crate) struct RpcMetricsLayer {
+pub struct RpcMetricsLayer {
     metrics: Arc<Metrics>,
 }
 
 impl RpcMetricsLayer {
-    pub(crate) fn new(metrics: Arc<Metrics>) -> Self {
+    /// The layer counting into `metrics`.
+    pub fn new(metrics: Arc<Metrics>) -> Self {
         Self { metrics }
     }
 }
@@ -467,8 +468,9 @@ impl<S> tower::Layer<S> for RpcMetricsLayer {
     }
 }
 
+/// A service wrapped by [`RpcMetricsLayer`].
 #[derive(Debug, Clone)]
-pub(crate) struct RpcMetered<S> {
+pub struct RpcMetered<S> {
     inner: S,
     metrics: Arc<Metrics>,
 }

@@ -11,11 +11,13 @@ use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use fixtures::http::get;
 use fixtures::postgres::TestCluster;
 use fixtures::{LoggedProcess, client_builder, eventually};
 use orchestrator::engine::Change;
 use orchestrator::store::leader::{Election, Leadership, LeaseTimings};
 use orchestrator::store::{Batch, PostgresStore, Store};
+use serde_json::json;
 use worker_client::Mode;
 
 const BIN: &str = env!("CARGO_BIN_EXE_orchestrator");
@@ -31,6 +33,17 @@ fn replica(url: &str, listen: &str, ready: &str) -> LoggedProcess {
         .env("RUST_LOG", "info");
     let ready = ready.to_owned();
     LoggedProcess::spawn(command, move |line| line.contains(&ready).then_some(())).0
+}
+
+/// Where a replica's HTTP listener is (from its start-up log).
+fn http_addr(process: &LoggedProcess) -> std::net::SocketAddr {
+    process
+        .startup
+        .iter()
+        .find(|l| l.contains("HTTP listening"))
+        .and_then(|l| l.split_whitespace().find_map(|w| w.strip_prefix("addr=")))
+        .and_then(|a| a.parse().ok())
+        .expect("the replica logs its HTTP address")
 }
 
 fn free_port() -> u16 {
@@ -73,6 +86,28 @@ async fn a_killed_leader_is_replaced_by_a_standby_with_nothing_moved_or_lost() {
     assert_eq!(e.get_error_details().error_info().map(|i| i.reason.clone()).as_deref(), Some("NOT_LEADER"));
     let leader_a = format!("http://{}", listens[0]);
     assert_eq!(e.metadata().get("orchestrator-leader").and_then(|v| v.to_str().ok()), Some(leader_a.as_str()));
+
+    // Over HTTP: the leader is ready and shows the fleet; the standby is
+    // alive, not ready, and names the leader.
+    let (leader_http, standby_http) = (http_addr(&a), http_addr(&standbys[0]));
+    assert_eq!(get(leader_http, "/readyz", &[]).await.status, 200);
+    let standby_ready = get(standby_http, "/readyz", &[]).await;
+    assert_eq!(standby_ready.status, 503);
+    assert!(
+        standby_ready.body.contains("follower") && standby_ready.body.contains(&leader_a),
+        "{}",
+        standby_ready.body
+    );
+    assert_eq!(get(standby_http, "/healthz", &[]).await.status, 200);
+    let status = get(standby_http, "/api/v1/status", &[]).await.json();
+    assert_eq!(
+        (&status["role"], &status["leader"], &status["cluster"]),
+        (&json!("follower"), &json!(leader_a), &json!(null))
+    );
+    assert_eq!(get(leader_http, "/api/v1/status", &[]).await.json()["role"], "leader");
+    let standby_metrics = get(standby_http, "/metrics", &[]).await.body;
+    assert_eq!(fixtures::http::sample(&standby_metrics, "orchestrator_leader"), Some(0.0), "{standby_metrics}");
+    assert!(!standby_metrics.contains("orchestrator_sessions"), "a follower has no fleet to report");
 
     // 10 workers, 200 streams, every worker given all three addresses
     // (standbys first: they are told where the leader is).

@@ -53,4 +53,6 @@ node --version
 
 echo "==> dashboard browser test"
 export CHROMIUM="$chromium"
+# The project-wide patience factor, unless PATIENCE is set.
+export PATIENCE="${PATIENCE:-${TEST_PATIENCE:-1}}"
 exec node "$here/dashboard.test.mjs" "$orchestrator_bin" "$worker_bin"

@@ -6,6 +6,7 @@
 //! orchestrator-load compare            # orchestrator vs a bare tonic echo server, same payload
 //! orchestrator-load compare --security # plaintext vs TLS vs tokens vs TLS + tokens
 //! orchestrator-load compare --postgres postgres://user@host/db   # SQLite vs PostgreSQL
+//! orchestrator-load compare --metrics   # metrics collected vs --metrics=false, alternating
 //! orchestrator-load scale --workers 10000 --streams 500000
 //! orchestrator-load storm --workers 1000
 //! ```
@@ -110,6 +111,14 @@ struct CompareArgs {
     /// side by side.
     #[arg(long, value_name = "URL", conflicts_with = "security")]
     postgres: Option<String>,
+    /// Instead of the echo comparison: the orchestrator with metrics
+    /// collected and with --metrics=false, alternating, --runs times each
+    /// (the cost of collection on heartbeat throughput; medians compared).
+    #[arg(long, conflicts_with_all = ["security", "postgres"])]
+    metrics: bool,
+    /// With --metrics: runs of each configuration.
+    #[arg(long, default_value_t = 3, requires = "metrics")]
+    runs: usize,
 }
 
 #[derive(Debug, Args)]
@@ -420,6 +429,7 @@ async fn start_orchestrator(
     dir: &std::path::Path,
     listen: SocketAddr,
     security: Security,
+    metrics: bool,
 ) -> Result<Local, Error> {
     let config = ServerConfig {
         listen,
@@ -428,6 +438,7 @@ async fn start_orchestrator(
         max_concurrent_requests: max_concurrent,
         drain_timeout: Duration::from_millis(200),
         security,
+        metrics,
         ..ServerConfig::default()
     };
     run_server(OrchestratorServer::bind(config).await?)
@@ -505,12 +516,16 @@ async fn compare(args: CompareArgs) -> Result<(), Error> {
     if let Some(url) = args.postgres.clone() {
         return compare_postgres(args, url).await;
     }
+    if args.metrics {
+        return compare_metrics(args).await;
+    }
     let load = args.load;
     let per_worker = (args.streams as usize).div_ceil(load.workers.max(1)) as u32 + 1;
     let engine = EngineConfig { max_streams_limit: per_worker.max(10_000), ..EngineConfig::default() };
     let dir = tempfile::Builder::new().prefix("orchestrator-load-").tempdir()?;
     let none = Access::default();
-    let orch = start_orchestrator(engine, 100_000, dir.path(), "127.0.0.1:0".parse()?, Security::default()).await?;
+    let orch =
+        start_orchestrator(engine, 100_000, dir.path(), "127.0.0.1:0".parse()?, Security::default(), true).await?;
     let orch_url = format!("http://{}", orch.addr);
     add_streams(&orch_url, args.streams, &none).await?;
     let echo_url = format!("http://{}", start_echo().await?);
@@ -527,6 +542,63 @@ async fn compare(args: CompareArgs) -> Result<(), Error> {
     );
     let _ = orch.stop.send(());
     let _ = orch.done.await;
+    Ok(())
+}
+
+/// The same heartbeat load with metrics collected and not, alternating
+/// (on, off, off, on, …) so that drift of a noisy machine falls on both;
+/// medians of the runs compared.
+async fn compare_metrics(args: CompareArgs) -> Result<(), Error> {
+    let load = args.load;
+    let per_worker = (args.streams as usize).div_ceil(load.workers.max(1)) as u32 + 1;
+    let engine = EngineConfig { max_streams_limit: per_worker.max(10_000), ..EngineConfig::default() };
+    let dir = tempfile::Builder::new().prefix("orchestrator-load-").tempdir()?;
+    let none = Access::default();
+    let mut rows = Vec::new();
+    for run in 0..args.runs.max(1) {
+        // On, off, off, on, …: neither configuration always runs first.
+        let order = if run % 2 == 0 { [true, false] } else { [false, true] };
+        for (label, metrics) in order.map(|m| (if m { "metrics on" } else { "metrics off" }, m)) {
+            let data = dir.path().join(format!("run-{run}-{metrics}"));
+            std::fs::create_dir_all(&data)?;
+            let orch = start_orchestrator(
+                engine.clone(),
+                100_000,
+                &data,
+                "127.0.0.1:0".parse()?,
+                Security::default(),
+                metrics,
+            )
+            .await?;
+            let url = format!("http://{}", orch.addr);
+            add_streams(&url, args.streams, &none).await?;
+            rows.push(measure(label, &url, &load, per_worker, &none).await?);
+            let _ = orch.stop.send(());
+            let _ = orch.done.await;
+        }
+    }
+    print_rows(&rows, &load, args.streams);
+    let median = |label: &str, f: &dyn Fn(&Row) -> f64| {
+        let mut v: Vec<f64> = rows.iter().filter(|r| r.0 == label).map(f).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let throughput = |r: &Row| r.2.throughput();
+    let p50 = |r: &Row| percentile(&r.1.hist, 0.5).as_secs_f64();
+    let (on, off) = (median("metrics on", &throughput), median("metrics off", &throughput));
+    let (on50, off50) = (median("metrics on", &p50), median("metrics off", &p50));
+    println!(
+        "\nmedians of {} runs each: throughput x{} on {on:.0}/s, off {off:.0}/s: on / off {:.3} ({:+.1}%)   \
+         serial p50 on / off {:.3}",
+        args.runs.max(1),
+        load.concurrency,
+        on / off,
+        (on / off - 1.0) * 100.0,
+        on50 / off50,
+    );
+    if rows.iter().any(|(_, s, c)| s.errors + c.errors > 0) {
+        return Err("some heartbeats failed (see the errors column)".into());
+    }
     Ok(())
 }
 
@@ -618,7 +690,7 @@ async fn compare_security(args: CompareArgs) -> Result<(), Error> {
         let data = dir.path().join(format!("run-{i}"));
         std::fs::create_dir_all(&data)?;
         let tls = security.tls.is_some();
-        let orch = start_orchestrator(engine.clone(), 100_000, &data, "127.0.0.1:0".parse()?, security).await?;
+        let orch = start_orchestrator(engine.clone(), 100_000, &data, "127.0.0.1:0".parse()?, security, true).await?;
         let url = format!("{}://localhost:{}", if tls { "https" } else { "http" }, orch.addr.port());
         add_streams(&url, args.streams, &access).await?;
         rows.push(measure(label, &url, &load, per_worker, &access).await?);
@@ -734,7 +806,8 @@ async fn scale(args: ScaleArgs) -> Result<(), Error> {
     };
     let rss0 = rss_bytes();
     let dir = tempfile::Builder::new().prefix("orchestrator-load-").tempdir()?;
-    let orch = start_orchestrator(engine, 1_000_000, dir.path(), "127.0.0.1:0".parse()?, Security::default()).await?;
+    let orch =
+        start_orchestrator(engine, 1_000_000, dir.path(), "127.0.0.1:0".parse()?, Security::default(), true).await?;
     let url = format!("http://{}", orch.addr);
     let t = Instant::now();
     add_streams(&url, args.streams, &Access::default()).await?;
@@ -867,7 +940,8 @@ async fn storm_once(args: &StormArgs, jitter: bool) -> Result<(u64, Duration), E
     let dir = tempfile::Builder::new().prefix("orchestrator-load-").tempdir()?;
     let engine = EngineConfig::default();
     let orch =
-        start_orchestrator(engine.clone(), 100_000, dir.path(), "127.0.0.1:0".parse()?, Security::default()).await?;
+        start_orchestrator(engine.clone(), 100_000, dir.path(), "127.0.0.1:0".parse()?, Security::default(), true)
+            .await?;
     let addr = orch.addr;
     let url = format!("http://{addr}");
     let ch = channels(&url, args.connections, &Access::default()).await?;
@@ -875,7 +949,8 @@ async fn storm_once(args: &StormArgs, jitter: bool) -> Result<(u64, Duration), E
     // Restart: same database and address, now shedding above max_concurrent.
     let _ = orch.stop.send(());
     let _ = orch.done.await;
-    let restarted = start_orchestrator(engine, args.max_concurrent, dir.path(), addr, Security::default()).await?;
+    let restarted =
+        start_orchestrator(engine, args.max_concurrent, dir.path(), addr, Security::default(), true).await?;
     let ch = channels(&url, args.connections, &Access::default()).await?;
     let attempts = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
