@@ -129,10 +129,11 @@ for a in json.load(sys.stdin)["assignments"]:
     print(a["server_id"], a["lease"]["stream_id"], a["lease"]["lease_epoch"], a["state"])' | sort
 }
 
-port_free() { ! (exec 3<>/dev/tcp/127.0.0.1/50051) 2>/dev/null; }
+port_free() { ! (exec 3<>/dev/tcp/127.0.0.1/"${1:-50051}") 2>/dev/null; }
 serving() { logged orchestrator "orchestrator serving"; }
 
 port_free || fail "127.0.0.1:50051 is in use: stop whatever listens there (an orchestrator left running?)"
+port_free 50052 || fail "127.0.0.1:50052 (the dashboard's default port) is in use: stop whatever listens there"
 
 log "building what the README runs (the commands below then start at once)"
 cargo build --release -p orchestrator --bin orchestrator
@@ -178,6 +179,14 @@ h = json.loads(sys.stdin.read())
 assert h["orchestrator_available"] is True and h["local_mode_active"] is False, h
 assert h["assigned_streams"] == 5, h' || fail "worker-1's health JSON is not what the README says"
 [ -s "$TMP/worker-1.db" ] || fail "worker-1's state is not in WORKER_STATE"
+
+log "the dashboard's metrics show the ten leases"
+ten_active() { curl -s http://127.0.0.1:50052/metrics | grep -qxF 'orchestrator_leases{state="active"} 10'; }
+eventually 5 "the metrics show 10 active leases" ten_active
+run "curl -s http://127.0.0.1:50052/metrics | grep '^orchestrator_leases'"
+grep -qxF 'orchestrator_leases{state="active"} 10' <<<"$OUT" || fail "the metrics do not show 10 active leases"
+grep -qxF 'orchestrator_leases{state="orphaned"} 0' <<<"$OUT" || fail "the metrics do not show 0 orphaned leases"
+curl -sf http://127.0.0.1:50052/ | grep -q "api/v1/status" || fail "the dashboard page is not at http://127.0.0.1:50052/"
 
 log "stop the orchestrator: the workers go on in local mode"
 before="$(lease_table)" || fail "cannot read the assignments before the restart"

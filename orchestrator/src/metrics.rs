@@ -116,16 +116,10 @@ const REASONS: [RevokeReason; 6] = [
     RevokeReason::OverCapacity,
 ];
 
-/// A revocation reason as a label (the names the audit log uses).
+/// A revocation reason as a label: the name the audit log and the status
+/// API use.
 pub fn reason_label(reason: RevokeReason) -> &'static str {
-    match reason {
-        RevokeReason::Rebalance => "rebalance",
-        RevokeReason::Moved => "moved",
-        RevokeReason::StreamRemoved => "stream_removed",
-        RevokeReason::Drain => "drain",
-        RevokeReason::StaleEpoch => "stale_epoch",
-        RevokeReason::OverCapacity => "over_capacity",
-    }
+    crate::store::reason_name(reason)
 }
 
 /// Buckets of RPC durations, seconds: 50 µs to 10 s.

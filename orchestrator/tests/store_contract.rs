@@ -126,6 +126,7 @@ fn scenario() -> Vec<Vec<Batch>> {
                 Change::LeaseRevoking { server_id: w("W-a"), lease: lease(3, 1), reason: RevokeReason::StreamRemoved },
                 Change::StreamRemoved { stream_id: 3 },
                 Change::RebalancingPaused { paused: true },
+                Change::BrakeChanged { engaged: true },
                 Change::WorkerExpired { server_id: w("w_c") },
                 Change::GraceEnded { missing: vec![w("w_c")] },
                 Change::WorkerLeft { server_id: w("W-a") },
@@ -184,12 +185,24 @@ fn both_backends_answer_and_load_the_same() {
     assert!(sqlite_view.state.rebalancing_paused);
     assert_eq!(sqlite_view.state.worker_epoch_floor, 9);
     assert_eq!(sqlite_view.state.retired_epochs, vec![(3, 1)], "removed stream 3 keeps its last epoch");
+    // The audit log: the newest first, bounded, every change written.
+    let events = sqlite.recent_events(usize::MAX).unwrap();
+    assert!(events.len() > 10 && events.len() <= orchestrator::store::MAX_EVENTS);
+    assert!(events.windows(2).all(|p| p[0].id > p[1].id), "newest first");
+    assert_eq!(sqlite.recent_events(3).unwrap(), events[..3].to_vec());
+    assert!(events.iter().any(|e| e.event == "brake_engaged"));
+    let revoking = events.iter().find(|e| e.event == "lease_revoking").expect("a revocation");
+    assert_eq!(
+        (revoking.server_id.as_deref(), revoking.stream_id, revoking.lease_epoch, revoking.detail.as_deref()),
+        (Some("W-a"), Some(3), Some(1), Some("stream_removed"))
+    );
 
     let Some(cluster) = TestCluster::start() else { return };
     let mut pg = PostgresStore::connect(&cluster.database("contract")).expect("connect");
     let (pg_outcomes, pg_view) = run(&mut pg);
     assert_eq!(pg_outcomes, sqlite_outcomes, "the same answers");
     assert_eq!(pg_view, sqlite_view, "the same state");
+    assert_eq!(pg.recent_events(usize::MAX).unwrap(), events, "the same audit log");
 
     // A second connection (a restart) loads the same and migrates nothing.
     drop(pg);

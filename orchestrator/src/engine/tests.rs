@@ -363,16 +363,34 @@ fn the_mass_failure_brake_holds_streams_for_their_owners() {
         f.e.tick(f.now);
     }
     assert!(f.e.status().brake_engaged);
+    let brake_changes = |changes: Vec<Change>| {
+        changes
+            .into_iter()
+            .filter_map(|c| if let Change::BrakeChanged { engaged } = c { Some(engaged) } else { None })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(brake_changes(f.e.take_changes()), [true], "engaging is a change (the audit log, the dashboard)");
     assert_eq!(
         f.e.leases(),
         before.iter().map(|l| LeaseView { owner_live: l.server_id == "a", ..l.clone() }).collect::<Vec<_>>()
     );
+    // The overview counts the held-back streams as orphaned and unassigned.
+    let o = f.e.overview(100);
+    let of = |id: &str| before.iter().filter(|l| l.server_id == id).count() as u64;
+    assert_eq!(o.workers_by_state, [1, 0, 2, 0]);
+    assert_eq!((o.leases_active, o.leases_revoking, o.leases_orphaned), (of("a"), 0, of("b") + of("c")));
+    let mut orphaned: Vec<StreamId> = before.iter().filter(|l| l.server_id != "a").map(|l| l.lease.stream_id).collect();
+    orphaned.sort_unstable();
+    assert_eq!(o.unassigned_first, orphaned);
+    assert_eq!(o.status.total_streams - o.status.assigned_streams, of("b") + of("c"));
+    assert!(f.e.overview(0).unassigned_first.is_empty(), "no list asked, none built");
     // b comes back and keeps its streams; the brake lets go once most are back.
     let b_held: Vec<Lease> = before.iter().filter(|l| l.server_id == "b").map(|l| l.lease).collect();
     let r = f.e.register(f.now, "b", 100, "b-back", &b_held).unwrap();
     assert!(r.decisions.iter().all(|d| matches!(d, LeaseDecision::Keep(_))));
     f.e.tick(f.now);
     assert!(!f.e.status().brake_engaged);
+    assert_eq!(brake_changes(f.e.take_changes()), [false], "releasing is a change too");
 }
 
 #[test]

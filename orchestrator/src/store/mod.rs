@@ -34,6 +34,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 pub use pg::{PostgresStore, redact_url};
 pub use sqlite::SqliteStore;
+pub(crate) use sqlite::reason_name;
 
 use crate::engine::{Change, PersistedState, StreamId};
 use crate::metrics::StoreMetrics;

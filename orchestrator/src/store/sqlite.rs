@@ -97,7 +97,7 @@ fn io(e: rusqlite::Error) -> StoreError {
     StoreError::Io(e.to_string())
 }
 
-pub(super) fn reason_name(reason: RevokeReason) -> &'static str {
+pub(crate) fn reason_name(reason: RevokeReason) -> &'static str {
     match reason {
         RevokeReason::Rebalance => "rebalance",
         RevokeReason::Moved => "moved",
