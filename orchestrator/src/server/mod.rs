@@ -89,6 +89,10 @@ pub struct ServerConfig {
     /// Collect metrics (`false`: `/metrics` answers 404, nothing is
     /// counted; for measuring what collection costs).
     pub metrics: bool,
+    /// Open an info-level span (`grpc`, with the method's path) around
+    /// every call, for trace export (the binary's `--otlp-endpoint`). Off,
+    /// calls make no span of their own.
+    pub trace_requests: bool,
 }
 
 /// Where the HTTP listener binds.
@@ -196,6 +200,7 @@ impl Default for ServerConfig {
             security: Security::default(),
             http: None,
             metrics: true,
+            trace_requests: false,
         }
     }
 }
@@ -578,6 +583,9 @@ impl<L: Listener> OrchestratorServer<L> {
         let mut builder = tonic::transport::Server::builder();
         if let Some(tls) = tls {
             builder = builder.tls_config(tls)?;
+        }
+        if config.trace_requests {
+            builder = builder.trace_fn(|request| tracing::info_span!("grpc", method = %request.uri().path()));
         }
         let reflection_on = config.security.reflection;
         let serving = builder

@@ -192,7 +192,8 @@ struct ServeArgs {
     #[arg(long, env = "ORCHESTRATOR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, help_heading = "Observability")]
     log_format: LogFormat,
     /// Export traces over OTLP/gRPC to this collector (e.g.
-    /// http://127.0.0.1:4317). Needs a binary built with `--features otel`.
+    /// http://127.0.0.1:4317): a span per gRPC call. Needs a binary built
+    /// with `--features otel`; other builds ignore it with a warning.
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", value_name = "URL", help_heading = "Observability")]
     otlp_endpoint: Option<String>,
 }
@@ -279,6 +280,8 @@ impl ServeArgs {
             security,
             http,
             metrics: self.metrics,
+            // Set by `serve` once it knows whether traces are exported.
+            trace_requests: false,
         })
     }
 
@@ -416,13 +419,14 @@ async fn shutdown_signal() {
 }
 
 async fn serve(args: ServeArgs) -> ExitCode {
-    let _telemetry = match init_tracing(args.log_format, args.otlp_endpoint.as_deref()) {
+    let telemetry = match init_tracing(args.log_format, args.otlp_endpoint.as_deref()) {
         Ok(t) => t,
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::from(2);
         }
     };
+    let exporting = otel::exporting(&telemetry);
     let postgres_settings = match args.postgres() {
         Ok(p) => p,
         Err(e) => {
@@ -431,7 +435,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
         }
     };
     let config = match args.into_config() {
-        Ok(c) => c,
+        Ok(c) => ServerConfig { trace_requests: exporting, ..c },
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::from(2);

@@ -1,7 +1,8 @@
 //! OpenTelemetry trace export (`--otlp-endpoint`), compiled in only with the
-//! `otel` feature: spans (every gRPC call is one, named after its method,
-//! with the worker's server_id where there is one) go over OTLP/gRPC to a
-//! collector in batches.
+//! `otel` feature: spans go over OTLP/gRPC to a collector in batches. With
+//! an endpoint, the server opens a `grpc` span (the method's path) around
+//! every call (`ServerConfig::trace_requests`); the spans the code opens
+//! inside it (`register`, with the server_id) are its children.
 
 use tracing::Subscriber;
 use tracing_subscriber::Layer;
@@ -15,6 +16,9 @@ pub(crate) type TraceLayer<S> = Option<Box<dyn Layer<S> + Send + Sync>>;
 pub(crate) struct Telemetry {
     #[cfg(feature = "otel")]
     provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+    /// An endpoint given to a build without export.
+    #[cfg(not(feature = "otel"))]
+    ignored: Option<String>,
 }
 
 #[cfg(feature = "otel")]
@@ -62,22 +66,33 @@ where
     Ok((Some(layer), Telemetry { provider: Some(provider) }))
 }
 
-/// Without the `otel` feature: no layer; an endpoint is an error that
-/// says how to get one.
+/// Without the `otel` feature: no layer. An endpoint (often set for a
+/// whole environment as `OTEL_EXPORTER_OTLP_ENDPOINT`) is not an error: it
+/// is ignored, and the warning to log says how to get export.
 ///
 /// # Errors
 ///
-/// An endpoint was given.
+/// None in this build.
 #[cfg(not(feature = "otel"))]
 pub(crate) fn layer<S>(endpoint: Option<&str>) -> Result<(TraceLayer<S>, Telemetry), String>
 where
     S: Subscriber + for<'a> LookupSpan<'a> + Send + Sync,
 {
-    match endpoint {
-        None => Ok((None, Telemetry::default())),
-        Some(endpoint) => Err(format!(
-            "--otlp-endpoint {endpoint}: this orchestrator was built without trace export; build it with \
-             `cargo build --release -p orchestrator --features otel`"
-        )),
+    Ok((None, Telemetry { ignored: endpoint.map(str::to_owned) }))
+}
+
+/// Whether traces are exported (the server then opens a span per call).
+pub(crate) fn exporting(telemetry: &Telemetry) -> bool {
+    #[cfg(feature = "otel")]
+    return telemetry.provider.is_some();
+    #[cfg(not(feature = "otel"))]
+    {
+        if let Some(endpoint) = &telemetry.ignored {
+            tracing::warn!(
+                "--otlp-endpoint / OTEL_EXPORTER_OTLP_ENDPOINT {endpoint} ignored: this orchestrator was built without \
+                 trace export; build it with `cargo build --release -p orchestrator --features otel`"
+            );
+        }
+        false
     }
 }
