@@ -74,7 +74,7 @@ impl Site {
 }
 
 /// Serves the site on `listener` until `shutdown` fires; open connections
-/// then get [`DRAIN`] to finish.
+/// then get two seconds to finish.
 ///
 /// # Errors
 ///
