@@ -1,10 +1,11 @@
 //! Prometheus metrics (`prometheus-client`), served at `/metrics` by the
 //! HTTP listener (`crate::http`).
 //!
-//! Every handle the hot path touches is resolved once, when [`Metrics`] is
-//! built: an RPC's counter and histogram are found by an index into fixed
-//! arrays (the method by a `match` on the request path, the code by its
-//! number), never by a label lookup per call. The fleet's gauges (sessions
+//! Every handle the hot path touches is resolved once: an RPC's counter and
+//! histogram are found by an index into fixed arrays (the method by a
+//! `match` on the request path, the code by its number), never by a label
+//! lookup per call, and updated with atomic adds (the duration histograms
+//! are a counter per bucket, not `prometheus-client`'s locked histogram). The fleet's gauges (sessions
 //! and leases by state, unassigned streams, the brake, grace) are computed
 //! when Prometheus scrapes, from the engine's [`Overview`] (O(workers)),
 //! so nothing on the hot path maintains them.
@@ -13,6 +14,7 @@
 //! touched, for measuring what collection costs (`docs/BENCHMARKS.md`).
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -107,6 +109,19 @@ const CODES: [&str; 17] = [
     "UNAUTHENTICATED",
 ];
 
+/// The index of a reason in [`REASONS`] (exhaustive: a new reason must be
+/// added here).
+fn reason_index(reason: RevokeReason) -> usize {
+    match reason {
+        RevokeReason::Rebalance => 0,
+        RevokeReason::Moved => 1,
+        RevokeReason::StreamRemoved => 2,
+        RevokeReason::Drain => 3,
+        RevokeReason::StaleEpoch => 4,
+        RevokeReason::OverCapacity => 5,
+    }
+}
+
 const REASONS: [RevokeReason; 6] = [
     RevokeReason::Rebalance,
     RevokeReason::Moved,
@@ -142,12 +157,12 @@ type Labels = Vec<(&'static str, &'static str)>;
 pub struct Metrics {
     registry: Registry,
     requests_family: Family<Labels, Counter>,
-    durations_family: Family<Labels, Histogram>,
     /// Per method and code, the counter, resolved at its first use (so
     /// only series that happened are exported) and then read from here.
     requests: Vec<[OnceLock<Counter>; 17]>,
-    /// Per method, the duration histogram, resolved likewise.
-    durations: Vec<OnceLock<Histogram>>,
+    /// Per method, the duration histogram: a counter per bucket, no lock
+    /// (encoded by [`RpcDurations`] at scrape time).
+    durations: Arc<Vec<AtomicHistogram>>,
     moves: [Counter; 6],
     grants: Counter,
     expiries: Counter,
@@ -224,15 +239,10 @@ impl Metrics {
             "gRPC calls answered, by method and status code",
             requests_family.clone(),
         );
-        let durations_family =
-            Family::<Labels, Histogram>::new_with_constructor(|| Histogram::new(RPC_BUCKETS.iter().copied()));
-        registry.register(
-            "orchestrator_rpc_duration_seconds",
-            "gRPC call duration, from the request's arrival to the end of the answer (admission included)",
-            durations_family.clone(),
-        );
         let requests = METHODS.iter().map(|_| std::array::from_fn(|_| OnceLock::new())).collect();
-        let durations = METHODS.iter().map(|_| OnceLock::new()).collect();
+        let durations: Arc<Vec<AtomicHistogram>> =
+            Arc::new(METHODS.iter().map(|_| AtomicHistogram::default()).collect());
+        registry.register_collector(Box::new(RpcDurations(Arc::clone(&durations))));
 
         let moves_family = Family::<Labels, Counter>::default();
         registry.register(
@@ -271,7 +281,6 @@ impl Metrics {
         Self {
             registry,
             requests_family,
-            durations_family,
             requests,
             durations,
             moves,
@@ -307,7 +316,7 @@ impl Metrics {
                     self.grants.inc();
                 }
                 Change::LeaseRevoking { reason, .. } => {
-                    self.moves[REASONS.iter().position(|r| r == reason).unwrap_or(0)].inc();
+                    self.moves[reason_index(*reason)].inc();
                 }
                 Change::WorkerExpired { .. } => {
                     self.expiries.inc();
@@ -339,9 +348,55 @@ impl Metrics {
                 self.requests_family.get_or_create_owned(&vec![("method", METHODS[method]), ("code", CODES[code])])
             })
             .inc();
-        self.durations[method]
-            .get_or_init(|| self.durations_family.get_or_create_owned(&vec![("method", METHODS[method])]))
-            .observe(started.elapsed().as_secs_f64());
+        self.durations[method].observe(started.elapsed());
+    }
+}
+
+/// A histogram of call durations without a lock: one counter per bucket
+/// and the sum in nanoseconds, each updated with one atomic add.
+#[derive(Debug, Default)]
+struct AtomicHistogram {
+    /// Calls per bucket of [`RPC_BUCKETS`], the last one above them all.
+    buckets: [AtomicU64; RPC_BUCKETS.len() + 1],
+    sum_nanos: AtomicU64,
+}
+
+impl AtomicHistogram {
+    fn observe(&self, d: std::time::Duration) {
+        let seconds = d.as_secs_f64();
+        let i = RPC_BUCKETS.iter().position(|&b| seconds <= b).unwrap_or(RPC_BUCKETS.len());
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_nanos.fetch_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+}
+
+/// Encodes the RPC duration histograms of the methods that were called.
+#[derive(Debug)]
+struct RpcDurations(Arc<Vec<AtomicHistogram>>);
+
+impl Collector for RpcDurations {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let mut metric = encoder.encode_descriptor(
+            "orchestrator_rpc_duration_seconds",
+            "gRPC call duration, from the request's arrival to the end of the answer (admission included)",
+            None,
+            prometheus_client::metrics::MetricType::Histogram,
+        )?;
+        for (method, h) in METHODS.iter().zip(self.0.iter()) {
+            let counts: Vec<u64> = h.buckets.iter().map(|b| b.load(Ordering::Relaxed)).collect();
+            let count: u64 = counts.iter().sum();
+            if count == 0 {
+                continue;
+            }
+            let buckets: Vec<(f64, u64)> =
+                RPC_BUCKETS.iter().copied().chain(std::iter::once(f64::INFINITY)).zip(counts).collect();
+            let sum = h.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+            let labels = [("method", *method)];
+            metric
+                .encode_family(&labels)?
+                .encode_histogram::<prometheus_client::encoding::NoLabelSet>(sum, count, &buckets, None)?;
+        }
+        Ok(())
     }
 }
 
@@ -486,10 +541,11 @@ where
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        let recorder = Recorder {
+        let mut recorder = Recorder {
             metrics: Arc::clone(&self.metrics),
             method: method_index(request.uri().path()),
             started: Instant::now(),
+            done: false,
         };
         let answer = self.inner.call(request);
         Box::pin(async move {
@@ -499,7 +555,7 @@ where
                 recorder.finish(code);
                 return Ok(response);
             }
-            Ok(response.map(|body| Body::new(MeteredBody { inner: body, recorder: Some(recorder) })))
+            Ok(response.map(|body| Body::new(MeteredBody { inner: body, recorder })))
         })
     }
 }
@@ -509,15 +565,28 @@ fn grpc_status(headers: &http::HeaderMap) -> Option<usize> {
     headers.get("grpc-status").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok())
 }
 
+/// Records one call exactly once: with its code when the answer says it,
+/// or as CANCELLED when dropped first (the client went away while the call
+/// was handled, or before its answer's trailers were sent).
 struct Recorder {
     metrics: Arc<Metrics>,
     method: usize,
     started: Instant,
+    done: bool,
 }
 
 impl Recorder {
-    fn finish(self, code: usize) {
-        self.metrics.record(self.method, code, self.started);
+    fn finish(&mut self, code: usize) {
+        if !self.done {
+            self.done = true;
+            self.metrics.record(self.method, code, self.started);
+        }
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        self.finish(1);
     }
 }
 
@@ -525,7 +594,7 @@ impl Recorder {
 /// CANCELLED if it is dropped before, the client having gone).
 struct MeteredBody {
     inner: Body,
-    recorder: Option<Recorder>,
+    recorder: Recorder,
 }
 
 impl http_body::Body for MeteredBody {
@@ -536,17 +605,14 @@ impl http_body::Body for MeteredBody {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
-                if let Some(code) = frame.trailers_ref().and_then(grpc_status)
-                    && let Some(recorder) = self.recorder.take()
-                {
-                    recorder.finish(code);
+                if let Some(code) = frame.trailers_ref().and_then(grpc_status) {
+                    self.recorder.finish(code);
                 }
             }
-            Poll::Ready(Some(Err(_))) | Poll::Ready(None) => {
-                if let Some(recorder) = self.recorder.take() {
-                    recorder.finish(if matches!(polled, Poll::Ready(None)) { 0 } else { 2 });
-                }
-            }
+            Poll::Ready(Some(Err(status))) => self.recorder.finish(status.code() as usize),
+            // The end without trailers: not a gRPC answer; counted as OK
+            // only if nothing said otherwise.
+            Poll::Ready(None) => self.recorder.finish(0),
             Poll::Pending => {}
         }
         polled
@@ -558,14 +624,6 @@ impl http_body::Body for MeteredBody {
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
-    }
-}
-
-impl Drop for MeteredBody {
-    fn drop(&mut self) {
-        if let Some(recorder) = self.recorder.take() {
-            recorder.finish(1);
-        }
     }
 }
 

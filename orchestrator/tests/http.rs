@@ -51,7 +51,14 @@ async fn metrics_status_and_the_dashboard_show_the_live_fleet() {
         w.start().await.unwrap();
         workers.push(w);
     }
-    eventually!(Duration::from_secs(10), workers.iter().map(|w| w.leases().borrow().len()).sum::<usize>() == 30);
+    // Settled: 15 each (balance moves some of the first worker's), nothing
+    // being revoked, so the views compared below cannot race a move.
+    eventually!(Duration::from_secs(10), workers.iter().all(|w| w.leases().borrow().len() == 15));
+    eventually!(Duration::from_secs(10), {
+        let text = metrics(http).await;
+        sample(&text, "orchestrator_leases{state=\"revoking\"}") == Some(0.0)
+            && sample(&text, "orchestrator_leases{state=\"active\"}") == Some(30.0)
+    });
 
     // The admin API's view, and the status API's: the same figures.
     let mut admin = fixtures::admin(server.addr).await;
@@ -212,6 +219,12 @@ async fn with_metrics_off_nothing_is_collected_and_the_rest_still_serves() {
     let doc = get(http, "/api/v1/status", &[]).await.json();
     assert_eq!(doc["cluster"]["total_streams"], 3);
     assert_eq!(get(http, "/readyz", &[]).await.status, 200);
+    // Without authentication, on loopback: only a Host naming this machine
+    // reads the API (DNS rebinding).
+    let rebound = get(http, "/api/v1/status", &[("Host", "evil.example:50052")]).await;
+    assert_eq!(rebound.status, 403, "{}", rebound.body);
+    assert!(rebound.body.contains("DNS rebinding"));
+    assert_eq!(get(http, "/api/v1/status", &[("Host", "localhost")]).await.status, 200);
 }
 
 #[test]
@@ -230,9 +243,9 @@ fn the_binary_checks_its_http_flags_and_logs_json() {
     let (code, stderr) = run(&["--http-listen", "0.0.0.0:0"]);
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("--insecure") && stderr.contains("--http-listen 0.0.0.0:0"), "{stderr}");
-    let (code, stderr) = run(&["--http-listen", "localhost"]);
+    let (code, stderr) = run(&["--http-listen", "somewhere"]);
     assert_eq!(code, Some(2), "{stderr}");
-    assert!(stderr.contains("--http-listen \"localhost\": not an address"), "{stderr}");
+    assert!(stderr.contains("--http-listen \"somewhere\": not an address"), "{stderr}");
     assert!(!db.exists(), "refused before anything was created");
 
     // An explicit address that is taken is an error naming the flag.

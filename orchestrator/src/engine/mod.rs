@@ -807,8 +807,9 @@ impl Engine {
     }
 
     /// Counts over the whole fleet and the first `list` unassigned and
-    /// revoking streams (see [`Overview`]). O(workers + list): no walk of
-    /// the catalog.
+    /// revoking streams (see [`Overview`]). O(workers) plus, for each
+    /// worker that is gone, at most `list` of its streams (fewer once the
+    /// list is full): no walk of the catalog.
     pub fn overview(&self, list: usize) -> Overview {
         let mut o = Overview { status: self.status(), ..Overview::default() };
         for w in self.workers.values() {
@@ -829,15 +830,25 @@ impl Engine {
         if list == 0 {
             return o;
         }
-        // Unassigned: catalog streams with no lease, then those whose
-        // holder is gone; the first `list` of the union, by id.
-        let mut first: Vec<StreamId> = self.unassigned.iter().take(list).copied().collect();
+        // Unassigned: catalog streams with no lease, and those whose holder
+        // is gone; the `list` smallest ids of the union. Each holder's set
+        // is sorted, so its walk stops at the first id above the `list`
+        // kept so far.
+        let mut first: BTreeSet<StreamId> = self.unassigned.iter().take(list).copied().collect();
         for w in self.workers.values().filter(|w| !Self::holds_state(w.state)) {
-            first.extend(w.owned.iter().filter(|id| !self.removed.contains(id)).take(list));
+            for &id in &w.owned {
+                if first.len() == list && first.last().is_some_and(|&max| id > max) {
+                    break;
+                }
+                if !self.removed.contains(&id) {
+                    first.insert(id);
+                    if first.len() > list {
+                        first.pop_last();
+                    }
+                }
+            }
         }
-        first.sort_unstable();
-        first.truncate(list);
-        o.unassigned_first = first;
+        o.unassigned_first = first.into_iter().collect();
         'workers: for (id, w) in self.workers.iter().filter(|(_, w)| Self::holds_state(w.state)) {
             for &stream_id in &w.revoking {
                 if o.revoking_first.len() == list {

@@ -51,6 +51,10 @@ pub struct Site {
     metrics: Option<Arc<Metrics>>,
     fleet: Arc<Fleet>,
     auth: Arc<Authenticator>,
+    /// Served on a loopback address: without authentication, `/api/*`
+    /// answers only requests whose `Host` names this machine (a web page
+    /// elsewhere cannot read it through DNS rebinding).
+    loopback: std::sync::atomic::AtomicBool,
 }
 
 impl Site {
@@ -59,7 +63,13 @@ impl Site {
     pub fn new(metrics: bool, auth: Arc<Authenticator>) -> Arc<Self> {
         let fleet = Arc::new(Fleet::default());
         let metrics = metrics.then(|| Arc::new(Metrics::new(Arc::clone(&fleet))));
-        Arc::new(Self { metrics, fleet, auth })
+        Arc::new(Self { metrics, fleet, auth, loopback: std::sync::atomic::AtomicBool::new(false) })
+    }
+
+    /// Says where the listener is bound (see [`Site`]'s DNS rebinding
+    /// check).
+    pub fn bound_to(&self, addr: SocketAddr) {
+        self.loopback.store(addr.ip().is_loopback(), std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The metrics, unless collection is off.
@@ -153,7 +163,8 @@ async fn readyz(State(site): State<Arc<Site>>) -> Response {
             .into_response(),
         (Some(o), _) if !o.stopped() => "ready\n".into_response(),
         (Some(_), _) => (StatusCode::SERVICE_UNAVAILABLE, "not ready: stopping\n").into_response(),
-        (None, _) => (StatusCode::SERVICE_UNAVAILABLE, "not ready: not serving\n").into_response(),
+        (None, _) => (StatusCode::SERVICE_UNAVAILABLE, "not ready: not serving (loading the state, or stopping)\n")
+            .into_response(),
     }
 }
 
@@ -167,23 +178,37 @@ async fn metrics(State(site): State<Arc<Site>>) -> Response {
     }
 }
 
-/// `?workers=N`: how many workers to list.
-fn workers_param(query: Option<&str>) -> Result<usize, String> {
-    let mut workers = DEFAULT_WORKERS;
+/// `?workers=N&events=M`: how many workers and audit events to list.
+fn list_params(query: Option<&str>) -> Result<(usize, usize), String> {
+    let (mut workers, mut events) = (DEFAULT_WORKERS, LISTED_EVENTS);
+    let number = |key: &str, value: &str, max: usize| {
+        value
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=max).contains(n))
+            .ok_or_else(|| format!("{key}: must be a number from 1 to {max}, not {value:?}"))
+    };
     for pair in query.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
         match key {
-            "workers" => {
-                workers = value
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|n| (1..=MAX_WORKERS).contains(n))
-                    .ok_or_else(|| format!("workers: must be a number from 1 to {MAX_WORKERS}, not {value:?}"))?;
-            }
-            _ => return Err(format!("unknown query parameter {key:?}: the only one is workers=N")),
+            "workers" => workers = number(key, value, MAX_WORKERS)?,
+            "events" => events = number(key, value, crate::store::MAX_EVENTS)?,
+            _ => return Err(format!("unknown query parameter {key:?}: the parameters are workers=N and events=N")),
         }
     }
-    Ok(workers)
+    Ok((workers, events))
+}
+
+/// Whether a `Host` header names this machine: `localhost` or a loopback
+/// address, with or without a port.
+fn names_loopback(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => {
+            host.rsplit_once(':').map_or(host, |(name, port)| if port.parse::<u16>().is_ok() { name } else { host })
+        }
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 async fn status(State(site): State<Arc<Site>>, headers: HeaderMap, RawQuery(query): RawQuery) -> Response {
@@ -197,7 +222,17 @@ async fn status(State(site): State<Arc<Site>>, headers: HeaderMap, RawQuery(quer
         }
         return response;
     }
-    let workers = match workers_param(query.as_deref()) {
+    if !site.auth.enabled()
+        && site.loopback.load(std::sync::atomic::Ordering::Relaxed)
+        && !headers.get(header::HOST).and_then(|h| h.to_str().ok()).is_some_and(names_loopback)
+    {
+        return error(
+            StatusCode::FORBIDDEN,
+            "the Host header names neither localhost nor a loopback address: refused, as a page on another site \
+             could read this API through DNS rebinding; open http://127.0.0.1:<port>/ (or serve an auth file)",
+        );
+    }
+    let (workers, events) = match list_params(query.as_deref()) {
         Ok(n) => n,
         Err(message) => return error(StatusCode::BAD_REQUEST, &message),
     };
@@ -277,7 +312,7 @@ async fn status(State(site): State<Arc<Site>>, headers: HeaderMap, RawQuery(quer
             "reason": reason_label(r.reason),
         })).collect::<Vec<_>>(),
     });
-    match o.recent_events(LISTED_EVENTS).await {
+    match o.recent_events(events).await {
         Ok(events) => {
             doc["events"] = events
                 .into_iter()
@@ -322,13 +357,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_workers_parameter_is_checked_and_named() {
-        assert_eq!(workers_param(None), Ok(DEFAULT_WORKERS));
-        assert_eq!(workers_param(Some("workers=5")), Ok(5));
-        assert_eq!(workers_param(Some("")), Ok(DEFAULT_WORKERS));
+    fn the_parameters_are_checked_and_named() {
+        assert_eq!(list_params(None), Ok((DEFAULT_WORKERS, LISTED_EVENTS)));
+        assert_eq!(list_params(Some("workers=5&events=200")), Ok((5, 200)));
+        assert_eq!(list_params(Some("")), Ok((DEFAULT_WORKERS, LISTED_EVENTS)));
         for bad in ["workers=0", "workers=x", "workers=10001", "workers="] {
-            assert!(workers_param(Some(bad)).unwrap_err().starts_with("workers:"), "{bad}");
+            assert!(list_params(Some(bad)).unwrap_err().starts_with("workers:"), "{bad}");
         }
-        assert!(workers_param(Some("limit=3")).unwrap_err().contains("\"limit\""));
+        assert!(list_params(Some("events=1001")).unwrap_err().starts_with("events:"));
+        assert!(list_params(Some("limit=3")).unwrap_err().contains("\"limit\""));
+    }
+
+    #[test]
+    fn only_hosts_naming_this_machine_pass_the_rebinding_check() {
+        for ok in
+            ["localhost", "LOCALHOST:50052", "127.0.0.1", "127.0.0.1:50052", "127.1.2.3:80", "[::1]:50052", "[::1]"]
+        {
+            assert!(names_loopback(ok), "{ok}");
+        }
+        for bad in ["evil.example", "evil.example:50052", "10.0.0.2:50052", "localhost.evil.example", "", "[::2]:1"] {
+            assert!(!names_loopback(bad), "{bad}");
+        }
     }
 }

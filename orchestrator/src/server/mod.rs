@@ -329,9 +329,67 @@ pub struct OrchestratorServer<L: Listener = TcpListener> {
     tls: Option<ServerTlsConfig>,
     auth: Arc<Authenticator>,
     site: Arc<Site>,
-    /// This server's own HTTP listener (a replica serves its own).
-    http: Option<TcpListener>,
+    /// This server's own HTTP listener, served from the moment it is bound
+    /// (`/healthz` answers while the state loads); a replica serves its own.
+    http: Option<HttpTask>,
     role: Role,
+}
+
+/// The HTTP listener, served by a task until stopped (or dropped: a server
+/// that fails to load stops it too).
+#[derive(Debug)]
+pub(crate) struct HttpTask {
+    addr: Option<SocketAddr>,
+    stop: tokio::sync::watch::Sender<bool>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl HttpTask {
+    /// Serves `site` on `listener` (and logs where).
+    pub(crate) fn spawn(listener: TcpListener, site: Arc<Site>) -> Self {
+        let addr = listener.local_addr().ok();
+        if let Some(addr) = addr {
+            site.bound_to(addr);
+            tracing::info!(%addr, "HTTP listening: dashboard at http://{addr}/, /metrics, /healthz, /readyz, /api/v1/status");
+        }
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            };
+            if let Err(e) = crate::http::serve(listener, site, shutdown).await {
+                tracing::error!("the HTTP listener failed: {e}");
+            }
+        });
+        Self { addr, stop, task: Some(task) }
+    }
+
+    /// Stops serving and waits until it has.
+    pub(crate) async fn stop(mut self) {
+        let _ = self.stop.send(true);
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for HttpTask {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+/// Clears what the HTTP listener shows when a term's serving ends, however
+/// it ends (an early error too): no stale engine is shown, or kept alive.
+struct FleetReset {
+    site: Arc<Site>,
+    role: Role,
+}
+
+impl Drop for FleetReset {
+    fn drop(&mut self) {
+        self.site.fleet().set(None, self.role.clone());
+    }
 }
 
 impl OrchestratorServer<TcpListener> {
@@ -379,11 +437,12 @@ impl<L: Listener> OrchestratorServer<L> {
         let (site, http) = match env.site {
             Some(site) => (site, None),
             None => {
+                let site = Site::new(config.metrics, Arc::clone(&auth));
                 let http = match config.http {
-                    Some(listen) => bind_http(listen).await?,
+                    Some(listen) => bind_http(listen).await?.map(|l| HttpTask::spawn(l, Arc::clone(&site))),
                     None => None,
                 };
-                (Site::new(config.metrics, Arc::clone(&auth)), http)
+                (site, http)
             }
         };
         let metrics = site.metrics().cloned();
@@ -441,7 +500,7 @@ impl<L: Listener> OrchestratorServer<L> {
 
     /// The address the HTTP listener is bound to, if this server has one.
     pub fn http_addr(&self) -> Option<SocketAddr> {
-        self.http.as_ref().and_then(|l| l.local_addr().ok())
+        self.http.as_ref().and_then(|h| h.addr)
     }
 
     /// The metrics and the HTTP listener's view.
@@ -480,22 +539,7 @@ impl<L: Listener> OrchestratorServer<L> {
         let Self { config, listener, orchestrator, store_runner, tls, auth, site, http, role } = self;
         let addr = listener.local_addr().ok();
         site.fleet().set(Some(orchestrator.clone()), role.clone());
-        let (http_stop, http_stopped) = tokio::sync::watch::channel(false);
-        let http_task = http.map(|listener| {
-            if let Ok(addr) = listener.local_addr() {
-                tracing::info!(%addr, "HTTP listening: dashboard at http://{addr}/, /metrics, /healthz, /readyz, /api/v1/status");
-            }
-            let site = Arc::clone(&site);
-            let mut stopped = http_stopped;
-            tokio::spawn(async move {
-                let shutdown = async move {
-                    let _ = stopped.wait_for(|s| *s).await;
-                };
-                if let Err(e) = crate::http::serve(listener, site, shutdown).await {
-                    tracing::error!("the HTTP listener failed: {e}");
-                }
-            })
-        });
+        let _reset = FleetReset { site: Arc::clone(&site), role: role.clone() };
         let (reporter, health) = tonic_health::server::health_reporter();
         reporter.set_not_serving::<orchestrator_proto::v1::worker_service_server::WorkerServiceServer<crate::service::WorkerApi>>().await;
         reporter.set_not_serving::<orchestrator_proto::v1::admin_service_server::AdminServiceServer<crate::service::AdminApi>>().await;
@@ -617,9 +661,8 @@ impl<L: Listener> OrchestratorServer<L> {
         orchestrator.close_store();
         store_runner.join().await;
         site.fleet().set(None, role);
-        let _ = http_stop.send(true);
-        if let Some(task) = http_task {
-            let _ = task.await;
+        if let Some(http) = http {
+            http.stop().await;
         }
         match stopped_rx.await.ok().flatten() {
             Some(reason) => Err(ServeError::Store(StoreError::Io(reason))),

@@ -159,20 +159,8 @@ pub async fn serve_replica(
         None => None,
     };
     tracing::info!(addr = %acceptor.addr, holder = %holder, "replica started: standby until elected");
-    if let Some(listener) = http {
-        if let Ok(addr) = listener.local_addr() {
-            tracing::info!(%addr, "HTTP listening: dashboard at http://{addr}/, /metrics, /healthz, /readyz, /api/v1/status");
-        }
-        let (site, mut stop) = (Arc::clone(&site), stop.clone());
-        tokio::spawn(async move {
-            let shutdown = async move {
-                let _ = stop.wait_for(|s| *s).await;
-            };
-            if let Err(e) = crate::http::serve(listener, site, shutdown).await {
-                tracing::error!("the HTTP listener failed: {e}");
-            }
-        });
-    }
+    // Served until this function returns (dropped: stopped).
+    let _http = http.map(|listener| super::HttpTask::spawn(listener, Arc::clone(&site)));
     loop {
         site.fleet().set(None, Role::Follower { leader: hint.read().unwrap_or_else(|p| p.into_inner()).clone() });
         // Follower.

@@ -172,15 +172,15 @@ struct ServeArgs {
     reflection: bool,
     /// Allow listening on a non-loopback address without TLS or an auth
     /// file: anyone who can reach the port can then act as any worker or
-    /// operator.
+    /// operator. Also allows a non-loopback --http-listen (plain HTTP).
     #[arg(long, env = "ORCHESTRATOR_INSECURE", help_heading = "Security")]
     insecure: bool,
     /// The HTTP listener: the dashboard at /, /metrics (Prometheus),
     /// /healthz, /readyz and /api/v1/status; `off` for none; port 0 picks a
     /// free port (logged). Plain HTTP, separate from gRPC so it can stay
-    /// internal: a non-loopback address needs --insecure. With --auth-file,
-    /// /api/* needs an admin token. [default: 127.0.0.1:50052, or none if
-    /// that port is taken]
+    /// internal: a non-loopback address needs --insecure. With
+    /// authentication on, /api/* needs an admin token from --auth-file.
+    /// [default: 127.0.0.1:50052, or none if that port is taken]
     #[arg(long, env = "ORCHESTRATOR_HTTP_LISTEN", value_name = "ADDR|off", help_heading = "Observability")]
     http_listen: Option<String>,
     /// Collect metrics; with false, /metrics answers 404 and nothing is
@@ -293,9 +293,14 @@ impl ServeArgs {
             Some(off) if off.eq_ignore_ascii_case("off") => return Ok(None),
             Some(addr) => (addr, false),
         };
-        let addr: SocketAddr = text.parse().map_err(|_| {
+        let literal = match text.strip_prefix("localhost:") {
+            Some(port) => format!("127.0.0.1:{port}"),
+            None => text.to_owned(),
+        };
+        let addr: SocketAddr = literal.parse().map_err(|_| {
             format!(
-                "--http-listen {text:?}: not an address; give host:port (e.g. 127.0.0.1:50052, port 0 for any) or off"
+                "--http-listen {text:?}: not an address; give ip:port or localhost:port (e.g. 127.0.0.1:50052, port 0 \
+                 for any) or off"
             )
         })?;
         if !addr.ip().is_loopback() && !self.insecure {

@@ -110,7 +110,11 @@ async fn watch_status(
             _ = &mut stop => return Ok(()),
             _ = ticks.tick() => {}
         }
-        let reading = execute(args, AdminCommand::Status { watch: None }).await;
+        // ctrl-c ends the watch at once, a reading in progress too.
+        let reading = tokio::select! {
+            _ = &mut stop => return Ok(()),
+            r = execute(args, AdminCommand::Status { watch: None }) => r,
+        };
         let text = match (reading, args.json) {
             (Ok(text), true) => match serde_json::from_str::<serde_json::Value>(&text) {
                 Ok(doc) => format!("{doc}\n"),
