@@ -122,11 +122,13 @@ pub struct WorkerMetrics {
 }
 
 /// Reports a client's metrics at each scrape, through a weak handle.
+#[cfg(feature = "prometheus")]
 #[derive(Debug)]
 struct Collector {
     inner: std::sync::Weak<super::Inner>,
 }
 
+#[cfg(feature = "prometheus")]
 impl Collector {
     fn one(
         encoder: &mut prometheus_client::encoding::DescriptorEncoder<'_>,
@@ -168,6 +170,7 @@ impl Collector {
     }
 }
 
+#[cfg(feature = "prometheus")]
 impl prometheus_client::collector::Collector for Collector {
     fn encode(&self, mut encoder: prometheus_client::encoding::DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         let Some(inner) = self.inner.upgrade() else { return Ok(()) };
@@ -264,10 +267,13 @@ impl ResilientWorkerClient {
     }
 
     /// Registers the client's metrics into `registry` (names
-    /// `worker_client_*`, read at each scrape; the table is in the worker
-    /// client's README section of the project README). The registry holds
-    /// no handle that keeps the client running: once the application drops
-    /// its handles, the metrics are no longer reported.
+    /// `worker_client_*`, read at each scrape; the list is in
+    /// `docs/HTTP-API.md`). The registry holds no handle that keeps the
+    /// client running: once the application drops its handles, the metrics
+    /// are no longer reported. For several clients in one process, give
+    /// each a sub-registry with a label of its own:
+    /// `client.register_metrics(registry.sub_registry_with_label(("server_id".into(), id.into())))`.
+    #[cfg(feature = "prometheus")]
     pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
         registry.register_collector(Box::new(Collector { inner: std::sync::Arc::downgrade(&self.inner) }));
     }

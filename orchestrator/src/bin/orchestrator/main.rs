@@ -196,6 +196,16 @@ struct ServeArgs {
     /// with `--features otel`; other builds ignore it with a warning.
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", value_name = "URL", help_heading = "Observability")]
     otlp_endpoint: Option<String>,
+    /// With --otlp-endpoint: the share of calls traced, in [0, 1] (a busy
+    /// fleet makes tens of thousands of heartbeats a second; e.g. 0.01).
+    #[arg(
+        long,
+        env = "OTEL_TRACES_SAMPLER_ARG",
+        default_value_t = 1.0,
+        value_name = "RATIO",
+        help_heading = "Observability"
+    )]
+    otlp_sample_ratio: f64,
 }
 
 /// How log lines are written.
@@ -381,7 +391,7 @@ impl ServeArgs {
 
 /// Logs to stderr as `format`; with `otlp` (the `otel` feature), traces
 /// are exported too. Returns what must live until exit.
-fn init_tracing(format: LogFormat, otlp: Option<&str>) -> Result<Telemetry, String> {
+fn init_tracing(format: LogFormat, otlp: Option<&str>, sample_ratio: f64) -> Result<Telemetry, String> {
     use tracing_subscriber::Layer as _;
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
@@ -397,7 +407,7 @@ fn init_tracing(format: LogFormat, otlp: Option<&str>) -> Result<Telemetry, Stri
             .with_writer(std::io::stderr)
             .boxed(),
     };
-    let (traces, telemetry) = otel::layer(otlp)?;
+    let (traces, telemetry) = otel::layer(otlp, sample_ratio)?;
     tracing_subscriber::registry().with(filter).with(lines).with(traces).init();
     Ok(telemetry)
 }
@@ -424,7 +434,11 @@ async fn shutdown_signal() {
 }
 
 async fn serve(args: ServeArgs) -> ExitCode {
-    let telemetry = match init_tracing(args.log_format, args.otlp_endpoint.as_deref()) {
+    if !(0.0..=1.0).contains(&args.otlp_sample_ratio) {
+        eprintln!("error: --otlp-sample-ratio must be in [0, 1], e.g. 0.01");
+        return ExitCode::from(2);
+    }
+    let telemetry = match init_tracing(args.log_format, args.otlp_endpoint.as_deref(), args.otlp_sample_ratio) {
         Ok(t) => t,
         Err(e) => {
             eprintln!("error: {e}");

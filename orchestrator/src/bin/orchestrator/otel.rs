@@ -39,7 +39,7 @@ impl Drop for Telemetry {
 /// The endpoint cannot be used, or (without the `otel` feature) the binary
 /// cannot export at all.
 #[cfg(feature = "otel")]
-pub(crate) fn layer<S>(endpoint: Option<&str>) -> Result<(TraceLayer<S>, Telemetry), String>
+pub(crate) fn layer<S>(endpoint: Option<&str>, sample_ratio: f64) -> Result<(TraceLayer<S>, Telemetry), String>
 where
     S: Subscriber + for<'a> LookupSpan<'a> + Send + Sync,
 {
@@ -60,6 +60,7 @@ where
     let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
         .with_batch_exporter(exporter)
         .with_resource(resource)
+        .with_sampler(opentelemetry_sdk::trace::Sampler::TraceIdRatioBased(sample_ratio))
         .build();
     let tracer = provider.tracer("orchestrator");
     let layer = tracing_opentelemetry::layer().with_tracer(tracer).boxed();
@@ -74,7 +75,7 @@ where
 ///
 /// None in this build.
 #[cfg(not(feature = "otel"))]
-pub(crate) fn layer<S>(endpoint: Option<&str>) -> Result<(TraceLayer<S>, Telemetry), String>
+pub(crate) fn layer<S>(endpoint: Option<&str>, _sample_ratio: f64) -> Result<(TraceLayer<S>, Telemetry), String>
 where
     S: Subscriber + for<'a> LookupSpan<'a> + Send + Sync,
 {
