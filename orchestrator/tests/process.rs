@@ -173,7 +173,8 @@ fn a_corrupt_database_is_refused_with_a_clear_error_and_left_as_it_was() {
     let db = dir.path().join("orchestrator.db");
     let garbage = b"definitely not SQLite ".repeat(200);
     std::fs::write(&db, &garbage).unwrap();
-    let (code, _, stderr) = run(&["serve", "--listen", "127.0.0.1:0", "--http-listen", "off", "--database", db.to_str().unwrap()]);
+    let (code, _, stderr) =
+        run(&["serve", "--listen", "127.0.0.1:0", "--http-listen", "off", "--database", db.to_str().unwrap()]);
     assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("is unusable") && stderr.contains("orchestrator.db"), "{stderr}");
     assert!(stderr.contains("not modified"), "{stderr}");
@@ -182,7 +183,8 @@ fn a_corrupt_database_is_refused_with_a_clear_error_and_left_as_it_was() {
 
 #[test]
 fn an_unusable_database_path_is_named() {
-    let (code, _, stderr) = run(&["serve", "--listen", "127.0.0.1:0", "--http-listen", "off", "--database", "/nonexistent-dir/o.db"]);
+    let (code, _, stderr) =
+        run(&["serve", "--listen", "127.0.0.1:0", "--http-listen", "off", "--database", "/nonexistent-dir/o.db"]);
     assert_eq!(code, Some(1));
     assert!(stderr.contains("/nonexistent-dir does not exist"), "{stderr}");
 }

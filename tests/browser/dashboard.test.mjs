@@ -7,6 +7,12 @@
 // agrees with the admin CLI (`orchestrator status --json`,
 // `orchestrator workers --json`): first with all three workers live, then
 // after one is killed with SIGKILL and its streams have moved.
+// A second scenario starts another orchestrator (5 demo streams) with an auth
+// file holding an admin and a worker token, and checks in a fresh browser
+// context that the page asks for a token, refuses the worker token (403: "not
+// an admin token"), loads with the admin token (never put in the URL), keeps
+// it in sessionStorage across a reload, and that GET /api/v1/status answers
+// 401 + WWW-Authenticate: Bearer without a token.
 //
 // Usage: node tests/browser/dashboard.test.mjs [ORCHESTRATOR_BIN [WORKER_BIN]]
 //   ORCHESTRATOR_BIN  default target/debug/orchestrator
@@ -15,11 +21,13 @@
 //   PATIENCE          multiplies every timeout (default 1; e.g. 3 on a slow machine)
 // Relative paths are taken from the current directory, else from the repository root.
 // Screenshots: target/dashboard-live.png (three live workers) and
-// target/dashboard.png (after the kill); target/dashboard-failure.png on failure.
+// target/dashboard.png (after the kill); target/dashboard-failure.png on failure
+// (target/dashboard-auth-failure.png for the second scenario).
 // Prints one line per check and, at the end, "N passed, M failed"; exits 1 on failure.
 
 import { execFile, spawn } from "node:child_process";
-import { existsSync, mkdirSync, mkdtempSync, rmSync } from "node:fs";
+import { randomBytes } from "node:crypto";
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { createInterface } from "node:readline";
@@ -133,11 +141,12 @@ class Child {
   }
 }
 
-function startOrchestrator(dir) {
+// `args`: the `serve` arguments; by default those of the first scenario.
+function startOrchestrator(dir, args = null) {
   const orch = new Child(
     "orchestrator",
     ORCHESTRATOR_BIN,
-    [
+    args ?? [
       "serve",
       "--listen", "127.0.0.1:0",
       "--http-listen", "127.0.0.1:0",
@@ -292,6 +301,7 @@ async function main() {
   }
 
   rmSync(path.join(TARGET, "dashboard-failure.png"), { force: true });
+  rmSync(path.join(TARGET, "dashboard-auth-failure.png"), { force: true });
   const dir = mkdtempSync(path.join(tmpdir(), "dashboard-test-"));
   let browser = null;
   let page = null;
@@ -305,10 +315,15 @@ async function main() {
     browser = null;
     await Promise.all(children.map((c) => c.stop()));
   };
+  // The second scenario's (see below): its temporary directory and browser.
+  let authDir = null;
+  let authBrowser = null;
   const onSignal = (sig) => {
     for (const c of children) c.kill("SIGKILL");
     if (browser) browser.close().catch(() => {});
+    if (authBrowser) authBrowser.close().catch(() => {});
     rmSync(dir, { recursive: true, force: true });
+    if (authDir) rmSync(authDir, { recursive: true, force: true });
     process.exit(sig === "SIGINT" ? 130 : 143);
   };
   process.once("SIGINT", onSignal);
@@ -481,6 +496,189 @@ async function main() {
     }
     await cleanup();
     rmSync(dir, { recursive: true, force: true });
+  }
+
+  // ---------------------------------------------------------- scenario 2: an orchestrator with an auth file
+  //
+  // The dashboard behind an admin token: the page asks for it, refuses a
+  // worker token (403), loads with the admin token (kept in sessionStorage,
+  // never in the URL) and loads again after a reload without asking.
+  // Independent of the first scenario: a failure there does not skip these.
+  failed = false;
+  const AUTH_STREAMS = 5;
+  const ADMIN_TOKEN = randomBytes(16).toString("hex");
+  const WORKER_TOKEN = randomBytes(16).toString("hex");
+  const hasToken = (s) => s.includes(ADMIN_TOKEN) || s.includes(WORKER_TOKEN);
+  authDir = mkdtempSync(path.join(tmpdir(), "dashboard-auth-test-"));
+  let authOrch = null;
+  let authHttp = null;
+  let authContext = null;
+  let authPage = null;
+  const authPageErrors = [];
+  const authConsoleErrors = [];
+  const statusAnswers = []; // HTTP status of every api/v1/status answer the page got, in order
+  const requestUrls = []; // every URL the page requested
+  const answersSince = (n) => statusAnswers.slice(n);
+  try {
+    await check("auth: orchestrator starts with --auth-file (an admin and a worker token, mode 600)", async () => {
+      const authFile = path.join(authDir, "auth");
+      writeFileSync(authFile, `admin ops ${ADMIN_TOKEN}\nworker w-x ${WORKER_TOKEN}\n`, { mode: 0o600 });
+      chmodSync(authFile, 0o600); // whatever the umask
+      expect((statSync(authFile).mode & 0o777) === 0o600, `auth file mode ${(statSync(authFile).mode & 0o777).toString(8)}`);
+      let grpc;
+      ({ orch: authOrch, grpc, http: authHttp } = await startOrchestrator(authDir, [
+        "serve",
+        "--listen", "127.0.0.1:0",
+        "--http-listen", "127.0.0.1:0",
+        "--database", path.join(authDir, "auth.db"),
+        "--demo-streams", String(AUTH_STREAMS),
+        "--auth-file", authFile,
+      ])); // prettier-ignore
+      const loose = authOrch.tail.find((l) => l.includes("accessible by group or others"));
+      expect(!loose, `the orchestrator warns about the auth file's mode: ${loose}`);
+      const loaded = authOrch.tail.find((l) => l.includes("bearer tokens from"));
+      expect(loaded && /\badmins=1\b/.test(loaded) && /\bworkers=1\b/.test(loaded), `auth file not logged as 1 admin + 1 worker: ${loaded}`);
+      return `gRPC ${grpc}, HTTP ${authHttp}`;
+    });
+
+    await check("auth: a fresh browser context gets the token form and no figures", async () => {
+      authBrowser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS, timeout: T(60_000) });
+      authContext = await authBrowser.newContext({ viewport: { width: 1600, height: 1000 } });
+      authPage = await authContext.newPage();
+      authPage.setDefaultTimeout(T(15_000));
+      authPage.on("pageerror", (e) => authPageErrors.push(e.message));
+      authPage.on("console", (m) => {
+        // Chromium logs every 401/403 answer as a console error; those are expected here.
+        if (m.type() === "error" && !/Failed to load resource: the server responded with a status of 40[13]/.test(m.text())) authConsoleErrors.push(m.text());
+      });
+      authPage.on("request", (r) => requestUrls.push(r.url()));
+      authPage.on("response", (r) => {
+        if (new URL(r.url()).pathname === "/api/v1/status") statusAnswers.push(r.status());
+      });
+      const resp = await authPage.goto(`http://${authHttp}/`, { timeout: T(20_000) });
+      expect(resp && resp.status() === 200, `GET / answered ${resp && resp.status()}`);
+      expect((await authPage.evaluate(() => sessionStorage.length)) === 0, "sessionStorage is not empty in a fresh context");
+      await authPage.waitForSelector('[data-testid="token-form"]', { state: "visible", timeout: T(20_000) });
+      // The form shows after the first status answer (401): nothing was loaded.
+      expect(statusAnswers.length > 0 && statusAnswers.every((s) => s === 401), `api/v1/status answers: ${statusAnswers.join(",")}`);
+      const state = await authPage.evaluate(() => ({
+        loaded: document.body.dataset.loaded,
+        tiles: !document.getElementById("tiles").hidden,
+        total: document.querySelector('[data-testid="total-streams"]').checkVisibility(),
+        rows: document.querySelectorAll('[data-testid="worker-row"]').length,
+      }));
+      expect(state.loaded === "false" && !state.tiles && !state.total && state.rows === 0, `figures shown without a token: ${JSON.stringify(state)}`);
+      return `answers ${statusAnswers.join(",")}; heading "${(await authPage.locator('[data-testid="token-form"] h2').innerText()).trim()}"`;
+    });
+
+    await check("auth: the worker token is refused as not an admin token (403), the form stays", async () => {
+      const n = statusAnswers.length;
+      await authPage.fill('[data-testid="token-input"]', WORKER_TOKEN);
+      await authPage.click('[data-testid="token-submit"]');
+      await authPage.waitForFunction(
+        () => document.getElementById("auth-err").textContent === "This token is not an admin token.",
+        null,
+        { timeout: T(15_000) },
+      );
+      expect(answersSince(n).includes(403), `api/v1/status answers since the submit: ${answersSince(n).join(",")}`);
+      const shown = (await authPage.locator("#auth-err").innerText()).trim();
+      expect(shown === "This token is not an admin token.", `visible message ${JSON.stringify(shown)}`);
+      expect(await authPage.isVisible('[data-testid="token-form"]'), "the token form is gone");
+      expect((await authPage.getAttribute("body", "data-loaded")) === "false", "the page loaded with a worker token");
+      expect(await authPage.isHidden('[data-testid="total-streams"]'), "figures shown with a worker token");
+      const url = authPage.url();
+      expect(!hasToken(url), `the token is in the page URL: ${url}`);
+      return `"${shown}" (refresh indicator: "${(await authPage.locator("#refresh-text").innerText()).trim()}")`;
+    });
+
+    await check(`auth: the admin token loads the page with ${AUTH_STREAMS} streams, not in the URL`, async () => {
+      const n = statusAnswers.length;
+      await authPage.fill('[data-testid="token-input"]', ADMIN_TOKEN);
+      await authPage.click('[data-testid="token-submit"]');
+      await authPage.waitForSelector("body[data-loaded=true]", { timeout: T(20_000) });
+      await authPage.waitForFunction(
+        (want) => document.querySelector('[data-testid="total-streams"]').textContent.trim() === want,
+        String(AUTH_STREAMS),
+        { timeout: T(15_000) },
+      );
+      expect(answersSince(n).includes(200), `api/v1/status answers since the submit: ${answersSince(n).join(",")}`);
+      expect(await authPage.isHidden('[data-testid="token-form"]'), "the token form is still shown");
+      const url = authPage.url();
+      expect(!hasToken(url), `the token is in the page URL: ${url}`);
+      expect(new URL(url).search === "", `the page URL has a query: ${url}`);
+      const leaked = requestUrls.filter(hasToken);
+      expect(leaked.length === 0, `a token is in a request URL: ${leaked.join(" ")}`);
+      return `total-streams ${await authPage.locator('[data-testid="total-streams"]').innerText()}, URL ${url}`;
+    });
+
+    await check("auth: GET api/v1/status answers 401 + WWW-Authenticate: Bearer without a token, 403 to the worker token, 200 to the admin token", async () => {
+      const get = (token) =>
+        fetch(`http://${authHttp}/api/v1/status`, {
+          headers: token ? { Authorization: `Bearer ${token}` } : {},
+          signal: AbortSignal.timeout(T(10_000)),
+        });
+      const none = await get(null);
+      const challenge = none.headers.get("www-authenticate") ?? "";
+      expect(none.status === 401, `no token: status ${none.status}`);
+      expect(/^Bearer\b/i.test(challenge), `no token: WWW-Authenticate ${JSON.stringify(challenge)}`);
+      const worker = await get(WORKER_TOKEN);
+      expect(worker.status === 403, `worker token: status ${worker.status}`);
+      const admin = await get(ADMIN_TOKEN);
+      expect(admin.status === 200, `admin token: status ${admin.status}`);
+      const s = await admin.json();
+      expect(s.schema === "orchestrator.status.v1", `schema ${JSON.stringify(s.schema)}`);
+      expect(s.cluster && s.cluster.total_streams === AUTH_STREAMS, `cluster ${JSON.stringify(s.cluster)}`);
+      return `401 (WWW-Authenticate: ${challenge}), 403, 200 (total_streams ${s.cluster.total_streams})`;
+    });
+
+    await check("auth: after a reload the page loads again without asking (token kept in sessionStorage)", async () => {
+      const stored = await authPage.evaluate(() => Object.keys(sessionStorage).map((k) => sessionStorage.getItem(k)));
+      expect(stored.includes(ADMIN_TOKEN), "the admin token is not in sessionStorage");
+      const n = statusAnswers.length;
+      const resp = await authPage.reload({ timeout: T(20_000) });
+      expect(resp && resp.status() === 200, `reload answered ${resp && resp.status()}`);
+      await authPage.waitForSelector("body[data-loaded=true]", { timeout: T(20_000) });
+      await authPage.waitForFunction(
+        (want) => document.querySelector('[data-testid="total-streams"]').textContent.trim() === want,
+        String(AUTH_STREAMS),
+        { timeout: T(15_000) },
+      );
+      // The form is shown only on a 401/403 answer: none since the reload means it never was.
+      const since = answersSince(n);
+      expect(since.length > 0 && since.every((s) => s === 200), `api/v1/status answers since the reload: ${since.join(",")}`);
+      expect(await authPage.isHidden('[data-testid="token-form"]'), "the token form is shown after the reload");
+      const url = authPage.url();
+      expect(!hasToken(url), `the token is in the page URL: ${url}`);
+      expect(!requestUrls.some(hasToken), "a token is in a request URL");
+      return `answers since the reload: ${since.join(",")}`;
+    });
+
+    await check("auth: no script errors in the page, no token in the orchestrator's log", async () => {
+      expect(authPageErrors.length === 0, `uncaught errors: ${authPageErrors.join(" | ")}`);
+      expect(authConsoleErrors.length === 0, `console errors: ${authConsoleErrors.join(" | ")}`);
+      expect(!authOrch.tail.some(hasToken), "a token appears in the orchestrator's output");
+    });
+  } finally {
+    if (failed) {
+      if (authPage) {
+        mkdirSync(TARGET, { recursive: true });
+        await authPage
+          .screenshot({ path: path.join(TARGET, "dashboard-auth-failure.png"), fullPage: true, timeout: 5000 })
+          .then(() => console.log("screenshot of the failure: target/dashboard-auth-failure.png"))
+          .catch(() => {});
+      }
+      if (authOrch && authOrch.tail.length) {
+        const n = 60;
+        console.log(`\n--- orchestrator (auth) output (last ${Math.min(n, authOrch.tail.length)} lines; ${authOrch.exited ? `exit ${JSON.stringify(authOrch.exited)}` : "still running"}) ---\n${authOrch.tail.slice(-n).join("\n")}`);
+      }
+      if (authPageErrors.length || authConsoleErrors.length) console.log(`\n--- page errors (auth) ---\n${[...authPageErrors, ...authConsoleErrors].join("\n")}`);
+    }
+    if (authContext) await Promise.race([authContext.close().catch(() => {}), sleep(5000)]);
+    if (authBrowser) await Promise.race([authBrowser.close().catch(() => {}), sleep(5000)]);
+    authBrowser = null;
+    await Promise.all(children.map((c) => c.stop()));
+    rmSync(authDir, { recursive: true, force: true });
+    authDir = null;
   }
 
   const passed = results.filter((r) => r.status === "passed").length;

@@ -259,6 +259,15 @@ struct Report {
     errors: u64,
     elapsed: Duration,
     hist: Histogram<u64>,
+    /// CPU time of this whole process (load and, in-process, the
+    /// orchestrator) in the measured window.
+    cpu: Duration,
+}
+
+/// The CPU time this process has used so far.
+fn process_cpu() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    Duration::new(u64::try_from(t.tv_sec).unwrap_or(0), u32::try_from(t.tv_nsec).unwrap_or(0))
 }
 
 impl Report {
@@ -266,13 +275,19 @@ impl Report {
         self.calls as f64 / self.elapsed.as_secs_f64()
     }
 
+    /// CPU time per call, microseconds (both sides, when in-process).
+    fn cpu_per_call_us(&self) -> f64 {
+        self.cpu.as_secs_f64() * 1e6 / self.calls.max(1) as f64
+    }
+
     fn line(&self, label: &str) -> String {
         format!(
-            "{label:<28} {:>10.0} calls/s  p50 {:>8.1?}  p99 {:>8.1?}  p99.9 {:>8.1?}  errors {}",
+            "{label:<28} {:>10.0} calls/s  p50 {:>8.1?}  p99 {:>8.1?}  p99.9 {:>8.1?}  cpu/call {:>6.1}µs  errors {}",
             self.throughput(),
             percentile(&self.hist, 0.5),
             percentile(&self.hist, 0.99),
             percentile(&self.hist, 0.999),
+            self.cpu_per_call_us(),
             self.errors
         )
     }
@@ -334,6 +349,7 @@ async fn drive(
     tokio::time::sleep(load.warmup).await;
     measuring.store(true, Ordering::Relaxed);
     let start = Instant::now();
+    let cpu_start = process_cpu();
     let mut last = 0;
     while start.elapsed() < load.duration {
         tokio::time::sleep(Duration::from_secs(1).min(load.duration)).await;
@@ -343,6 +359,7 @@ async fn drive(
     }
     measuring.store(false, Ordering::Relaxed);
     let elapsed = start.elapsed();
+    let cpu = process_cpu().saturating_sub(cpu_start);
     stop.store(true, Ordering::Relaxed);
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
     for t in tasks {
@@ -350,7 +367,7 @@ async fn drive(
             let _ = hist.add(h);
         }
     }
-    Report { calls: calls.load(Ordering::Relaxed), errors: errors.load(Ordering::Relaxed), elapsed, hist }
+    Report { calls: calls.load(Ordering::Relaxed), errors: errors.load(Ordering::Relaxed), elapsed, hist, cpu }
 }
 
 /// The transport's floor: answers heartbeats with the payload the
@@ -585,16 +602,22 @@ async fn compare_metrics(args: CompareArgs) -> Result<(), Error> {
     };
     let throughput = |r: &Row| r.2.throughput();
     let p50 = |r: &Row| percentile(&r.1.hist, 0.5).as_secs_f64();
+    let cpu = |r: &Row| r.2.cpu_per_call_us();
     let (on, off) = (median("metrics on", &throughput), median("metrics off", &throughput));
     let (on50, off50) = (median("metrics on", &p50), median("metrics off", &p50));
+    let (on_cpu, off_cpu) = (median("metrics on", &cpu), median("metrics off", &cpu));
     println!(
         "\nmedians of {} runs each: throughput x{} on {on:.0}/s, off {off:.0}/s: on / off {:.3} ({:+.1}%)   \
-         serial p50 on / off {:.3}",
+         serial p50 on / off {:.3}\n\
+         CPU per call x{} (load and orchestrator, one process): on {on_cpu:.1} µs, off {off_cpu:.1} µs: on / off {:.3} ({:+.1}%)",
         args.runs.max(1),
         load.concurrency,
         on / off,
         (on / off - 1.0) * 100.0,
         on50 / off50,
+        load.concurrency,
+        on_cpu / off_cpu,
+        (on_cpu / off_cpu - 1.0) * 100.0,
     );
     if rows.iter().any(|(_, s, c)| s.errors + c.errors > 0) {
         return Err("some heartbeats failed (see the errors column)".into());
