@@ -83,30 +83,72 @@ impl Site {
     }
 }
 
+/// Connections the listener serves at once; more are closed on accept.
+const MAX_CONNECTIONS: usize = 256;
+/// How long a request's headers may take to arrive (slow clients are cut).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Serves the site on `listener` until `shutdown` fires; open connections
-/// then get two seconds to finish.
+/// then get two seconds to finish. At most [`MAX_CONNECTIONS`] at once
+/// (the listener shares the process's file descriptors with gRPC), each
+/// request's headers within [`HEADER_READ_TIMEOUT`].
 ///
 /// # Errors
 ///
-/// The I/O error that stopped the server.
+/// None today: accept errors are logged and retried after a pause.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     site: Arc<Site>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let server = axum::serve(listener, router(site)).with_graceful_shutdown(async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
-    });
-    let mut stop = stop_rx;
-    tokio::select! {
-        result = server => result,
-        () = async {
-            let _ = stop.wait_for(|&s| s).await;
-            tokio::time::sleep(DRAIN).await;
-        } => Ok(()),
+    let router = router(site);
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let mut connections = tokio::task::JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, _) = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of descriptors, most likely: back off, as gRPC does.
+                    tracing::warn!("HTTP listener: cannot accept ({e}); retrying in 100 ms");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+            tracing::debug!("HTTP listener: {MAX_CONNECTIONS} connections open; closing a new one");
+            continue;
+        };
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let mut stop = stop.clone();
+        connections.spawn(async move {
+            let _permit = permit;
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            let stopped = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                () = stopped => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+        // Reap finished connections so the set stays small.
+        while connections.try_join_next().is_some() {}
     }
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(DRAIN, async { while connections.join_next().await.is_some() {} }).await;
+    Ok(())
 }
 
 /// The routes (for tests that serve them on a listener of their own).
