@@ -4,8 +4,9 @@
 //! Every handle the hot path touches is resolved once: an RPC's counter and
 //! histogram are found by an index into fixed arrays (the method by a
 //! `match` on the request path, the code by its number), never by a label
-//! lookup per call, and updated with atomic adds (the duration histograms
-//! are a counter per bucket, not `prometheus-client`'s locked histogram). The fleet's gauges (sessions
+//! lookup per call, and updated with three atomic adds in the calling
+//! thread's own shard (no lock, no cache line shared between threads; not
+//! `prometheus-client`'s locked histogram), summed when Prometheus scrapes. The fleet's gauges (sessions
 //! and leases by state, unassigned streams, the brake, grace) are computed
 //! when Prometheus scrapes, from the engine's [`Overview`] (O(workers)),
 //! so nothing on the hot path maintains them.
@@ -15,7 +16,7 @@
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -156,13 +157,9 @@ type Labels = Vec<(&'static str, &'static str)>;
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
-    requests_family: Family<Labels, Counter>,
-    /// Per method and code, the counter, resolved at its first use (so
-    /// only series that happened are exported) and then read from here.
-    requests: Vec<[OnceLock<Counter>; 17]>,
-    /// Per method, the duration histogram: a counter per bucket, no lock
-    /// (encoded by [`RpcDurations`] at scrape time).
-    durations: Arc<Vec<AtomicHistogram>>,
+    /// Per method: calls by code and the duration histogram, in shards
+    /// (see [`RpcStats`]); encoded at scrape time.
+    rpc: Arc<Vec<RpcStats>>,
     moves: [Counter; 6],
     grants: Counter,
     expiries: Counter,
@@ -233,16 +230,8 @@ impl Metrics {
     /// are read from `fleet` at each scrape.
     pub fn new(fleet: Arc<Fleet>) -> Self {
         let mut registry = Registry::default();
-        let requests_family = Family::<Labels, Counter>::default();
-        registry.register(
-            "orchestrator_rpc_requests",
-            "gRPC calls answered, by method and status code",
-            requests_family.clone(),
-        );
-        let requests = METHODS.iter().map(|_| std::array::from_fn(|_| OnceLock::new())).collect();
-        let durations: Arc<Vec<AtomicHistogram>> =
-            Arc::new(METHODS.iter().map(|_| AtomicHistogram::default()).collect());
-        registry.register_collector(Box::new(RpcDurations(Arc::clone(&durations))));
+        let rpc: Arc<Vec<RpcStats>> = Arc::new(METHODS.iter().map(|_| RpcStats::default()).collect());
+        registry.register_collector(Box::new(RpcCollector(Arc::clone(&rpc))));
 
         let moves_family = Family::<Labels, Counter>::default();
         registry.register(
@@ -278,18 +267,7 @@ impl Metrics {
         info.get_or_create(&vec![("version", env!("CARGO_PKG_VERSION"))]).set(1);
         registry.register("orchestrator_build_info", "Always 1; the orchestrator's version as a label", info);
         registry.register_collector(Box::new(FleetCollector(Arc::clone(&fleet))));
-        Self {
-            registry,
-            requests_family,
-            requests,
-            durations,
-            moves,
-            grants,
-            expiries,
-            shed,
-            store: StoreMetrics { commit_seconds, batch_size },
-            fleet,
-        }
+        Self { registry, rpc, moves, grants, expiries, shed, store: StoreMetrics { commit_seconds, batch_size }, fleet }
     }
 
     /// The store thread's handles.
@@ -343,54 +321,95 @@ impl Metrics {
     fn record(&self, method: usize, code: usize, started: Instant) {
         // A code beyond the known ones counts as UNKNOWN.
         let code = if code < CODES.len() { code } else { 2 };
-        self.requests[method][code]
-            .get_or_init(|| {
-                self.requests_family.get_or_create_owned(&vec![("method", METHODS[method]), ("code", CODES[code])])
-            })
-            .inc();
-        self.durations[method].observe(started.elapsed());
+        self.rpc[method].record(code, started.elapsed());
     }
 }
 
-/// A histogram of call durations without a lock: one counter per bucket
-/// and the sum in nanoseconds, each updated with one atomic add.
+/// Shards of each method's counters: a thread adds to its own shard, so
+/// threads answering calls at once never write to the same cache line.
+const SHARDS: usize = 8;
+
+/// The shard of the current thread (threads take shards in turn).
+fn shard() -> usize {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    thread_local! {
+        static SHARD: usize = (NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS as u64) as usize;
+    }
+    SHARD.with(|s| *s)
+}
+
+/// One shard of a method's counters, on cache lines of its own.
 #[derive(Debug, Default)]
-struct AtomicHistogram {
+#[repr(align(128))]
+struct Shard {
+    /// Calls by status code.
+    codes: [AtomicU64; 17],
     /// Calls per bucket of [`RPC_BUCKETS`], the last one above them all.
     buckets: [AtomicU64; RPC_BUCKETS.len() + 1],
+    /// Total duration, nanoseconds.
     sum_nanos: AtomicU64,
 }
 
-impl AtomicHistogram {
-    fn observe(&self, d: std::time::Duration) {
+/// One method's calls by code and its duration histogram: three atomic
+/// adds per call, no lock, in the calling thread's shard; summed when
+/// Prometheus scrapes. Series appear once a (method, code) has happened.
+#[derive(Debug, Default)]
+struct RpcStats {
+    shards: [Shard; SHARDS],
+}
+
+impl RpcStats {
+    fn record(&self, code: usize, d: std::time::Duration) {
+        let s = &self.shards[shard()];
         let seconds = d.as_secs_f64();
-        let i = RPC_BUCKETS.iter().position(|&b| seconds <= b).unwrap_or(RPC_BUCKETS.len());
-        self.buckets[i].fetch_add(1, Ordering::Relaxed);
-        self.sum_nanos.fetch_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
+        let bucket = RPC_BUCKETS.iter().position(|&b| seconds <= b).unwrap_or(RPC_BUCKETS.len());
+        s.codes[code].fetch_add(1, Ordering::Relaxed);
+        s.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        s.sum_nanos.fetch_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    fn sum(&self, pick: impl Fn(&Shard) -> &AtomicU64) -> u64 {
+        self.shards.iter().map(|s| pick(s).load(Ordering::Relaxed)).sum()
     }
 }
 
-/// Encodes the RPC duration histograms of the methods that were called.
+/// Encodes the RPC counters and duration histograms of the methods that
+/// were called.
 #[derive(Debug)]
-struct RpcDurations(Arc<Vec<AtomicHistogram>>);
+struct RpcCollector(Arc<Vec<RpcStats>>);
 
-impl Collector for RpcDurations {
+impl Collector for RpcCollector {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let mut metric = encoder.encode_descriptor(
+            "orchestrator_rpc_requests",
+            "gRPC calls answered, by method and status code",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        for (method, stats) in METHODS.iter().zip(self.0.iter()) {
+            for (c, code) in CODES.iter().enumerate() {
+                let n = stats.sum(|s| &s.codes[c]);
+                if n > 0 {
+                    let labels = [("method", *method), ("code", *code)];
+                    prometheus_client::metrics::counter::ConstCounter::new(n).encode(metric.encode_family(&labels)?)?;
+                }
+            }
+        }
         let mut metric = encoder.encode_descriptor(
             "orchestrator_rpc_duration_seconds",
             "gRPC call duration, from the request's arrival to the end of the answer (admission included)",
             None,
             prometheus_client::metrics::MetricType::Histogram,
         )?;
-        for (method, h) in METHODS.iter().zip(self.0.iter()) {
-            let counts: Vec<u64> = h.buckets.iter().map(|b| b.load(Ordering::Relaxed)).collect();
+        for (method, stats) in METHODS.iter().zip(self.0.iter()) {
+            let counts: Vec<u64> = (0..=RPC_BUCKETS.len()).map(|b| stats.sum(|s| &s.buckets[b])).collect();
             let count: u64 = counts.iter().sum();
             if count == 0 {
                 continue;
             }
             let buckets: Vec<(f64, u64)> =
                 RPC_BUCKETS.iter().copied().chain(std::iter::once(f64::INFINITY)).zip(counts).collect();
-            let sum = h.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+            let sum = stats.sum(|s| &s.sum_nanos) as f64 / 1e9;
             let labels = [("method", *method)];
             metric
                 .encode_family(&labels)?
