@@ -40,9 +40,7 @@ fn http_addr(process: &LoggedProcess) -> std::net::SocketAddr {
     process
         .startup
         .iter()
-        .find(|l| l.contains("HTTP listening"))
-        .and_then(|l| l.split_whitespace().find_map(|w| w.strip_prefix("addr=")))
-        .and_then(|a| a.parse().ok())
+        .find_map(|line| fixtures::orchestrator::logged_addr(line, "HTTP listening"))
         .expect("the replica logs its HTTP address")
 }
 

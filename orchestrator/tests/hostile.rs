@@ -295,12 +295,8 @@ fn out_of_file_descriptors_the_server_backs_off_and_recovers() {
         .arg("--database")
         .arg(dir.path().join("o.db"))
         .env("RUST_LOG", "info");
-    let (mut process, addr) = LoggedProcess::spawn(command, |line| {
-        line.contains("orchestrator serving")
-            .then(|| line.split_whitespace().find_map(|w| w.strip_prefix("addr=")))
-            .flatten()
-            .map(|a| a.parse::<SocketAddr>().unwrap())
-    });
+    let (mut process, addr) =
+        LoggedProcess::spawn(command, |line| fixtures::orchestrator::logged_addr(line, "orchestrator serving"));
     let pid = process.child().id();
     let connections: Vec<std::net::TcpStream> =
         (0..100).filter_map(|_| std::net::TcpStream::connect(addr).ok()).collect();

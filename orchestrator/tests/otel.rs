@@ -72,12 +72,8 @@ async fn spans_of_grpc_calls_reach_the_collector() {
         .arg("--database")
         .arg(dir.path().join("o.db"))
         .env("RUST_LOG", "info");
-    let (mut process, addr) = LoggedProcess::spawn(command, |line| {
-        line.contains("orchestrator serving")
-            .then(|| line.split_whitespace().find_map(|w| w.strip_prefix("addr=")))
-            .flatten()
-            .map(|a| a.parse::<std::net::SocketAddr>().unwrap())
-    });
+    let (mut process, addr) =
+        LoggedProcess::spawn(command, |line| fixtures::orchestrator::logged_addr(line, "orchestrator serving"));
     fixtures::add_streams(addr, 1..=3).await;
     let mut admin = fixtures::admin(addr).await;
     admin.get_cluster_status(orchestrator_proto::v1::GetClusterStatusRequest {}).await.unwrap();

@@ -486,10 +486,7 @@ async fn the_binary_reloads_on_sighup_warns_about_a_readable_file_and_never_logs
         .arg(dir.path().join("o.db"))
         .env("RUST_LOG", "info");
     let (process, port) = fixtures::LoggedProcess::spawn(command, |line| {
-        line.contains("orchestrator serving")
-            .then(|| line.split_whitespace().find_map(|w| w.strip_prefix("addr=")))
-            .flatten()
-            .map(|a| a.parse::<std::net::SocketAddr>().expect("the logged address parses").port())
+        fixtures::orchestrator::logged_addr(line, "orchestrator serving").map(|a| a.port())
     });
     let mut o = fixtures::OrchestratorProcess { process, addr: ([127, 0, 0, 1], port).into() };
     let startup = o.process.startup.join("\n");

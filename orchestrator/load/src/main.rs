@@ -511,6 +511,23 @@ async fn measure(label: &'static str, url: &str, load: &Load, per_worker: u32, a
     Ok((label, s, c))
 }
 
+/// Fills the catalog of the orchestrator `local` serves at `url`, measures
+/// it (see [`measure`]) and stops it.
+async fn measure_served(
+    label: &'static str,
+    local: Local,
+    url: &str,
+    args: &CompareArgs,
+    per_worker: u32,
+    access: &Access,
+) -> Result<Row, Error> {
+    add_streams(url, args.streams, access).await?;
+    let row = measure(label, url, &args.load, per_worker, access).await?;
+    let _ = local.stop.send(());
+    let _ = local.done.await;
+    Ok(row)
+}
+
 /// The table of rows, then `a / b` ratios.
 fn print_rows(rows: &[Row], load: &Load, streams: i64) {
     println!("\nheartbeat, {} workers, {streams} streams, {} connections", load.workers, load.connections);
@@ -536,7 +553,7 @@ async fn compare(args: CompareArgs) -> Result<(), Error> {
     if args.metrics {
         return compare_metrics(args).await;
     }
-    let load = args.load;
+    let load = args.load.clone();
     let per_worker = (args.streams as usize).div_ceil(load.workers.max(1)) as u32 + 1;
     let engine = EngineConfig { max_streams_limit: per_worker.max(10_000), ..EngineConfig::default() };
     let dir = tempfile::Builder::new().prefix("orchestrator-load-").tempdir()?;
@@ -566,7 +583,7 @@ async fn compare(args: CompareArgs) -> Result<(), Error> {
 /// (on, off, off, on, …) so that drift of a noisy machine falls on both;
 /// medians of the runs compared.
 async fn compare_metrics(args: CompareArgs) -> Result<(), Error> {
-    let load = args.load;
+    let load = args.load.clone();
     let per_worker = (args.streams as usize).div_ceil(load.workers.max(1)) as u32 + 1;
     let engine = EngineConfig { max_streams_limit: per_worker.max(10_000), ..EngineConfig::default() };
     let dir = tempfile::Builder::new().prefix("orchestrator-load-").tempdir()?;
@@ -588,10 +605,7 @@ async fn compare_metrics(args: CompareArgs) -> Result<(), Error> {
             )
             .await?;
             let url = format!("http://{}", orch.addr);
-            add_streams(&url, args.streams, &none).await?;
-            rows.push(measure(label, &url, &load, per_worker, &none).await?);
-            let _ = orch.stop.send(());
-            let _ = orch.done.await;
+            rows.push(measure_served(label, orch, &url, &args, per_worker, &none).await?);
         }
     }
     print_rows(&rows, &load, args.streams);
@@ -628,7 +642,7 @@ async fn compare_metrics(args: CompareArgs) -> Result<(), Error> {
 /// The same heartbeat load on the orchestrator with SQLite and with
 /// PostgreSQL, one after the other in one run.
 async fn compare_postgres(args: CompareArgs, url: String) -> Result<(), Error> {
-    let load = args.load;
+    let load = args.load.clone();
     let per_worker = (args.streams as usize).div_ceil(load.workers.max(1)) as u32 + 1;
     let engine = EngineConfig { max_streams_limit: per_worker.max(10_000), ..EngineConfig::default() };
     let dir = tempfile::Builder::new().prefix("orchestrator-load-").tempdir()?;
@@ -654,10 +668,7 @@ async fn compare_postgres(args: CompareArgs, url: String) -> Result<(), Error> {
         };
         let local = run_server(server)?;
         let orch_url = format!("http://{}", local.addr);
-        add_streams(&orch_url, args.streams, &none).await?;
-        rows.push(measure(label, &orch_url, &load, per_worker, &none).await?);
-        let _ = local.stop.send(());
-        let _ = local.done.await;
+        rows.push(measure_served(label, local, &orch_url, &args, per_worker, &none).await?);
     }
     print_rows(&rows, &load, args.streams);
     let (t, p50, p99) = ratios(&rows[1], &rows[0]);
@@ -672,7 +683,7 @@ async fn compare_postgres(args: CompareArgs, url: String) -> Result<(), Error> {
 /// other in one run: plaintext, TLS, bearer tokens (an auth file with a
 /// line per worker), TLS and tokens. Certificates from a fresh test CA.
 async fn compare_security(args: CompareArgs) -> Result<(), Error> {
-    let load = args.load;
+    let load = args.load.clone();
     let per_worker = (args.streams as usize).div_ceil(load.workers.max(1)) as u32 + 1;
     let engine = EngineConfig { max_streams_limit: per_worker.max(10_000), ..EngineConfig::default() };
     let dir = tempfile::Builder::new().prefix("orchestrator-load-").tempdir()?;
@@ -715,10 +726,7 @@ async fn compare_security(args: CompareArgs) -> Result<(), Error> {
         let tls = security.tls.is_some();
         let orch = start_orchestrator(engine.clone(), 100_000, &data, "127.0.0.1:0".parse()?, security, true).await?;
         let url = format!("{}://localhost:{}", if tls { "https" } else { "http" }, orch.addr.port());
-        add_streams(&url, args.streams, &access).await?;
-        rows.push(measure(label, &url, &load, per_worker, &access).await?);
-        let _ = orch.stop.send(());
-        let _ = orch.done.await;
+        rows.push(measure_served(label, orch, &url, &args, per_worker, &access).await?);
     }
     print_rows(&rows, &load, args.streams);
     println!("\nratios to plaintext:");
