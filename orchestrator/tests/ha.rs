@@ -106,6 +106,14 @@ async fn a_killed_leader_is_replaced_by_a_standby_with_nothing_moved_or_lost() {
     let standby_metrics = get(standby_http, "/metrics", &[]).await.body;
     assert_eq!(fixtures::http::sample(&standby_metrics, "orchestrator_leader"), Some(0.0), "{standby_metrics}");
     assert!(!standby_metrics.contains("orchestrator_sessions"), "a follower has no fleet to report");
+    assert_eq!(
+        fixtures::http::sample(
+            &standby_metrics,
+            "orchestrator_rpc_requests_total{method=\"AdminService/ListWorkers\",code=\"UNAVAILABLE\"}"
+        ),
+        Some(1.0),
+        "the calls a follower refuses are counted: {standby_metrics}"
+    );
 
     // 10 workers, 200 streams, every worker given all three addresses
     // (standbys first: they are told where the leader is).

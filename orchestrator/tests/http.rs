@@ -165,7 +165,8 @@ async fn metrics_status_and_the_dashboard_show_the_live_fleet() {
     let page = get(http, "/", &[]).await;
     assert_eq!(page.status, 200);
     assert!(page.header("content-type").unwrap().starts_with("text/html"));
-    assert!(page.header("content-security-policy").unwrap().contains("default-src 'none'"));
+    let csp = page.header("content-security-policy").unwrap();
+    assert!(csp.contains("default-src 'none'") && csp.contains("script-src 'sha256-"), "{csp}");
     assert!(page.body.contains("api/v1/status") && !page.body.contains("https://"), "self-contained");
     assert_eq!(get(http, "/healthz", &[]).await.status, 200);
     assert_eq!(get(http, "/readyz", &[]).await.body, "ready\n");

@@ -169,7 +169,7 @@ pub async fn serve_replica(
             acceptor.term(),
             config.clone(),
             tls.clone(),
-            Arc::clone(&auth),
+            (Arc::clone(&auth), site.metrics().cloned()),
             Arc::clone(&hint),
             follower_stopped,
         ));
@@ -348,7 +348,7 @@ async fn serve_follower(
     listener: TermListener,
     config: ServerConfig,
     tls: Option<tonic::transport::ServerTlsConfig>,
-    auth: Arc<Authenticator>,
+    (auth, metrics): (Arc<Authenticator>, Option<Arc<crate::metrics::Metrics>>),
     hint: Arc<RwLock<Option<String>>>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -368,7 +368,9 @@ async fn serve_follower(
         }
     }
     let mut stopped = stop.clone();
+    // Calls a follower refuses are counted too (NOT_LEADER is UNAVAILABLE).
     let serving = builder
+        .layer(tower::util::option_layer(metrics.map(crate::metrics::RpcMetricsLayer::new)))
         .layer(AuthLayer::new(auth))
         .layer(NotLeaderLayer { hint })
         .add_service(health)
