@@ -34,18 +34,19 @@ use crate::metrics::{Fleet, Metrics, Role, reason_label};
 const DASHBOARD: &str = include_str!("dashboard.html");
 
 /// The dashboard's Content-Security-Policy: nothing but requests to its
-/// own origin, and no script but the page's own, by its SHA-256 (an
-/// injected script would not run, whatever it came through).
+/// own origin, and no script or style sheet but the page's own, by their
+/// SHA-256 (an injected script or style would not apply, whatever it came
+/// through; the page sets styles through the CSSOM only).
 static CSP: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    let script = DASHBOARD
-        .split_once("<script>")
-        .and_then(|(_, rest)| rest.split_once("</script>"))
-        .map_or("", |(script, _)| script);
-    let digest = ring::digest::digest(&ring::digest::SHA256, script.as_bytes());
+    let hash = |open: &str, close: &str| {
+        let inner = DASHBOARD.split_once(open).and_then(|(_, rest)| rest.split_once(close)).map_or("", |(x, _)| x);
+        base64(ring::digest::digest(&ring::digest::SHA256, inner.as_bytes()).as_ref())
+    };
     format!(
-        "default-src 'none'; script-src 'sha256-{}'; style-src 'unsafe-inline'; connect-src 'self'; img-src data:; \
+        "default-src 'none'; script-src 'sha256-{}'; style-src 'sha256-{}'; connect-src 'self'; img-src data:; \
          base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
-        base64(digest.as_ref())
+        hash("<script>", "</script>"),
+        hash("<style>", "</style>")
     )
 });
 
@@ -446,8 +447,11 @@ mod tests {
         assert_eq!(base64(b"fo"), "Zm8=");
         assert_eq!(base64(b"foo"), "Zm9v");
         assert_eq!(base64(b"foobar"), "Zm9vYmFy");
-        assert!(CSP.contains("script-src 'sha256-") && !CSP.contains("script-src 'unsafe-inline'"), "{}", *CSP);
-        assert_eq!(DASHBOARD.matches("<script>").count(), 1, "the page has one inline script, the one hashed");
+        assert!(CSP.contains("script-src 'sha256-") && CSP.contains("style-src 'sha256-"), "{}", *CSP);
+        assert!(!CSP.contains("unsafe"), "{}", *CSP);
+        assert_eq!(DASHBOARD.matches("<script").count(), 1, "the page has one inline script, the one hashed");
+        assert_eq!(DASHBOARD.matches("<style").count(), 1, "the page has one style sheet, the one hashed");
+        assert!(!DASHBOARD.contains("style=\""), "no style attribute: the CSP refuses them");
     }
 
     #[test]
