@@ -808,8 +808,8 @@ impl Engine {
 
     /// Counts over the whole fleet and the first `list` unassigned and
     /// revoking streams (see [`Overview`]). O(workers) plus, for each
-    /// worker that is gone, at most `list` of its streams (fewer once the
-    /// list is full): no walk of the catalog.
+    /// worker that is gone, its streams up to the `list` smallest kept so
+    /// far (and the removed ones among them): no walk of the catalog.
     pub fn overview(&self, list: usize) -> Overview {
         let mut o = Overview { status: self.status(), ..Overview::default() };
         for w in self.workers.values() {

@@ -40,6 +40,9 @@ const DASHBOARD: &str = include_str!("dashboard.html");
 static CSP: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     let hash = |open: &str, close: &str| {
         let inner = DASHBOARD.split_once(open).and_then(|(_, rest)| rest.split_once(close)).map_or("", |(x, _)| x);
+        // Browsers hash the element's text with line ends as LF (a CRLF
+        // checkout must not change the hash).
+        let inner = inner.replace("\r\n", "\n").replace('\r', "\n");
         base64(ring::digest::digest(&ring::digest::SHA256, inner.as_bytes()).as_ref())
     };
     format!(
@@ -119,11 +122,15 @@ impl Site {
 
 /// Connections the listener serves at once; more are closed on accept.
 const MAX_CONNECTIONS: usize = 256;
+/// A connection is closed (gracefully) after this long, however busy: a
+/// client that stops reading cannot hold a connection slot for ever.
+const MAX_CONNECTION_AGE: Duration = Duration::from_secs(60);
 /// How long a request's headers may take to arrive (slow clients are cut).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves the site on `listener` until `shutdown` fires; open connections
-/// then get two seconds to finish. At most 256 connections at once
+/// then get two seconds to finish. At most 256 connections at once, each
+/// closed after a minute,
 /// (the listener shares the process's file descriptors with gRPC), each
 /// request's headers within 10 s.
 ///
@@ -173,13 +180,19 @@ pub async fn serve(
                 _ = conn.as_mut() => {}
                 () = stopped => {
                     conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
+                    let _ = tokio::time::timeout(DRAIN, conn).await;
+                }
+                () = tokio::time::sleep(MAX_CONNECTION_AGE) => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(DRAIN, conn).await;
                 }
             }
         });
         // Reap finished connections so the set stays small.
         while connections.try_join_next().is_some() {}
     }
+    // The port is free at once; open connections get the drain.
+    drop(listener);
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(DRAIN, async { while connections.join_next().await.is_some() {} }).await;
     Ok(())
@@ -451,6 +464,7 @@ mod tests {
         assert!(!CSP.contains("unsafe"), "{}", *CSP);
         assert_eq!(DASHBOARD.matches("<script").count(), 1, "the page has one inline script, the one hashed");
         assert_eq!(DASHBOARD.matches("<style").count(), 1, "the page has one style sheet, the one hashed");
+        assert!(DASHBOARD.contains("<script>") && DASHBOARD.contains("<style>"), "bare tags: the hash finds them");
         assert!(!DASHBOARD.contains("style=\""), "no style attribute: the CSP refuses them");
     }
 

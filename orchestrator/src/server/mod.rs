@@ -379,6 +379,15 @@ impl Drop for HttpTask {
     }
 }
 
+/// A task aborted when this is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Clears what the HTTP listener shows when a term's serving ends, however
 /// it ends (an early error too): no stale engine is shown, or kept alive.
 struct FleetReset {
@@ -560,9 +569,11 @@ impl<L: Listener> OrchestratorServer<L> {
 
         // The liveness ticker: expiries, grace, placements.
         let tick_every = Duration::from_millis((config.engine.heartbeat_interval / 5).clamp(10, 1000));
+        // Aborted however serving ends (an early error too), so a finished
+        // term leaves no engine ticking.
         let ticker = {
             let o = orchestrator.clone();
-            tokio::spawn(async move {
+            AbortOnDrop(tokio::spawn(async move {
                 let mut interval = tokio::time::interval(tick_every);
                 interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
@@ -571,7 +582,7 @@ impl<L: Listener> OrchestratorServer<L> {
                         return;
                     }
                 }
-            })
+            }))
         };
 
         let mut fatal = orchestrator.fatal();
@@ -656,7 +667,7 @@ impl<L: Listener> OrchestratorServer<L> {
                 tokio::time::sleep(drain).await;
             } => tracing::info!(?drain, "closing the connections still open after the drain timeout"),
         }
-        ticker.abort();
+        drop(ticker);
         // Commit what is queued, then stop the store thread.
         orchestrator.close_store();
         store_runner.join().await;
