@@ -30,7 +30,7 @@ use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::engine::{Overview, RevokeReason};
+use crate::engine::{Overview, RevokeReason, WorkerState};
 use crate::service::Orchestrator;
 
 /// The RPCs counted by name; anything else is `other`.
@@ -165,7 +165,6 @@ pub struct Metrics {
     expiries: Counter,
     shed: Counter,
     store: StoreMetrics,
-    fleet: Arc<Fleet>,
 }
 
 /// The store thread's handles.
@@ -266,18 +265,13 @@ impl Metrics {
         let info = Family::<Labels, Gauge>::default();
         info.get_or_create(&vec![("version", env!("CARGO_PKG_VERSION"))]).set(1);
         registry.register("orchestrator_build_info", "Always 1; the orchestrator's version as a label", info);
-        registry.register_collector(Box::new(FleetCollector(Arc::clone(&fleet))));
-        Self { registry, rpc, moves, grants, expiries, shed, store: StoreMetrics { commit_seconds, batch_size }, fleet }
+        registry.register_collector(Box::new(FleetCollector(fleet)));
+        Self { registry, rpc, moves, grants, expiries, shed, store: StoreMetrics { commit_seconds, batch_size } }
     }
 
     /// The store thread's handles.
     pub fn store(&self) -> StoreMetrics {
         self.store.clone()
-    }
-
-    /// The source of the scrape-time gauges.
-    pub fn fleet(&self) -> &Fleet {
-        &self.fleet
     }
 
     /// The counter of shed calls (admission control).
@@ -467,12 +461,7 @@ impl Collector for FleetCollector {
             "orchestrator_sessions",
             "Known workers by session state",
             "state",
-            &[
-                ("live", i64::from(w[0])),
-                ("draining", i64::from(w[1])),
-                ("expired", i64::from(w[2])),
-                ("awaiting_reregistration", i64::from(w[3])),
-            ],
+            &WorkerState::ALL.map(|s| (s.as_str(), i64::from(w[s as usize]))),
         )?;
         Self::by_label(
             &mut encoder,

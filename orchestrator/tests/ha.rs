@@ -48,6 +48,36 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// Two replicas on `url` (`a` leads, `b` stands by), 10 streams, and one
+/// worker given both addresses, holding all 10.
+struct Pair {
+    a: LoggedProcess,
+    b: LoggedProcess,
+    addrs: [std::net::SocketAddr; 2],
+    worker: worker_client::ResilientWorkerClient,
+    /// The worker's state file lives here.
+    dir: tempfile::TempDir,
+}
+
+impl Pair {
+    async fn start(url: &str) -> Self {
+        let (listen_a, listen_b) = (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
+        let addrs = [listen_a.parse().unwrap(), listen_b.parse().unwrap()];
+        let a = replica(url, &listen_a, "orchestrator serving");
+        let b = replica(url, &listen_b, "standby: another replica leads");
+        fixtures::add_streams(addrs[0], 1..=10).await;
+        let dir = tempfile::tempdir().unwrap();
+        let worker = client_builder(&format!("http://{listen_a},http://{listen_b}"), "w0", &dir.path().join("w0.db"))
+            .max_streams(10)
+            .build()
+            .await
+            .unwrap();
+        worker.start().await.unwrap();
+        eventually!(Duration::from_secs(10), worker.leases().borrow().len() == 10);
+        Self { a, b, addrs, worker, dir }
+    }
+}
+
 /// (stream, (owner, lease epoch)) as the admin API lists them.
 async fn owners(addr: std::net::SocketAddr) -> BTreeMap<i64, (String, u64)> {
     fixtures::owners(addr).await
@@ -237,19 +267,7 @@ fn a_deposed_leaders_writes_are_refused_and_one_replica_leads() {
 async fn losing_postgresql_makes_the_leader_step_down_and_service_resumes_when_it_returns() {
     let Some(cluster) = TestCluster::start() else { return };
     let url = cluster.database("outage");
-    let (listen_a, listen_b) = (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
-    let addrs: Vec<std::net::SocketAddr> = vec![listen_a.parse().unwrap(), listen_b.parse().unwrap()];
-    let mut a = replica(&url, &listen_a, "orchestrator serving");
-    let mut b = replica(&url, &listen_b, "standby: another replica leads");
-    fixtures::add_streams(addrs[0], 1..=10).await;
-    let dir = tempfile::tempdir().unwrap();
-    let worker = client_builder(&format!("http://{listen_a},http://{listen_b}"), "w0", &dir.path().join("w0.db"))
-        .max_streams(10)
-        .build()
-        .await
-        .unwrap();
-    worker.start().await.unwrap();
-    eventually!(Duration::from_secs(10), worker.leases().borrow().len() == 10);
+    let Pair { mut a, mut b, addrs, worker, dir: _dir } = Pair::start(&url).await;
     let before = owners(addrs[0]).await;
 
     // PostgreSQL down: the leader gives up within its lease and stays up as
@@ -293,19 +311,8 @@ async fn losing_postgresql_makes_the_leader_step_down_and_service_resumes_when_i
 async fn a_paused_leader_resumed_after_losing_its_lease_steps_down() {
     let Some(cluster) = TestCluster::start() else { return };
     let url = cluster.database("paused");
-    let (listen_a, listen_b) = (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
-    let mut a = replica(&url, &listen_a, "orchestrator serving");
-    let b = replica(&url, &listen_b, "standby: another replica leads");
-    let addr_b: std::net::SocketAddr = listen_b.parse().unwrap();
-    fixtures::add_streams(listen_a.parse().unwrap(), 1..=10).await;
-    let dir = tempfile::tempdir().unwrap();
-    let worker = client_builder(&format!("http://{listen_a},http://{listen_b}"), "w0", &dir.path().join("w0.db"))
-        .max_streams(10)
-        .build()
-        .await
-        .unwrap();
-    worker.start().await.unwrap();
-    eventually!(Duration::from_secs(10), worker.leases().borrow().len() == 10);
+    let Pair { mut a, b, addrs, worker, dir: _dir } = Pair::start(&url).await;
+    let addr_b = addrs[1];
 
     // SIGSTOP the leader past its lease: the standby takes over.
     let pid = a.child().id().to_string();

@@ -121,6 +121,16 @@ struct CompareArgs {
     runs: usize,
 }
 
+impl CompareArgs {
+    /// What every comparison starts from: each worker's `max_streams` (room
+    /// for its share of the catalog), the engine's settings, a temp dir.
+    fn setup(&self) -> Result<(u32, EngineConfig, tempfile::TempDir), Error> {
+        let per_worker = (self.streams as usize).div_ceil(self.load.workers.max(1)) as u32 + 1;
+        let engine = EngineConfig { max_streams_limit: per_worker.max(10_000), ..EngineConfig::default() };
+        Ok((per_worker, engine, tempfile::Builder::new().prefix("orchestrator-load-").tempdir()?))
+    }
+}
+
 #[derive(Debug, Args)]
 struct ScaleArgs {
     /// Simulated workers.
@@ -554,9 +564,7 @@ async fn compare(args: CompareArgs) -> Result<(), Error> {
         return compare_metrics(args).await;
     }
     let load = args.load.clone();
-    let per_worker = (args.streams as usize).div_ceil(load.workers.max(1)) as u32 + 1;
-    let engine = EngineConfig { max_streams_limit: per_worker.max(10_000), ..EngineConfig::default() };
-    let dir = tempfile::Builder::new().prefix("orchestrator-load-").tempdir()?;
+    let (per_worker, engine, dir) = args.setup()?;
     let none = Access::default();
     let orch =
         start_orchestrator(engine, 100_000, dir.path(), "127.0.0.1:0".parse()?, Security::default(), true).await?;
@@ -584,9 +592,7 @@ async fn compare(args: CompareArgs) -> Result<(), Error> {
 /// medians of the runs compared.
 async fn compare_metrics(args: CompareArgs) -> Result<(), Error> {
     let load = args.load.clone();
-    let per_worker = (args.streams as usize).div_ceil(load.workers.max(1)) as u32 + 1;
-    let engine = EngineConfig { max_streams_limit: per_worker.max(10_000), ..EngineConfig::default() };
-    let dir = tempfile::Builder::new().prefix("orchestrator-load-").tempdir()?;
+    let (per_worker, engine, dir) = args.setup()?;
     let none = Access::default();
     let mut rows = Vec::new();
     for run in 0..args.runs.max(1) {
@@ -643,9 +649,7 @@ async fn compare_metrics(args: CompareArgs) -> Result<(), Error> {
 /// PostgreSQL, one after the other in one run.
 async fn compare_postgres(args: CompareArgs, url: String) -> Result<(), Error> {
     let load = args.load.clone();
-    let per_worker = (args.streams as usize).div_ceil(load.workers.max(1)) as u32 + 1;
-    let engine = EngineConfig { max_streams_limit: per_worker.max(10_000), ..EngineConfig::default() };
-    let dir = tempfile::Builder::new().prefix("orchestrator-load-").tempdir()?;
+    let (per_worker, engine, dir) = args.setup()?;
     let none = Access::default();
     let mut rows = Vec::new();
     for label in ["sqlite", "postgres"] {
@@ -684,9 +688,7 @@ async fn compare_postgres(args: CompareArgs, url: String) -> Result<(), Error> {
 /// line per worker), TLS and tokens. Certificates from a fresh test CA.
 async fn compare_security(args: CompareArgs) -> Result<(), Error> {
     let load = args.load.clone();
-    let per_worker = (args.streams as usize).div_ceil(load.workers.max(1)) as u32 + 1;
-    let engine = EngineConfig { max_streams_limit: per_worker.max(10_000), ..EngineConfig::default() };
-    let dir = tempfile::Builder::new().prefix("orchestrator-load-").tempdir()?;
+    let (per_worker, engine, dir) = args.setup()?;
     let pki = fixtures::certs::generate(&dir.path().join("pki"), "orchestrator-load CA", &[], &[])?;
     let token = |who: &str| format!("{who}-{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
     let admin = token("admin");

@@ -813,13 +813,7 @@ impl Engine {
     pub fn overview(&self, list: usize) -> Overview {
         let mut o = Overview { status: self.status(), ..Overview::default() };
         for w in self.workers.values() {
-            let slot = match w.state {
-                WorkerState::Live => 0,
-                WorkerState::Draining => 1,
-                WorkerState::Expired => 2,
-                WorkerState::AwaitingReregistration => 3,
-            };
-            o.workers_by_state[slot] += 1;
+            o.workers_by_state[w.state as usize] += 1;
             if Self::holds_state(w.state) {
                 o.leases_revoking += w.revoking.len() as u64;
                 o.leases_active += (w.owned.len() - w.revoking.len()) as u64;

@@ -114,6 +114,23 @@ pub enum WorkerState {
     AwaitingReregistration,
 }
 
+impl WorkerState {
+    /// Every state, in the order of their discriminants (the index of
+    /// `Overview::workers_by_state`).
+    pub const ALL: [WorkerState; 4] = [Self::Live, Self::Draining, Self::Expired, Self::AwaitingReregistration];
+
+    /// `live`, `draining`, `expired` or `awaiting_reregistration`: the name
+    /// the status API and the metrics use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Live => "live",
+            Self::Draining => "draining",
+            Self::Expired => "expired",
+            Self::AwaitingReregistration => "awaiting_reregistration",
+        }
+    }
+}
+
 /// The state of a stream's lease.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum LeaseState {

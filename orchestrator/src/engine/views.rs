@@ -121,8 +121,7 @@ pub struct SessionView {
 pub struct Overview {
     /// The cluster-wide figures of the admin API.
     pub status: ClusterStatus,
-    /// Known workers by state: live, draining, expired, awaiting
-    /// re-registration.
+    /// Known workers by state, indexed as [`WorkerState::ALL`].
     pub workers_by_state: [u32; 4],
     /// Leases held by a live (or, in grace, returning) worker, not revoked.
     pub leases_active: u64,

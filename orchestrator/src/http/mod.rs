@@ -27,7 +27,6 @@ use axum::routing::get;
 use serde_json::{Value, json};
 
 use crate::auth::Authenticator;
-use crate::engine::WorkerState;
 use crate::metrics::{Fleet, Metrics, Role, reason_label};
 
 /// The dashboard page.
@@ -374,7 +373,7 @@ async fn status(State(site): State<Arc<Site>>, headers: HeaderMap, RawQuery(quer
         .map(|(w, version, last_heartbeat_ms)| {
             json!({
                 "server_id": w.server_id,
-                "state": state_name(w.state),
+                "state": w.state.as_str(),
                 "worker_epoch": w.worker_epoch,
                 "max_streams": w.max_streams,
                 "assigned_streams": w.owned,
@@ -421,20 +420,6 @@ async fn status(State(site): State<Arc<Site>>, headers: HeaderMap, RawQuery(quer
 
 fn json_response(doc: Value) -> Response {
     ([(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))], axum::Json(doc)).into_response()
-}
-
-fn state_name(state: WorkerState) -> &'static str {
-    match state {
-        WorkerState::Live => "live",
-        WorkerState::Draining => "draining",
-        WorkerState::Expired => "expired",
-        WorkerState::AwaitingReregistration => "awaiting_reregistration",
-    }
-}
-
-/// Whether `addr` is only reachable from this machine.
-pub fn is_loopback(addr: SocketAddr) -> bool {
-    addr.ip().is_loopback()
 }
 
 #[cfg(test)]
