@@ -49,8 +49,8 @@ pub mod grpc;
 pub mod retry;
 
 pub use circuit_breaker::{
-    CallError, CircuitBreaker, CircuitBreakerConfig, CircuitBreakerLayer, CircuitBreakerStats, CircuitState, Outcome,
-    Transition, TransitionCause,
+    CallError, CircuitBreaker, CircuitBreakerConfig, CircuitBreakerLayer, CircuitBreakerStats, CircuitState,
+    OwnedPermit, Outcome, Transition, TransitionCause,
 };
 pub use error::{ConfigError, Result};
 
@@ -58,4 +58,4 @@ pub use error::{ConfigError, Result};
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 #[cfg(feature = "grpc")]
 pub use retry::RetryLayer;
-pub use retry::{Jitter, Retry, RetryAction, RetryBudget, RetryConfig, RetryStats};
+pub use retry::{Jitter, Retry, RetryAction, RetryBudget, RetryCall, RetryConfig, RetryStats};

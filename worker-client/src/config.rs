@@ -114,6 +114,11 @@ impl ClientConfig {
     pub fn local_mode_limit(&self) -> Option<Duration> {
         self.local_mode_limit
     }
+
+    /// How long `shutdown` may take.
+    pub fn shutdown_timeout(&self) -> Duration {
+        self.shutdown_timeout
+    }
 }
 
 /// Builds a [`ResilientWorkerClient`](crate::ResilientWorkerClient) from the

@@ -131,13 +131,12 @@ where
     }
 
     fn call(&mut self, request: Req) -> Self::Future {
-        match self.breaker.inner.acquire() {
-            Ok(ticket) => {
-                let permit = super::OwnedPermit { breaker: self.breaker.clone(), ticket: Some(ticket) };
+        match self.breaker.try_acquire_owned() {
+            Ok(permit) => {
                 let timeout = self.breaker.inner.config.timeout;
                 ResponseFuture::running(self.inner.call(request), timeout, permit, self.classifier.clone())
             }
-            Err(state) => ResponseFuture::rejected(self.classifier.rejected_error(CallError::Rejected { state })),
+            Err(rejected) => ResponseFuture::rejected(self.classifier.rejected_error(rejected)),
         }
     }
 }

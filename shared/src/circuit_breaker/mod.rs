@@ -266,6 +266,19 @@ impl CircuitBreaker {
         }
     }
 
+    /// As [`try_acquire`](Self::try_acquire), with a permit that owns a
+    /// handle to the breaker (for a call that outlives this borrow).
+    ///
+    /// # Errors
+    ///
+    /// [`CallError::Rejected`], as `try_acquire`.
+    pub fn try_acquire_owned<E>(&self) -> Result<OwnedPermit, CallError<E>> {
+        match self.inner.acquire() {
+            Ok(ticket) => Ok(OwnedPermit { breaker: self.clone(), ticket: Some(ticket) }),
+            Err(state) => Err(CallError::Rejected { state }),
+        }
+    }
+
     /// The current state. An OPEN breaker whose recovery timeout has passed
     /// reports OPEN until the next call moves it to HALF_OPEN.
     pub fn state(&self) -> CircuitState {
@@ -386,16 +399,35 @@ impl fmt::Debug for Permit<'_> {
     }
 }
 
-/// A [`Permit`] that owns a handle to its breaker, for futures that must be
-/// `'static` (the tower service's).
-pub(crate) struct OwnedPermit {
+/// A [`Permit`] that owns a handle to its breaker, for calls whose end is
+/// reported from elsewhere: a `'static` future (the tower service's), or a
+/// language binding whose caller awaits the call itself
+/// ([`CircuitBreaker::try_acquire_owned`]). Dropping it unrecorded records
+/// nothing and frees a half-open probe slot, as [`Permit`].
+#[must_use = "a permit must be recorded or dropped"]
+pub struct OwnedPermit {
     breaker: CircuitBreaker,
     /// `None` once recorded.
     ticket: Option<Ticket>,
 }
 
+impl fmt::Debug for OwnedPermit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OwnedPermit")
+            .field("state", &self.ticket.map(|t| CircuitState::from_bits(t.word)))
+            .field("probe", &self.is_probe())
+            .finish()
+    }
+}
+
 impl OwnedPermit {
-    pub(crate) fn record(mut self, outcome: Outcome) {
+    /// Whether this permit is a half-open probe.
+    pub fn is_probe(&self) -> bool {
+        self.ticket.is_some_and(|t| t.probe)
+    }
+
+    /// Reports how the call ended.
+    pub fn record(mut self, outcome: Outcome) {
         if let Some(ticket) = self.ticket.take() {
             match outcome {
                 Outcome::Success => self.breaker.inner.on_success(ticket),
@@ -404,7 +436,8 @@ impl OwnedPermit {
         }
     }
 
-    pub(crate) fn record_timeout(mut self) {
+    /// Reports that the call exceeded the timeout (a failure).
+    pub fn record_timeout(mut self) {
         if let Some(ticket) = self.ticket.take() {
             self.breaker.inner.on_failure(ticket, true);
         }

@@ -83,6 +83,42 @@ pub struct RetryStats {
     pub deadline_exceeded: u64,
 }
 
+/// One call in progress under a [`Retry`], from [`Retry::begin`].
+#[derive(Debug)]
+pub struct RetryCall {
+    retry: Retry,
+    /// Made at the first failure: a call that succeeds at once draws no
+    /// random seed.
+    backoff: Option<Backoff>,
+    attempt: u32,
+}
+
+impl RetryCall {
+    /// The attempt succeeded: the budget earns its share back.
+    pub fn succeeded(self) {
+        if let Some(budget) = &self.retry.inner.budget {
+            budget.on_success();
+        }
+    }
+
+    /// The attempt failed as `action` classifies it: the wait before the
+    /// next attempt (counted now), or `None` to give up (attempts, budget
+    /// or `deadline` exhausted, or `action` says not to retry).
+    pub fn failed(&mut self, action: RetryAction, deadline: Option<Instant>) -> Option<Duration> {
+        let retry = &self.retry;
+        let backoff = self.backoff.get_or_insert_with(|| retry.new_backoff());
+        let wait = retry.next_wait(action, self.attempt, backoff, deadline)?;
+        self.attempt += 1;
+        retry.inner.attempts.increment();
+        Some(wait)
+    }
+
+    /// The attempt being made, from 1.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+}
+
 /// Runs operations again when they fail with a retryable error. Cheap to
 /// clone; clones share the counters, the budget and the random source.
 #[derive(Clone)]
@@ -170,28 +206,30 @@ impl Retry {
         Fut: Future<Output = Result<T, E>>,
         C: Fn(&E) -> RetryAction + ?Sized,
     {
-        let mut backoff: Option<Backoff> = None;
-        let mut attempt = 1;
+        let mut call = self.begin();
         loop {
-            self.inner.attempts.increment();
             let error = match f().await {
                 Ok(value) => {
-                    if let Some(budget) = &self.inner.budget {
-                        budget.on_success();
-                    }
+                    call.succeeded();
                     return Ok(value);
                 }
                 Err(error) => error,
             };
-            let backoff = backoff.get_or_insert_with(|| self.new_backoff());
-            match self.next_wait(classify(&error), attempt, backoff, deadline) {
-                Some(wait) => {
-                    tokio::time::sleep(wait).await;
-                    attempt += 1;
-                }
+            match call.failed(classify(&error), deadline) {
+                Some(wait) => tokio::time::sleep(wait).await,
                 None => return Err(error),
             }
         }
+    }
+
+    /// Starts one call whose attempts the caller runs and waits for itself
+    /// (a language binding awaiting on its own event loop): report each
+    /// attempt's end to the [`RetryCall`]; it says how long to wait before
+    /// the next, with the same backoff, budget and counters as
+    /// [`execute`](Self::execute). The first attempt is counted now.
+    pub fn begin(&self) -> RetryCall {
+        self.inner.attempts.increment();
+        RetryCall { retry: self.clone(), backoff: None, attempt: 1 }
     }
 
     /// The wait before the next attempt, or `None` to stop. Counts the

@@ -1,0 +1,518 @@
+//! `ResilientWorkerClient` for Python: the Rust client, built lazily.
+//!
+//! `create_resilient_worker_client` only validates the configuration (the
+//! seed's factory is synchronous and does no I/O); the Rust client, whose
+//! construction opens the state file, is built on the runtime by the first
+//! awaited method. Every awaited method runs on the shared runtime and
+//! resolves its awaitable on the caller's event loop.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyString};
+use tokio::sync::{OnceCell, watch};
+use worker_client::{ClientBuilder, ClientTls, ResilientWorkerClient as Client};
+
+use crate::convert::{count, json, seconds};
+use crate::errors;
+
+/// Every client made in this process, for the interpreter-exit hook.
+static LIVE: Mutex<Vec<Weak<Shared>>> = Mutex::new(Vec::new());
+
+#[derive(Debug)]
+struct Shared {
+    builder: ClientBuilder,
+    /// The validated configuration's values the properties show.
+    server_id: String,
+    orchestrator_url: String,
+    max_streams: u32,
+    state_path: PathBuf,
+    shutdown_timeout: Duration,
+    client: OnceCell<Client>,
+    /// `shutdown()` has been called: lease iterators end, calls fail.
+    closed: watch::Sender<bool>,
+}
+
+impl Shared {
+    /// The Rust client, built on first use.
+    async fn client(&self) -> PyResult<&Client> {
+        if *self.closed.borrow() && self.client.get().is_none() {
+            return Err(errors::client(worker_client::Error::ShutDown));
+        }
+        self.client.get_or_try_init(|| self.builder.clone().build()).await.map_err(errors::client)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The endpoints: one URL, several comma-separated, or a list of URLs.
+fn urls(value: &Bound<'_, PyAny>) -> PyResult<String> {
+    if value.is_instance_of::<PyString>() {
+        return value.extract();
+    }
+    let list: Vec<String> = value.extract().map_err(|_| {
+        errors::config("orchestrator_url", "must be a URL string (several comma-separated) or a list of URL strings")
+    })?;
+    Ok(list.join(","))
+}
+
+fn optional_seconds(setting: &str, value: Option<f64>) -> PyResult<Option<Duration>> {
+    value.map(|v| seconds(setting, v)).transpose()
+}
+
+/// Builds a client with the seed's configuration names and defaults (and
+/// every other setting of the Rust client by keyword). Synchronous, no
+/// I/O: the state file is opened and the orchestrator contacted by the
+/// first awaited call (`register()`, `start()`, …). Durations are seconds.
+///
+/// Raises `ConfigurationError` (a `ValueError`) naming the setting.
+#[pyfunction]
+#[pyo3(signature = (
+    orchestrator_url,
+    server_id,
+    max_streams,
+    circuit_failure_threshold = 5,
+    circuit_recovery_timeout = 60.0,
+    retry_max_attempts = 3,
+    retry_base_delay = 1.0,
+    *,
+    circuit_success_threshold = 3,
+    circuit_timeout = 30.0,
+    retry_max_delay = 60.0,
+    retry_exponential_base = 2.0,
+    retry_jitter = true,
+    state_path = None,
+    state_sync_full = false,
+    state_history = 5000,
+    heartbeat_interval = None,
+    local_mode_after = 30.0,
+    local_mode_limit = None,
+    reconnect_base_delay = 1.0,
+    reconnect_max_delay = 30.0,
+    connect_timeout = 5.0,
+    auth_token = None,
+    tls_ca_file = None,
+    tls_cert_file = None,
+    tls_key_file = None,
+    tls_domain = None,
+    shutdown_timeout = 10.0,
+    client_version = None,
+))]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn create_resilient_worker_client(
+    orchestrator_url: &Bound<'_, PyAny>,
+    server_id: String,
+    max_streams: i64,
+    circuit_failure_threshold: i64,
+    circuit_recovery_timeout: f64,
+    retry_max_attempts: i64,
+    retry_base_delay: f64,
+    circuit_success_threshold: i64,
+    circuit_timeout: f64,
+    retry_max_delay: f64,
+    retry_exponential_base: f64,
+    retry_jitter: bool,
+    state_path: Option<PathBuf>,
+    state_sync_full: bool,
+    state_history: i64,
+    heartbeat_interval: Option<f64>,
+    local_mode_after: f64,
+    local_mode_limit: Option<f64>,
+    reconnect_base_delay: f64,
+    reconnect_max_delay: f64,
+    connect_timeout: f64,
+    auth_token: Option<String>,
+    tls_ca_file: Option<PathBuf>,
+    tls_cert_file: Option<PathBuf>,
+    tls_key_file: Option<PathBuf>,
+    tls_domain: Option<String>,
+    shutdown_timeout: f64,
+    client_version: Option<String>,
+) -> PyResult<ResilientWorkerClient> {
+    let mut b = Client::builder(urls(orchestrator_url)?, server_id)
+        .max_streams(count("max_streams", max_streams)?)
+        .circuit_failure_threshold(count("circuit_failure_threshold", circuit_failure_threshold)?)
+        .circuit_recovery_timeout(seconds("circuit_recovery_timeout", circuit_recovery_timeout)?)
+        .retry_max_attempts(count("retry_max_attempts", retry_max_attempts)?)
+        .retry_base_delay(seconds("retry_base_delay", retry_base_delay)?)
+        .circuit_success_threshold(count("circuit_success_threshold", circuit_success_threshold)?)
+        .circuit_timeout(seconds("circuit_timeout", circuit_timeout)?)
+        .retry_max_delay(seconds("retry_max_delay", retry_max_delay)?)
+        .retry_exponential_base(retry_exponential_base)
+        .retry_jitter(retry_jitter)
+        .state_sync_full(state_sync_full)
+        .state_history(u64::try_from(state_history).map_err(|_| errors::config("state_history", "must be >= 1"))?)
+        .local_mode_after(seconds("local_mode_after", local_mode_after)?)
+        .reconnect_backoff(
+            seconds("reconnect_base_delay", reconnect_base_delay)?,
+            seconds("reconnect_max_delay", reconnect_max_delay)?,
+        )
+        .connect_timeout(seconds("connect_timeout", connect_timeout)?)
+        .shutdown_timeout(seconds("shutdown_timeout", shutdown_timeout)?)
+        .client_version(client_version.unwrap_or_else(|| {
+            concat!("resilient-worker-client-python/", env!("CARGO_PKG_VERSION")).to_owned()
+        }));
+    if let Some(path) = state_path {
+        b = b.state_path(path);
+    }
+    if let Some(d) = optional_seconds("heartbeat_interval", heartbeat_interval)? {
+        b = b.heartbeat_interval(d);
+    }
+    if let Some(d) = optional_seconds("local_mode_limit", local_mode_limit)? {
+        b = b.local_mode_limit(d);
+    }
+    if let Some(token) = auth_token {
+        b = b.auth_token(token);
+    }
+    b = match (tls_ca_file, tls_cert_file, tls_key_file) {
+        (None, None, None) => {
+            if tls_domain.is_some() {
+                return Err(errors::config("tls_domain", "needs tls_ca_file"));
+            }
+            b
+        }
+        (Some(ca), cert, key) => {
+            let identity = match (cert, key) {
+                (Some(c), Some(k)) => Some((c, k)),
+                (None, None) => None,
+                (Some(_), None) => return Err(errors::config("tls_key_file", "tls_cert_file needs tls_key_file")),
+                (None, Some(_)) => return Err(errors::config("tls_cert_file", "tls_key_file needs tls_cert_file")),
+            };
+            let mut tls = ClientTls::from_files(ca, identity).map_err(|e| errors::config("tls_ca_file", e))?;
+            if let Some(domain) = tls_domain {
+                tls = tls.domain_name(domain);
+            }
+            b.tls(tls)
+        }
+        (None, _, _) => return Err(errors::config("tls_ca_file", "client certificates need tls_ca_file")),
+    };
+    ResilientWorkerClient::new(b)
+}
+
+/// A client in **standalone mode** (the seed's "orchestrator disabled"): no
+/// orchestrator; the worker processes exactly `streams`, records are
+/// durable in the state file, `register()` and `send_heartbeat()` answer
+/// `False`, `health_check()` reports `mode: "standalone"`.
+#[pyfunction]
+#[pyo3(signature = (server_id, streams, *, state_path = None, state_history = 5000))]
+pub(crate) fn create_standalone_worker_client(
+    server_id: String,
+    streams: Vec<i64>,
+    state_path: Option<PathBuf>,
+    state_history: i64,
+) -> PyResult<ResilientWorkerClient> {
+    let mut b = Client::standalone(server_id, streams)
+        .state_history(u64::try_from(state_history).map_err(|_| errors::config("state_history", "must be >= 1"))?);
+    if let Some(path) = state_path {
+        b = b.state_path(path);
+    }
+    ResilientWorkerClient::new(b)
+}
+
+/// Shuts down, within each one's `shutdown_timeout`, every client that was
+/// used but not shut down: registered at import with `atexit`, so an
+/// application that exits without `await client.shutdown()` still uploads
+/// its records and releases its streams, and leaves no thread behind.
+#[pyfunction]
+pub(crate) fn shutdown_at_exit(py: Python<'_>) {
+    let live: Vec<Arc<Shared>> = lock(&LIVE).drain(..).filter_map(|w| w.upgrade()).collect();
+    for shared in live {
+        if *shared.closed.borrow() {
+            continue;
+        }
+        shared.closed.send_replace(true);
+        let Some(client) = shared.client.get().cloned() else { continue };
+        tracing::warn!(
+            target: "resilient_worker_client",
+            server_id = %shared.server_id,
+            "the interpreter is exiting without shutdown(): shutting the client down now"
+        );
+        let limit = shared.shutdown_timeout;
+        py.detach(|| {
+            crate::runtime().block_on(async move {
+                let report = client.shutdown_within(limit).await;
+                tracing::info!(target: "resilient_worker_client", ?report, "shut down at interpreter exit");
+            });
+        });
+    }
+}
+
+/// The resilient client. Make one with `create_resilient_worker_client`.
+#[pyclass(module = "resilient_worker_client._native", subclass, frozen)]
+#[derive(Debug)]
+pub(crate) struct ResilientWorkerClient {
+    shared: Arc<Shared>,
+}
+
+impl ResilientWorkerClient {
+    fn new(builder: ClientBuilder) -> PyResult<Self> {
+        let config = builder.clone().config().map_err(errors::client)?;
+        let shared = Arc::new(Shared {
+            server_id: config.server_id().to_owned(),
+            orchestrator_url: config.orchestrator_url().to_owned(),
+            max_streams: config.max_streams(),
+            state_path: config.state_path().to_owned(),
+            shutdown_timeout: config.shutdown_timeout(),
+            builder,
+            client: OnceCell::new(),
+            closed: watch::channel(false).0,
+        });
+        let mut live = lock(&LIVE);
+        live.retain(|w| w.strong_count() > 0);
+        live.push(Arc::downgrade(&shared));
+        Ok(Self { shared })
+    }
+
+    /// `f(client)` on the runtime, as an awaitable.
+    fn run<'py, F, Fut, T>(&self, py: Python<'py>, f: F) -> PyResult<Bound<'py, PyAny>>
+    where
+        F: FnOnce(Client) -> Fut + Send + 'static,
+        Fut: Future<Output = PyResult<T>> + Send + 'static,
+        T: for<'a> IntoPyObject<'a> + Send + 'static,
+    {
+        let shared = Arc::clone(&self.shared);
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            let client = shared.client().await?.clone();
+            f(client).await
+        })
+    }
+}
+
+#[pymethods]
+impl ResilientWorkerClient {
+    /// Registers with the orchestrator, presenting the leases of an earlier
+    /// run and uploading its unsynced records. `True` when registered,
+    /// `False` when the orchestrator is unreachable (then in local mode if
+    /// streams are held). Starts no background loop (see `start()`).
+    fn register<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        self.run(py, |c| async move { c.register().await.map_err(errors::client) })
+    }
+
+    /// Registers and starts the Rust background loop: heartbeats at the
+    /// orchestrator's interval, applies grants and revocations, enters and
+    /// leaves local mode. For applications without a heartbeat loop of
+    /// their own. Idempotent.
+    fn start<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        self.run(py, |c| async move { c.start().await.map_err(errors::client) })
+    }
+
+    /// One heartbeat: `True` when the orchestrator answered, `False` in
+    /// local mode (as the seed's client).
+    fn send_heartbeat<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        self.run(py, |c| async move { c.send_heartbeat().await.map_err(errors::client) })
+    }
+
+    /// Asks for up to `count` more streams; the ids granted. In local mode,
+    /// the streams held.
+    fn request_streams<'py>(&self, py: Python<'py>, count: i64) -> PyResult<Bound<'py, PyAny>> {
+        let count = u32::try_from(count)
+            .ok()
+            .filter(|&c| c > 0)
+            .ok_or_else(|| errors::config("count", format!("must be at least 1, got {count}")))?;
+        self.run(py, move |c| async move { c.request_streams(count).await.map_err(errors::client) })
+    }
+
+    /// Gives streams back: `True` when the orchestrator confirmed, `False`
+    /// when recorded locally to be replayed.
+    fn release_streams<'py>(&self, py: Python<'py>, stream_ids: Vec<i64>) -> PyResult<Bound<'py, PyAny>> {
+        self.run(py, move |c| async move { c.release_streams(&stream_ids).await.map_err(errors::client) })
+    }
+
+    /// Whether this worker may process `stream_id` now. Synchronous.
+    fn can_process_stream(&self, stream_id: i64) -> bool {
+        self.shared.client.get().is_some_and(|c| c.can_process_stream(stream_id))
+    }
+
+    /// Records that a chunk of `stream_id` was processed; returns once the
+    /// record is durable in the state file. Raises `StreamNotLeasedError`
+    /// when the stream is not leased to this worker.
+    fn record_stream_processing<'py>(&self, py: Python<'py>, stream_id: i64) -> PyResult<Bound<'py, PyAny>> {
+        self.run(py, move |c| async move {
+            c.record_stream_processing(stream_id).await.map_err(errors::client)?;
+            Ok(())
+        })
+    }
+
+    /// The seed's health report, plus `mode`, `local_mode_reason` and the
+    /// record counters.
+    fn health_check<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        self.run(py, |c| async move {
+            let report = c.health_check().await.to_json();
+            Python::attach(|py| json(py, &report).map(Bound::unbind))
+        })
+    }
+
+    /// Configuration, local state, breaker statistics and retry counters.
+    fn get_detailed_status<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        self.run(py, |c| async move {
+            let status = c.detailed_status().await;
+            Python::attach(|py| json(py, &status).map(Bound::unbind))
+        })
+    }
+
+    /// Stops cleanly within `shutdown_timeout`: stops the background loop
+    /// and processing, uploads the records, deregisters (every stream
+    /// released at once) and closes the state file. Later calls raise
+    /// `ClientShutDownError`. Idempotent.
+    fn shutdown<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let shared = Arc::clone(&self.shared);
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            shared.closed.send_replace(true);
+            if let Some(client) = shared.client.get() {
+                let report = client.shutdown().await;
+                tracing::info!(
+                    target: "resilient_worker_client",
+                    deregistered = report.deregistered,
+                    records_unsynced = report.records_unsynced,
+                    timed_out = report.timed_out,
+                    "shut down"
+                );
+            }
+            Ok(())
+        })
+    }
+
+    /// An async iterator of lease sets: the current one at once, then one
+    /// per change, until `shutdown()`.
+    fn leases(&self) -> LeaseChanges {
+        LeaseChanges {
+            shared: Arc::clone(&self.shared),
+            state: Arc::new(tokio::sync::Mutex::new(IterState::NotStarted)),
+        }
+    }
+
+    #[getter]
+    fn server_id(&self) -> &str {
+        &self.shared.server_id
+    }
+
+    /// The endpoints, comma-separated.
+    #[getter]
+    fn orchestrator_url(&self) -> &str {
+        &self.shared.orchestrator_url
+    }
+
+    #[getter]
+    fn max_streams(&self) -> u32 {
+        self.shared.max_streams
+    }
+
+    #[getter]
+    fn state_path(&self) -> PathBuf {
+        self.shared.state_path.clone()
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "<ResilientWorkerClient server_id={:?} orchestrator_url={:?}>",
+            self.shared.server_id, self.shared.orchestrator_url
+        )
+    }
+}
+
+/// The streams this worker may process at one moment.
+#[pyclass(module = "resilient_worker_client._native", frozen)]
+#[derive(Debug)]
+pub(crate) struct LeaseSet {
+    epochs: std::collections::BTreeMap<i64, u64>,
+    local_mode: bool,
+}
+
+#[pymethods]
+impl LeaseSet {
+    /// The stream ids, ascending.
+    #[getter]
+    fn stream_ids(&self) -> Vec<i64> {
+        self.epochs.keys().copied().collect()
+    }
+
+    /// `{stream_id: lease_epoch}`: attach the epoch to output so that a
+    /// sink can reject a stale writer.
+    #[getter]
+    fn epochs<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        for (s, e) in &self.epochs {
+            d.set_item(s, e)?;
+        }
+        Ok(d)
+    }
+
+    /// The orchestrator is unreachable; the worker goes on with these.
+    #[getter]
+    fn local_mode(&self) -> bool {
+        self.local_mode
+    }
+
+    fn __contains__(&self, stream_id: i64) -> bool {
+        self.epochs.contains_key(&stream_id)
+    }
+
+    fn __len__(&self) -> usize {
+        self.epochs.len()
+    }
+
+    fn __repr__(&self) -> String {
+        let local = if self.local_mode { "True" } else { "False" };
+        format!("LeaseSet(stream_ids={:?}, local_mode={local})", self.stream_ids())
+    }
+}
+
+#[derive(Debug)]
+enum IterState {
+    NotStarted,
+    Running(watch::Receiver<worker_client::LeaseSet>, watch::Receiver<bool>),
+    Done,
+}
+
+/// `async for leases in client.leases(): ...`
+#[pyclass(module = "resilient_worker_client._native", frozen)]
+#[derive(Debug)]
+pub(crate) struct LeaseChanges {
+    shared: Arc<Shared>,
+    state: Arc<tokio::sync::Mutex<IterState>>,
+}
+
+fn lease_set(set: &worker_client::LeaseSet) -> LeaseSet {
+    LeaseSet { epochs: set.iter().collect(), local_mode: set.local_mode() }
+}
+
+#[pymethods]
+impl LeaseChanges {
+    fn __aiter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    fn __anext__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let shared = Arc::clone(&self.shared);
+        let state = Arc::clone(&self.state);
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            let mut state = state.lock().await;
+            let stop = || Err(pyo3::exceptions::PyStopAsyncIteration::new_err(()));
+            match &mut *state {
+                IterState::Done => stop(),
+                IterState::NotStarted => {
+                    let client = shared.client().await?;
+                    let mut leases = client.leases();
+                    let current = lease_set(&leases.borrow_and_update());
+                    *state = IterState::Running(leases, shared.closed.subscribe());
+                    Ok(current)
+                }
+                IterState::Running(leases, closed) => {
+                    let changed = tokio::select! {
+                        changed = leases.changed() => changed.is_ok(),
+                        _ = closed.wait_for(|c| *c) => false,
+                    };
+                    if !changed {
+                        *state = IterState::Done;
+                        return stop();
+                    }
+                    Ok(lease_set(&leases.borrow_and_update()))
+                }
+            }
+        })
+    }
+}

@@ -1,0 +1,48 @@
+//! Values between Python and Rust: seconds, counts, JSON documents.
+
+use std::time::Duration;
+
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList};
+
+use crate::errors;
+
+/// Seconds (an `int` or a `float`) as a duration; the error names `setting`.
+pub(crate) fn seconds(setting: &str, value: f64) -> PyResult<Duration> {
+    Duration::try_from_secs_f64(value)
+        .map_err(|_| errors::config(setting, format!("must be a finite number of seconds >= 0, got {value}")))
+}
+
+/// A count that fits a `u32`; the error names `setting`.
+pub(crate) fn count(setting: &str, value: i64) -> PyResult<u32> {
+    u32::try_from(value).map_err(|_| errors::config(setting, format!("must be between 0 and {}, got {value}", u32::MAX)))
+}
+
+/// A JSON document as Python's `json.loads` would give it.
+pub(crate) fn json<'py>(py: Python<'py>, value: &serde_json::Value) -> PyResult<Bound<'py, PyAny>> {
+    use serde_json::Value;
+    Ok(match value {
+        Value::Null => py.None().into_bound(py),
+        Value::Bool(b) => b.into_pyobject(py)?.to_owned().into_any(),
+        Value::Number(n) => match (n.as_i64(), n.as_u64()) {
+            (Some(i), _) => i.into_pyobject(py)?.into_any(),
+            (None, Some(u)) => u.into_pyobject(py)?.into_any(),
+            _ => n.as_f64().unwrap_or(f64::NAN).into_pyobject(py)?.into_any(),
+        },
+        Value::String(s) => s.into_pyobject(py)?.into_any(),
+        Value::Array(items) => {
+            let list = PyList::empty(py);
+            for item in items {
+                list.append(json(py, item)?)?;
+            }
+            list.into_any()
+        }
+        Value::Object(map) => {
+            let dict = PyDict::new(py);
+            for (k, v) in map {
+                dict.set_item(k, json(py, v)?)?;
+            }
+            dict.into_any()
+        }
+    })
+}

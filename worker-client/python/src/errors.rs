@@ -1,0 +1,81 @@
+//! The Python exception for each kind of error. The classes are defined in
+//! Python (`resilient_worker_client/_errors.py`) so that they can also
+//! derive from the built-in class a Python caller would catch
+//! (`ConfigurationError` is a `ValueError`, `StreamNotLeasedError` a
+//! `LookupError`, …).
+
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::PyModule;
+
+static ERRORS: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
+
+/// An instance of the exception class `name`, made with `args`.
+pub(crate) fn new_error<'py>(
+    py: Python<'py>,
+    name: &str,
+    args: impl pyo3::call::PyCallArgs<'py>,
+) -> PyErr {
+    let made = ERRORS
+        .get_or_try_init(py, || PyModule::import(py, "resilient_worker_client._errors").map(Bound::unbind))
+        .and_then(|m| m.bind(py).getattr(name))
+        .and_then(|class| class.call1(args));
+    match made {
+        Ok(instance) => PyErr::from_value(instance),
+        Err(e) => e,
+    }
+}
+
+/// A configuration error naming the setting.
+pub(crate) fn config(setting: &str, problem: impl std::fmt::Display) -> PyErr {
+    Python::attach(|py| new_error(py, "ConfigurationError", (format!("{setting}: {problem}"), setting.to_owned())))
+}
+
+/// The client's error as its Python exception.
+pub(crate) fn client(e: worker_client::Error) -> PyErr {
+    Python::attach(|py| {
+        let message = e.to_string();
+        match e {
+            worker_client::Error::Config { setting, .. } => {
+                new_error(py, "ConfigurationError", (message, setting.to_owned()))
+            }
+            worker_client::Error::State { path, .. } => {
+                new_error(py, "StateFileError", (message, path.display().to_string()))
+            }
+            worker_client::Error::Rejected { code, message: detail, .. } => {
+                let class = match code {
+                    tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => "AuthenticationError",
+                    _ => "OrchestratorRejectedError",
+                };
+                new_error(py, class, (message, code_name(code), detail))
+            }
+            worker_client::Error::NotLeased(stream_id) => new_error(py, "StreamNotLeasedError", (message, stream_id)),
+            worker_client::Error::ShutDown => new_error(py, "ClientShutDownError", (message,)),
+            _ => new_error(py, "ResilientWorkerClientError", (message,)),
+        }
+    })
+}
+
+/// The gRPC code's canonical name, as other gRPC libraries spell it.
+fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "CANCELLED",
+        Unknown => "UNKNOWN",
+        InvalidArgument => "INVALID_ARGUMENT",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        PermissionDenied => "PERMISSION_DENIED",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Aborted => "ABORTED",
+        OutOfRange => "OUT_OF_RANGE",
+        Unimplemented => "UNIMPLEMENTED",
+        Internal => "INTERNAL",
+        Unavailable => "UNAVAILABLE",
+        DataLoss => "DATA_LOSS",
+        Unauthenticated => "UNAUTHENTICATED",
+    }
+}
