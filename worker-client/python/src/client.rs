@@ -21,6 +21,10 @@ use crate::errors;
 /// Every client made in this process, for the interpreter-exit hook.
 static LIVE: Mutex<Vec<Weak<Shared>>> = Mutex::new(Vec::new());
 
+/// Shutdowns of clients dropped without `shutdown()`, still running: the
+/// interpreter-exit hook waits for them.
+static DROPPED: Mutex<Vec<tokio::task::JoinHandle<()>>> = Mutex::new(Vec::new());
+
 #[derive(Debug)]
 struct Shared {
     builder: ClientBuilder,
@@ -42,6 +46,33 @@ impl Shared {
             return Err(errors::client(worker_client::Error::ShutDown));
         }
         self.client.get_or_try_init(|| self.builder.clone().build()).await.map_err(errors::client)
+    }
+}
+
+impl Drop for Shared {
+    /// A client dropped without `shutdown()` (its last Python reference
+    /// gone) is shut down in the background, with a warning: in Rust a
+    /// dropped client stops at once, as a crash; a Python application
+    /// that loses its client by accident should not silently stop
+    /// heartbeating with its streams held until the session expires.
+    fn drop(&mut self) {
+        if *self.closed.borrow() {
+            return;
+        }
+        let Some(client) = self.client.take() else { return };
+        let server_id = self.server_id.clone();
+        let handle = crate::runtime().spawn(async move {
+            tracing::warn!(
+                target: "resilient_worker_client",
+                %server_id,
+                "the client was dropped without shutdown(): shutting it down"
+            );
+            let report = client.shutdown().await;
+            tracing::info!(target: "resilient_worker_client", ?report, "shut down after being dropped");
+        });
+        let mut dropped = lock(&DROPPED);
+        dropped.retain(|h| !h.is_finished());
+        dropped.push(handle);
     }
 }
 
@@ -214,11 +245,22 @@ pub(crate) fn create_standalone_worker_client(
 }
 
 /// Shuts down, within each one's `shutdown_timeout`, every client that was
-/// used but not shut down: registered at import with `atexit`, so an
-/// application that exits without `await client.shutdown()` still uploads
-/// its records and releases its streams, and leaves no thread behind.
+/// used but not shut down, and waits for the shutdowns of clients dropped
+/// without one: registered at import with `atexit`, so an application that
+/// exits without `await client.shutdown()` still uploads its records and
+/// releases its streams, and leaves no thread behind.
 #[pyfunction]
 pub(crate) fn shutdown_at_exit(py: Python<'_>) {
+    let dropped: Vec<_> = lock(&DROPPED).drain(..).collect();
+    if !dropped.is_empty() {
+        py.detach(|| {
+            crate::runtime().block_on(async {
+                for handle in dropped {
+                    let _ = handle.await;
+                }
+            });
+        });
+    }
     let live: Vec<Arc<Shared>> = lock(&LIVE).drain(..).filter_map(|w| w.upgrade()).collect();
     for shared in live {
         if *shared.closed.borrow() {

@@ -42,12 +42,10 @@ pub(crate) fn client(e: worker_client::Error) -> PyErr {
             worker_client::Error::State { path, .. } => {
                 new_error(py, "StateFileError", (message, path.display().to_string()))
             }
+            // (A refusal of the credentials is not an error: the client
+            // goes on in local mode, `local_mode_reason` says why.)
             worker_client::Error::Rejected { code, message: detail, .. } => {
-                let class = match code {
-                    tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => "AuthenticationError",
-                    _ => "OrchestratorRejectedError",
-                };
-                new_error(py, class, (message, code_name(code), detail))
+                new_error(py, "OrchestratorRejectedError", (message, code_name(code), detail))
             }
             worker_client::Error::NotLeased(stream_id) => new_error(py, "StreamNotLeasedError", (message, stream_id)),
             worker_client::Error::ShutDown => new_error(py, "ClientShutDownError", (message,)),

@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use pyo3::prelude::*;
 use tokio::sync::mpsc;
 use tracing::field::{Field, Visit};
+use tracing_subscriber::Layer as _;
 use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::layer::{Context, SubscriberExt};
 
@@ -140,5 +141,3 @@ pub(crate) fn install() {
         }
     });
 }
-
-use tracing_subscriber::Layer as _;

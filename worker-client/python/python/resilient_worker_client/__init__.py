@@ -26,7 +26,6 @@ import atexit
 
 from . import _native
 from ._errors import (
-    AuthenticationError,
     CircuitBreakerOpenError,
     CircuitBreakerTimeoutError,
     ClientShutDownError,
@@ -36,13 +35,8 @@ from ._errors import (
     StateFileError,
     StreamNotLeasedError,
 )
-from ._native import (
-    LeaseChanges,
-    LeaseSet,
-    ResilientWorkerClient,
-    create_resilient_worker_client,
-    create_standalone_worker_client,
-)
+from ._client import ResilientWorkerClient, create_resilient_worker_client, create_standalone_worker_client
+from ._native import LeaseChanges, LeaseSet
 from ._resilience import CircuitBreaker, CircuitBreakerConfig, RetryConfig, RetryHandler
 
 __version__: str = _native.__version__
@@ -61,7 +55,6 @@ __all__ = [
     "ConfigurationError",
     "StateFileError",
     "OrchestratorRejectedError",
-    "AuthenticationError",
     "StreamNotLeasedError",
     "ClientShutDownError",
     "CircuitBreakerOpenError",

@@ -15,7 +15,6 @@ __all__ = [
     "ConfigurationError",
     "StateFileError",
     "OrchestratorRejectedError",
-    "AuthenticationError",
     "StreamNotLeasedError",
     "ClientShutDownError",
     "CircuitBreakerOpenError",
@@ -57,11 +56,6 @@ class OrchestratorRejectedError(ResilientWorkerClientError):
         super().__init__(message)
         self.code = code
         self.detail = detail
-
-
-class AuthenticationError(OrchestratorRejectedError):
-    """The orchestrator refused this worker's credentials
-    (``UNAUTHENTICATED`` or ``PERMISSION_DENIED``)."""
 
 
 class StreamNotLeasedError(ResilientWorkerClientError, LookupError):

@@ -1,0 +1,151 @@
+"""``ResilientWorkerClient``: the seed's client class, its methods real
+coroutines (``async def``), so ``asyncio.run(client.health_check())``,
+``asyncio.create_task`` and ``inspect.iscoroutinefunction`` work as with
+the seed's client. Each awaits the Rust client working on the shared
+runtime; the event loop is never blocked.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+from . import _native
+
+__all__ = ["ResilientWorkerClient", "create_resilient_worker_client", "create_standalone_worker_client"]
+
+
+class ResilientWorkerClient:
+    """A worker's client of the orchestrator. Make one with
+    ``create_resilient_worker_client`` (or ``create_standalone_worker_client``).
+
+    Every call to the orchestrator goes through a circuit breaker and
+    retries with jittered backoff and a retry budget. When the orchestrator
+    is unreachable the client enters local mode: the worker keeps its
+    streams, its processing records are kept in the SQLite state file, and
+    they are uploaded exactly once when the orchestrator answers again.
+
+    Also an async context manager: ``async with client: ...`` shuts it down
+    on the way out.
+    """
+
+    __slots__ = ("_native", "__weakref__")
+
+    def __init__(self, native: _native.ResilientWorkerClient) -> None:
+        self._native = native
+
+    # -- the seed's core methods
+
+    async def register(self) -> bool:
+        """Registers with the orchestrator (presenting the leases of an
+        earlier run and uploading its unsynced records). ``True`` when
+        registered, ``False`` when the orchestrator is unreachable (the
+        client is then in local mode if it holds streams). Starts no
+        background loop: see ``start()``."""
+        return await self._native.register()
+
+    async def send_heartbeat(self) -> bool:
+        """One heartbeat; applies the orchestrator's grants and revocations.
+        ``False`` in local mode, as the seed's client."""
+        return await self._native.send_heartbeat()
+
+    async def request_streams(self, count: int) -> List[int]:
+        """Asks for up to ``count`` more streams; the ids granted. In local
+        mode, the streams held."""
+        return await self._native.request_streams(count)
+
+    async def release_streams(self, stream_ids: Sequence[int]) -> bool:
+        """Gives streams back. ``True`` when the orchestrator confirmed,
+        ``False`` when recorded locally and replayed later."""
+        return await self._native.release_streams(stream_ids)
+
+    async def health_check(self) -> Dict[str, Any]:
+        """The seed's health report (``server_id``,
+        ``orchestrator_available``, ``local_mode_active``,
+        ``assigned_streams``, ``circuit_breaker_state``,
+        ``last_orchestrator_contact``, ``metrics``) plus ``mode``,
+        ``local_mode_reason`` and the record counters."""
+        return await self._native.health_check()
+
+    async def shutdown(self) -> None:
+        """Graceful shutdown within ``shutdown_timeout``: stops the
+        background loop and processing, uploads the records, deregisters
+        (every stream released at once) and closes the state file.
+        Idempotent; later calls raise ``ClientShutDownError``."""
+        await self._native.shutdown()
+
+    # -- local mode methods
+
+    def can_process_stream(self, stream_id: int) -> bool:
+        """Whether this worker may process ``stream_id`` now (synchronous)."""
+        return self._native.can_process_stream(stream_id)
+
+    async def record_stream_processing(self, stream_id: int) -> None:
+        """Records that a chunk of ``stream_id`` was processed. Returns once
+        the record is durable in the state file (it survives a crash of
+        the worker); it reaches the orchestrator exactly once. Raises
+        ``StreamNotLeasedError`` if the stream is not leased to this
+        worker."""
+        await self._native.record_stream_processing(stream_id)
+
+    async def get_detailed_status(self) -> Dict[str, Any]:
+        """Health, configuration, local state (session, leases, pending
+        releases, record counts), circuit breaker statistics and history,
+        retry counters."""
+        return await self._native.get_detailed_status()
+
+    # -- beyond the seed
+
+    async def start(self) -> None:
+        """Registers and starts the Rust background loop (heartbeats at the
+        orchestrator's interval, grants and revocations applied, local
+        mode entered and left), for applications without a heartbeat loop
+        of their own. Idempotent."""
+        await self._native.start()
+
+    def leases(self) -> _native.LeaseChanges:
+        """The lease set as an async iterator: the current one at once,
+        then one per change, until ``shutdown()``::
+
+            async for leases in client.leases():
+                for stream_id in leases.stream_ids: ...
+        """
+        return self._native.leases()
+
+    @property
+    def server_id(self) -> str:
+        return self._native.server_id
+
+    @property
+    def orchestrator_url(self) -> str:
+        """The endpoints, comma-separated."""
+        return self._native.orchestrator_url
+
+    @property
+    def max_streams(self) -> int:
+        return self._native.max_streams
+
+    @property
+    def state_path(self) -> Path:
+        return self._native.state_path
+
+    async def __aenter__(self) -> "ResilientWorkerClient":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> Optional[bool]:
+        await self.shutdown()
+        return None
+
+    def __repr__(self) -> str:
+        return repr(self._native)
+
+
+@functools.wraps(_native.create_resilient_worker_client)
+def create_resilient_worker_client(*args: Any, **kwargs: Any) -> ResilientWorkerClient:
+    return ResilientWorkerClient(_native.create_resilient_worker_client(*args, **kwargs))
+
+
+@functools.wraps(_native.create_standalone_worker_client)
+def create_standalone_worker_client(*args: Any, **kwargs: Any) -> ResilientWorkerClient:
+    return ResilientWorkerClient(_native.create_standalone_worker_client(*args, **kwargs))

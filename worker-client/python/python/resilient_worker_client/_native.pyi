@@ -1,0 +1,185 @@
+"""Type stubs of the Rust extension module."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Awaitable, Dict, List, Optional, Sequence, Union
+
+__version__: str
+
+def create_resilient_worker_client(
+    orchestrator_url: Union[str, Sequence[str]],
+    server_id: str,
+    max_streams: int,
+    circuit_failure_threshold: int = 5,
+    circuit_recovery_timeout: float = 60,
+    retry_max_attempts: int = 3,
+    retry_base_delay: float = 1.0,
+    *,
+    circuit_success_threshold: int = 3,
+    circuit_timeout: float = 30.0,
+    retry_max_delay: float = 60.0,
+    retry_exponential_base: float = 2.0,
+    retry_jitter: bool = True,
+    state_path: Optional[Union[str, os.PathLike[str]]] = None,
+    state_sync_full: bool = False,
+    state_history: int = 5000,
+    heartbeat_interval: Optional[float] = None,
+    local_mode_after: float = 30.0,
+    local_mode_limit: Optional[float] = None,
+    reconnect_base_delay: float = 1.0,
+    reconnect_max_delay: float = 30.0,
+    connect_timeout: float = 5.0,
+    auth_token: Optional[str] = None,
+    tls_ca_file: Optional[Union[str, os.PathLike[str]]] = None,
+    tls_cert_file: Optional[Union[str, os.PathLike[str]]] = None,
+    tls_key_file: Optional[Union[str, os.PathLike[str]]] = None,
+    tls_domain: Optional[str] = None,
+    shutdown_timeout: float = 10.0,
+    client_version: Optional[str] = None,
+) -> ResilientWorkerClient:
+    """Builds a client (synchronous, no I/O). Durations are seconds.
+    Raises ConfigurationError naming the setting."""
+
+def create_standalone_worker_client(
+    server_id: str,
+    streams: Sequence[int],
+    *,
+    state_path: Optional[Union[str, os.PathLike[str]]] = None,
+    state_history: int = 5000,
+) -> ResilientWorkerClient:
+    """A client with no orchestrator that processes exactly ``streams``."""
+
+def shutdown_at_exit() -> None:
+    """Shuts down every client used but not shut down (run by atexit)."""
+
+class ResilientWorkerClient:
+    """The resilient client; make one with create_resilient_worker_client."""
+
+    @property
+    def server_id(self) -> str: ...
+    @property
+    def orchestrator_url(self) -> str:
+        """The endpoints, comma-separated."""
+    @property
+    def max_streams(self) -> int: ...
+    @property
+    def state_path(self) -> Path: ...
+    def register(self) -> Awaitable[bool]:
+        """Registers; False when the orchestrator is unreachable."""
+    def start(self) -> Awaitable[None]:
+        """Registers and starts the Rust background loop."""
+    def send_heartbeat(self) -> Awaitable[bool]:
+        """One heartbeat; False in local mode."""
+    def request_streams(self, count: int) -> Awaitable[List[int]]:
+        """Up to ``count`` more streams; the ids granted (in local mode, those held)."""
+    def release_streams(self, stream_ids: Sequence[int]) -> Awaitable[bool]:
+        """Gives streams back; False when recorded locally to be replayed."""
+    def can_process_stream(self, stream_id: int) -> bool:
+        """Whether this worker may process ``stream_id`` now."""
+    def record_stream_processing(self, stream_id: int) -> Awaitable[None]:
+        """Records a processed chunk, durably; raises StreamNotLeasedError."""
+    def health_check(self) -> Awaitable[Dict[str, Any]]:
+        """The seed's health report plus mode, local_mode_reason and record counters."""
+    def get_detailed_status(self) -> Awaitable[Dict[str, Any]]:
+        """Configuration, local state, breaker statistics and retry counters."""
+    def shutdown(self) -> Awaitable[None]:
+        """Uploads records, deregisters, closes the state file. Idempotent."""
+    def leases(self) -> LeaseChanges:
+        """An async iterator of lease sets: the current one, then each change."""
+
+class LeaseSet:
+    """The streams this worker may process at one moment."""
+
+    @property
+    def stream_ids(self) -> List[int]: ...
+    @property
+    def epochs(self) -> Dict[int, int]: ...
+    @property
+    def local_mode(self) -> bool: ...
+    def __contains__(self, stream_id: object) -> bool: ...
+    def __len__(self) -> int: ...
+
+class LeaseChanges:
+    """``async for leases in client.leases(): ...``; ends at shutdown()."""
+
+    def __aiter__(self) -> LeaseChanges: ...
+    def __anext__(self) -> Awaitable[LeaseSet]: ...
+
+class CircuitBreakerConfig:
+    """The seed's CircuitBreakerConfig (durations in seconds)."""
+
+    def __init__(
+        self,
+        failure_threshold: int = 5,
+        recovery_timeout: float = 60.0,
+        success_threshold: int = 3,
+        timeout: Optional[float] = 30.0,
+    ) -> None: ...
+    @property
+    def failure_threshold(self) -> int: ...
+    @property
+    def recovery_timeout(self) -> float: ...
+    @property
+    def success_threshold(self) -> int: ...
+    @property
+    def timeout(self) -> Optional[float]: ...
+
+class CircuitPermit:
+    def record_success(self) -> None: ...
+    def record_failure(self) -> None: ...
+    def record_timeout(self) -> None: ...
+    def release(self) -> None: ...
+
+class CircuitBreakerCore:
+    def __init__(self, config: Optional[CircuitBreakerConfig] = None, name: str = "circuit_breaker") -> None: ...
+    def try_acquire(self) -> CircuitPermit: ...
+    @property
+    def state(self) -> str:
+        """closed, open, half_open, forced_open or forced_closed."""
+    @property
+    def name(self) -> str: ...
+    @property
+    def timeout(self) -> Optional[float]: ...
+    @property
+    def config(self) -> CircuitBreakerConfig: ...
+    def get_stats(self) -> Dict[str, Any]: ...
+    def reset(self) -> None: ...
+    def force_open(self) -> None: ...
+    def force_closed(self) -> None: ...
+
+class RetryConfig:
+    """The seed's RetryConfig (durations in seconds)."""
+
+    def __init__(
+        self,
+        max_attempts: int = 3,
+        base_delay: float = 1.0,
+        max_delay: float = 60.0,
+        exponential_base: float = 2.0,
+        jitter: bool = True,
+    ) -> None: ...
+    @property
+    def max_attempts(self) -> int: ...
+    @property
+    def base_delay(self) -> float: ...
+    @property
+    def max_delay(self) -> float: ...
+    @property
+    def exponential_base(self) -> float: ...
+    @property
+    def jitter(self) -> bool: ...
+
+class RetryAttempts:
+    def failed(self) -> Optional[float]: ...
+    def succeeded(self) -> None: ...
+    @property
+    def attempt(self) -> int: ...
+
+class RetryCore:
+    def __init__(self, config: Optional[RetryConfig] = None) -> None: ...
+    def begin(self) -> RetryAttempts: ...
+    @property
+    def config(self) -> RetryConfig: ...
+    def get_stats(self) -> Dict[str, Any]: ...

@@ -1,0 +1,114 @@
+"""No thread of the client is left running after shutdown() or when the
+interpreter exits (the shared runtime's ``rwc-tokio`` threads aside)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from resilient_worker_client import create_resilient_worker_client
+
+from conftest import Orchestrator, patience, threads
+
+
+def test_no_client_thread_is_left_after_shutdown(orchestrator: Orchestrator, tmp_path: Path):
+    async def check():
+        clients = [
+            create_resilient_worker_client(orchestrator.url, f"w-threads-{i}", 2, state_path=str(tmp_path / f"{i}.db"))
+            for i in range(3)
+        ]
+        before = set(threads())
+        for c in clients:
+            await c.start()
+        during = threads()
+        ours = {tid for tid, name in during.items() if tid not in before and name == "worker-state"}
+        assert len(ours) == 3, during  # one state thread per client
+        for c in clients:
+            await c.shutdown()
+        after = threads()
+        assert not ours & set(after), f"state threads left running: {after}"
+        # Nothing else new but the shared runtime's threads.
+        new = {name for tid, name in after.items() if tid not in before}
+        assert new <= {"rwc-tokio"}, new
+
+    asyncio.run(check())
+
+
+EXIT_SCRIPT = textwrap.dedent(
+    """
+    import asyncio, sys
+    from resilient_worker_client import create_resilient_worker_client
+
+    async def main():
+        client = create_resilient_worker_client(sys.argv[1], "w-exit", 3, state_path=sys.argv[2])
+        await client.start()
+        while not any(client.can_process_stream(s) for s in range(1, 11)):
+            await asyncio.sleep(0.05)
+        for s in range(1, 11):
+            if client.can_process_stream(s):
+                await client.record_stream_processing(s)
+        print("recorded", flush=True)
+        # no shutdown(): the interpreter exits with the client running
+
+    asyncio.run(main())
+    """
+)
+
+
+# The same with the client in a module global: alive when the interpreter
+# exits, shut down by the atexit hook.
+GLOBAL_SCRIPT = EXIT_SCRIPT.replace("async def main():\n    client =", "client = None\nasync def main():\n    global client\n    client =")
+
+
+@pytest.mark.parametrize("script", [EXIT_SCRIPT, GLOBAL_SCRIPT], ids=["dropped", "global"])
+def test_interpreter_exit_without_shutdown_shuts_the_client_down(script, orchestrator: Orchestrator, tmp_path: Path):
+    assert "client = None" in GLOBAL_SCRIPT
+    state = tmp_path / "exit.db"
+    env = dict(os.environ, RESILIENT_WORKER_CLIENT_LOG="info")
+    out = subprocess.run(
+        [sys.executable, "-c", script, orchestrator.url, str(state)],
+        capture_output=True, text=True, timeout=patience(30), env=env,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "recorded" in out.stdout
+    assert "without shutdown()" in out.stderr, out.stderr
+    # Shut down, not crashed: deregistered at once (a crashed worker stays
+    # live until its session times out), its records uploaded, the state
+    # file closed (no write-ahead log left beside it).
+    workers = {w["server_id"]: w for w in orchestrator.admin("workers")["workers"]}
+    assert workers["w-exit"]["state"] != "live", workers
+    assert not Path(f"{state}-wal").exists()
+
+
+HUNG_SCRIPT = textwrap.dedent(
+    """
+    import asyncio, socket, sys
+    from resilient_worker_client import create_resilient_worker_client
+
+    hung = socket.socket(); hung.bind(("127.0.0.1", 0)); hung.listen(8)
+    url = "http://127.0.0.1:%d" % hung.getsockname()[1]
+
+    async def main():
+        client = create_resilient_worker_client(url, "w-hung", 3, state_path=sys.argv[1], shutdown_timeout=1.0)
+        task = asyncio.ensure_future(client.register())  # never answered
+        await asyncio.sleep(0.3)
+        print("exiting", flush=True)
+
+    asyncio.run(main())
+    """
+)
+
+
+def test_interpreter_exit_with_a_call_in_flight_is_prompt(tmp_path: Path):
+    out = subprocess.run(
+        [sys.executable, "-c", HUNG_SCRIPT, str(tmp_path / "hung.db")],
+        capture_output=True, text=True, timeout=patience(20),
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "exiting" in out.stdout
