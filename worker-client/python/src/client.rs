@@ -15,6 +15,7 @@ use pyo3::types::{PyDict, PyString};
 use tokio::sync::{OnceCell, watch};
 use worker_client::{ClientBuilder, ClientTls, ResilientWorkerClient as Client};
 
+use crate::complete::Completer;
 use crate::convert::{count, json, seconds};
 use crate::errors;
 
@@ -42,10 +43,15 @@ struct Shared {
 impl Shared {
     /// The Rust client, built on first use.
     async fn client(&self) -> PyResult<&Client> {
+        self.built().await.map_err(errors::client)
+    }
+
+    /// As [`client`](Self::client), with the Rust error (no GIL needed).
+    async fn built(&self) -> Result<&Client, worker_client::Error> {
         if *self.closed.borrow() && self.client.get().is_none() {
-            return Err(errors::client(worker_client::Error::ShutDown));
+            return Err(worker_client::Error::ShutDown);
         }
-        self.client.get_or_try_init(|| self.builder.clone().build()).await.map_err(errors::client)
+        self.client.get_or_try_init(|| self.builder.clone().build()).await
     }
 }
 
@@ -369,14 +375,22 @@ impl ResilientWorkerClient {
         self.shared.client.get().is_some_and(|c| c.can_process_stream(stream_id))
     }
 
-    /// Records that a chunk of `stream_id` was processed; returns once the
-    /// record is durable in the state file. Raises `StreamNotLeasedError`
-    /// when the stream is not leased to this worker.
-    fn record_stream_processing<'py>(&self, py: Python<'py>, stream_id: i64) -> PyResult<Bound<'py, PyAny>> {
-        self.run(py, move |c| async move {
-            c.record_stream_processing(stream_id).await.map_err(errors::client)?;
-            Ok(())
-        })
+    /// Records that a chunk of `stream_id` was processed and completes
+    /// `future` (an asyncio future of `completer`'s loop) once the record
+    /// is durable in the state file, or with `StreamNotLeasedError` when
+    /// the stream is not leased to this worker. The package's
+    /// `record_stream_processing` coroutine awaits it.
+    fn record_stream_processing(&self, stream_id: i64, completer: &Completer, future: Py<PyAny>) {
+        let shared = Arc::clone(&self.shared);
+        let done = completer.sender();
+        crate::runtime().spawn(async move {
+            let result = match shared.built().await {
+                Ok(c) => c.record_stream_processing(stream_id).await,
+                Err(e) => Err(e),
+            };
+            // The exception is made on the loop's thread, which holds the GIL.
+            done.complete(future, Box::new(move |py| result.map(|_| py.None()).map_err(errors::client)));
+        });
     }
 
     /// The seed's health report, plus `mode`, `local_mode_reason` and the

@@ -19,6 +19,7 @@
 #![warn(missing_docs, missing_debug_implementations, rust_2018_idioms)]
 
 mod client;
+mod complete;
 mod convert;
 mod errors;
 mod log;
@@ -44,6 +45,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<client::ResilientWorkerClient>()?;
     m.add_class::<client::LeaseSet>()?;
     m.add_class::<client::LeaseChanges>()?;
+    m.add_class::<complete::Completer>()?;
     m.add_class::<resilience_py::CircuitBreakerConfig>()?;
     m.add_class::<resilience_py::CircuitBreakerCore>()?;
     m.add_class::<resilience_py::CircuitPermit>()?;

@@ -366,3 +366,24 @@ def test_credentials_a_worker_token(tmp_path: Path):
         run(check())
     finally:
         orchestrator.stop()
+
+
+def test_many_concurrent_records_each_complete_and_a_cancelled_one_does_not_disturb_them(
+    orchestrator: Orchestrator, tmp_path: Path
+):
+    async def check():
+        client = create_resilient_worker_client(orchestrator.url, "w-many", 4, state_path=str(tmp_path / "s.db"))
+        await client.register()
+        held = await client.request_streams(4)
+        cancelled = asyncio.ensure_future(client.record_stream_processing(held[0]))
+        cancelled.cancel()
+        results = await asyncio.gather(*(client.record_stream_processing(held[i % 4]) for i in range(500)))
+        assert results == [None] * 500
+        with pytest.raises(asyncio.CancelledError):
+            await cancelled
+        made = (await client.health_check())["metrics"]["records_made"]
+        assert made in (500, 501), made  # the cancelled await's record may have been made
+        await client.shutdown()
+        assert (await client.health_check())["metrics"]["records_unsynced"] == 0
+
+    run(check())

@@ -7,13 +7,30 @@ runtime; the event loop is never blocked.
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import weakref
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from . import _native
 
 __all__ = ["ResilientWorkerClient", "create_resilient_worker_client", "create_standalone_worker_client"]
+
+
+# One completion queue per event loop (see src/complete.rs): the Rust side
+# completes this loop's futures without taking the GIL on its own threads,
+# and a burst of completions wakes the loop once.
+_completers: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _native.Completer]" = weakref.WeakKeyDictionary()
+
+
+def _completer(loop: asyncio.AbstractEventLoop) -> _native.Completer:
+    completer = _completers.get(loop)
+    if completer is None:
+        completer = _native.Completer()
+        loop.add_reader(completer.fileno(), completer.drain)
+        _completers[loop] = completer
+    return completer
 
 
 class ResilientWorkerClient:
@@ -87,7 +104,10 @@ class ResilientWorkerClient:
         the worker); it reaches the orchestrator exactly once. Raises
         ``StreamNotLeasedError`` if the stream is not leased to this
         worker."""
-        await self._native.record_stream_processing(stream_id)
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._native.record_stream_processing(stream_id, _completer(loop), future)
+        await future
 
     async def get_detailed_status(self) -> Dict[str, Any]:
         """Health, configuration, local state (session, leases, pending

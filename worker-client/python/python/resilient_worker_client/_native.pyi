@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 from typing import Any, Awaitable, Dict, List, Optional, Sequence, Union
@@ -78,8 +79,9 @@ class ResilientWorkerClient:
         """Gives streams back; False when recorded locally to be replayed."""
     def can_process_stream(self, stream_id: int) -> bool:
         """Whether this worker may process ``stream_id`` now."""
-    def record_stream_processing(self, stream_id: int) -> Awaitable[None]:
-        """Records a processed chunk, durably; raises StreamNotLeasedError."""
+    def record_stream_processing(self, stream_id: int, completer: Completer, future: asyncio.Future[None]) -> None:
+        """Records a processed chunk, durably, then completes ``future``
+        (or fails it with StreamNotLeasedError) through ``completer``."""
     def health_check(self) -> Awaitable[Dict[str, Any]]:
         """The seed's health report plus mode, local_mode_reason and record counters."""
     def get_detailed_status(self) -> Awaitable[Dict[str, Any]]:
@@ -183,3 +185,11 @@ class RetryCore:
     @property
     def config(self) -> RetryConfig: ...
     def get_stats(self) -> Dict[str, Any]: ...
+
+class Completer:
+    """The completion queue of one event loop (one per loop; the package
+    registers ``drain`` as the loop's reader of ``fileno()``)."""
+
+    def __init__(self) -> None: ...
+    def fileno(self) -> int: ...
+    def drain(self) -> None: ...
