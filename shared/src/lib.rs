@@ -49,8 +49,8 @@ pub mod grpc;
 pub mod retry;
 
 pub use circuit_breaker::{
-    CallError, CircuitBreaker, CircuitBreakerConfig, CircuitBreakerLayer, CircuitBreakerStats, CircuitState,
-    OwnedPermit, Outcome, Transition, TransitionCause,
+    CallError, CircuitBreaker, CircuitBreakerConfig, CircuitBreakerLayer, CircuitBreakerStats, CircuitState, Outcome,
+    OwnedPermit, Transition, TransitionCause,
 };
 pub use error::{ConfigError, Result};
 

@@ -190,9 +190,10 @@ pub(crate) fn create_resilient_worker_client(
         )
         .connect_timeout(seconds("connect_timeout", connect_timeout)?)
         .shutdown_timeout(seconds("shutdown_timeout", shutdown_timeout)?)
-        .client_version(client_version.unwrap_or_else(|| {
-            concat!("resilient-worker-client-python/", env!("CARGO_PKG_VERSION")).to_owned()
-        }));
+        .client_version(
+            client_version
+                .unwrap_or_else(|| concat!("resilient-worker-client-python/", env!("CARGO_PKG_VERSION")).to_owned()),
+        );
     if let Some(path) = state_path {
         b = b.state_path(path);
     }

@@ -15,7 +15,8 @@ pub(crate) fn seconds(setting: &str, value: f64) -> PyResult<Duration> {
 
 /// A count that fits a `u32`; the error names `setting`.
 pub(crate) fn count(setting: &str, value: i64) -> PyResult<u32> {
-    u32::try_from(value).map_err(|_| errors::config(setting, format!("must be between 0 and {}, got {value}", u32::MAX)))
+    u32::try_from(value)
+        .map_err(|_| errors::config(setting, format!("must be between 0 and {}, got {value}", u32::MAX)))
 }
 
 /// A JSON document as Python's `json.loads` would give it.

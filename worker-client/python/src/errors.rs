@@ -11,11 +11,7 @@ use pyo3::types::PyModule;
 static ERRORS: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
 
 /// An instance of the exception class `name`, made with `args`.
-pub(crate) fn new_error<'py>(
-    py: Python<'py>,
-    name: &str,
-    args: impl pyo3::call::PyCallArgs<'py>,
-) -> PyErr {
+pub(crate) fn new_error<'py>(py: Python<'py>, name: &str, args: impl pyo3::call::PyCallArgs<'py>) -> PyErr {
     let made = ERRORS
         .get_or_try_init(py, || PyModule::import(py, "resilient_worker_client._errors").map(Bound::unbind))
         .and_then(|m| m.bind(py).getattr(name))

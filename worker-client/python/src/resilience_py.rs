@@ -44,7 +44,12 @@ pub(crate) struct CircuitBreakerConfig {
 impl CircuitBreakerConfig {
     #[new]
     #[pyo3(signature = (failure_threshold = 5, recovery_timeout = 60.0, success_threshold = 3, timeout = Some(30.0)))]
-    fn new(failure_threshold: i64, recovery_timeout: f64, success_threshold: i64, timeout: Option<f64>) -> PyResult<Self> {
+    fn new(
+        failure_threshold: i64,
+        recovery_timeout: f64,
+        success_threshold: i64,
+        timeout: Option<f64>,
+    ) -> PyResult<Self> {
         let inner = resilience::CircuitBreakerConfig::builder()
             .failure_threshold(count("failure_threshold", failure_threshold)?)
             .recovery_timeout(seconds("recovery_timeout", recovery_timeout)?)

@@ -11,7 +11,12 @@ import asyncio
 import functools
 import weakref
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence
+
+if TYPE_CHECKING:
+    from typing import ParamSpec
+
+    P = ParamSpec("P")
 
 from . import _native
 
@@ -161,11 +166,16 @@ class ResilientWorkerClient:
         return repr(self._native)
 
 
-@functools.wraps(_native.create_resilient_worker_client)
-def create_resilient_worker_client(*args: Any, **kwargs: Any) -> ResilientWorkerClient:
-    return ResilientWorkerClient(_native.create_resilient_worker_client(*args, **kwargs))
+def _wrapping(native: Callable[P, _native.ResilientWorkerClient]) -> Callable[P, ResilientWorkerClient]:
+    """The native factory, returning the coroutine-method client; its
+    signature (and the type checker's view of it) is the native one."""
+
+    @functools.wraps(native)
+    def make(*args: P.args, **kwargs: P.kwargs) -> ResilientWorkerClient:
+        return ResilientWorkerClient(native(*args, **kwargs))
+
+    return make
 
 
-@functools.wraps(_native.create_standalone_worker_client)
-def create_standalone_worker_client(*args: Any, **kwargs: Any) -> ResilientWorkerClient:
-    return ResilientWorkerClient(_native.create_standalone_worker_client(*args, **kwargs))
+create_resilient_worker_client = _wrapping(_native.create_resilient_worker_client)
+create_standalone_worker_client = _wrapping(_native.create_standalone_worker_client)
