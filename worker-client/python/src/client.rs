@@ -7,9 +7,11 @@
 //! resolves its awaitable on the caller's event loop.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+use pyo3::IntoPyObjectExt;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
 use tokio::sync::{OnceCell, watch};
@@ -34,24 +36,36 @@ struct Shared {
     orchestrator_url: String,
     max_streams: u32,
     state_path: PathBuf,
-    shutdown_timeout: Duration,
     client: OnceCell<Client>,
-    /// `shutdown()` has been called: lease iterators end, calls fail.
+    /// `shutdown()` has been called: no client is built any more, lease
+    /// iterators end.
     closed: watch::Sender<bool>,
+    /// The Rust client's shutdown has finished (or there was nothing to
+    /// shut down).
+    finished: AtomicBool,
 }
 
 impl Shared {
     /// The Rust client, built on first use.
-    async fn client(&self) -> PyResult<&Client> {
-        self.built().await.map_err(errors::client)
-    }
-
-    /// As [`client`](Self::client), with the Rust error (no GIL needed).
     async fn built(&self) -> Result<&Client, worker_client::Error> {
         if *self.closed.borrow() && self.client.get().is_none() {
             return Err(worker_client::Error::ShutDown);
         }
         self.client.get_or_try_init(|| self.builder.clone().build()).await
+    }
+
+    /// Shuts the client down: waits for a build in progress (so a client
+    /// being built by a concurrent first call is shut down too), builds
+    /// none. Idempotent, as the Rust client's shutdown.
+    async fn shut_down(&self) -> Option<worker_client::ShutdownReport> {
+        self.closed.send_replace(true);
+        let client = self.client.get_or_try_init(|| async { Err(worker_client::Error::ShutDown) }).await.ok();
+        let report = match client {
+            Some(client) => Some(client.shutdown().await),
+            None => None,
+        };
+        self.finished.store(true, Ordering::Release);
+        report
     }
 }
 
@@ -62,7 +76,7 @@ impl Drop for Shared {
     /// that loses its client by accident should not silently stop
     /// heartbeating with its streams held until the session expires.
     fn drop(&mut self) {
-        if *self.closed.borrow() {
+        if self.finished.load(Ordering::Acquire) {
             return;
         }
         let Some(client) = self.client.take() else { return };
@@ -252,42 +266,41 @@ pub(crate) fn create_standalone_worker_client(
 }
 
 /// Shuts down, within each one's `shutdown_timeout`, every client that was
-/// used but not shut down, and waits for the shutdowns of clients dropped
-/// without one: registered at import with `atexit`, so an application that
-/// exits without `await client.shutdown()` still uploads its records and
-/// releases its streams, and leaves no thread behind.
+/// used but not shut down (or whose shutdown was cut short), and waits for
+/// the shutdowns of clients dropped without one: registered at import with
+/// `atexit`, so an application that exits without `await
+/// client.shutdown()` still uploads its records and releases its streams,
+/// and leaves no thread behind. Then it hands the last log lines to
+/// `logging`.
 #[pyfunction]
 pub(crate) fn shutdown_at_exit(py: Python<'_>) {
-    let dropped: Vec<_> = lock(&DROPPED).drain(..).collect();
-    if !dropped.is_empty() {
+    loop {
+        let live: Vec<Arc<Shared>> = lock(&LIVE).drain(..).filter_map(|w| w.upgrade()).collect();
+        let dropped: Vec<_> = lock(&DROPPED).drain(..).collect();
+        if live.is_empty() && dropped.is_empty() {
+            break;
+        }
         py.detach(|| {
             crate::runtime().block_on(async {
                 for handle in dropped {
                     let _ = handle.await;
                 }
+                for shared in live {
+                    if shared.finished.load(Ordering::Acquire) || shared.client.get().is_none() {
+                        continue;
+                    }
+                    tracing::warn!(
+                        target: "resilient_worker_client",
+                        server_id = %shared.server_id,
+                        "the interpreter is exiting without shutdown(): shutting the client down now"
+                    );
+                    let report = shared.shut_down().await;
+                    tracing::info!(target: "resilient_worker_client", ?report, "shut down at interpreter exit");
+                }
             });
         });
     }
-    let live: Vec<Arc<Shared>> = lock(&LIVE).drain(..).filter_map(|w| w.upgrade()).collect();
-    for shared in live {
-        if *shared.closed.borrow() {
-            continue;
-        }
-        shared.closed.send_replace(true);
-        let Some(client) = shared.client.get().cloned() else { continue };
-        tracing::warn!(
-            target: "resilient_worker_client",
-            server_id = %shared.server_id,
-            "the interpreter is exiting without shutdown(): shutting the client down now"
-        );
-        let limit = shared.shutdown_timeout;
-        py.detach(|| {
-            crate::runtime().block_on(async move {
-                let report = client.shutdown_within(limit).await;
-                tracing::info!(target: "resilient_worker_client", ?report, "shut down at interpreter exit");
-            });
-        });
-    }
+    crate::log::flush(py);
 }
 
 /// The resilient client. Make one with `create_resilient_worker_client`.
@@ -305,10 +318,10 @@ impl ResilientWorkerClient {
             orchestrator_url: config.orchestrator_url().to_owned(),
             max_streams: config.max_streams(),
             state_path: config.state_path().to_owned(),
-            shutdown_timeout: config.shutdown_timeout(),
             builder,
             client: OnceCell::new(),
             closed: watch::channel(false).0,
+            finished: AtomicBool::new(false),
         });
         let mut live = lock(&LIVE);
         live.retain(|w| w.strong_count() > 0);
@@ -316,59 +329,96 @@ impl ResilientWorkerClient {
         Ok(Self { shared })
     }
 
-    /// `f(client)` on the runtime, as an awaitable.
-    fn run<'py, F, Fut, T>(&self, py: Python<'py>, f: F) -> PyResult<Bound<'py, PyAny>>
+    /// Runs `f(client)` on the runtime (the client built first if need be)
+    /// and completes `future` with its result through `completer`. The
+    /// result becomes a Python object on the loop's thread. Cancelling the
+    /// Python await does not stop the call: it finishes, within its own
+    /// timeouts, and its result is dropped.
+    fn call<F, Fut, T>(&self, completer: &Completer, future: Py<PyAny>, f: F)
     where
         F: FnOnce(Client) -> Fut + Send + 'static,
-        Fut: Future<Output = PyResult<T>> + Send + 'static,
-        T: for<'a> IntoPyObject<'a> + Send + 'static,
+        Fut: Future<Output = Result<T, worker_client::Error>> + Send + 'static,
+        T: for<'py> IntoPyObject<'py> + Send + 'static,
     {
         let shared = Arc::clone(&self.shared);
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
-            let client = shared.client().await?.clone();
-            f(client).await
-        })
+        let pending = completer.pending(future);
+        crate::runtime().spawn(async move {
+            let result = match shared.built().await {
+                Ok(client) => f(client.clone()).await,
+                Err(e) => Err(e),
+            };
+            pending.finish(Box::new(move |py| to_python(py, result)));
+        });
     }
 }
 
+/// A call's result as a Python object, or its error as the exception of
+/// its kind (made here, on the loop's thread, which holds the GIL).
+fn to_python<T: for<'py> IntoPyObject<'py>>(
+    py: Python<'_>,
+    result: Result<T, worker_client::Error>,
+) -> PyResult<Py<PyAny>> {
+    match result {
+        Ok(value) => value.into_py_any(py),
+        Err(e) => Err(errors::client(e)),
+    }
+}
+
+/// A JSON document, made into Python objects on the loop's thread.
+struct Json(serde_json::Value);
+
+impl<'py> IntoPyObject<'py> for Json {
+    type Target = PyAny;
+    type Output = Bound<'py, PyAny>;
+    type Error = PyErr;
+
+    fn into_pyobject(self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        json(py, &self.0)
+    }
+}
+
+/// The awaited methods take the running loop's `Completer` and a future of
+/// that loop, and complete the future; the package's coroutines
+/// (`_client.py`) make both and await the future.
 #[pymethods]
 impl ResilientWorkerClient {
     /// Registers with the orchestrator, presenting the leases of an earlier
     /// run and uploading its unsynced records. `True` when registered,
     /// `False` when the orchestrator is unreachable (then in local mode if
     /// streams are held). Starts no background loop (see `start()`).
-    fn register<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        self.run(py, |c| async move { c.register().await.map_err(errors::client) })
+    fn register(&self, completer: &Completer, future: Py<PyAny>) {
+        self.call(completer, future, |c| async move { c.register().await });
     }
 
     /// Registers and starts the Rust background loop: heartbeats at the
     /// orchestrator's interval, applies grants and revocations, enters and
     /// leaves local mode. For applications without a heartbeat loop of
     /// their own. Idempotent.
-    fn start<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        self.run(py, |c| async move { c.start().await.map_err(errors::client) })
+    fn start(&self, completer: &Completer, future: Py<PyAny>) {
+        self.call(completer, future, |c| async move { c.start().await });
     }
 
     /// One heartbeat: `True` when the orchestrator answered, `False` in
     /// local mode (as the seed's client).
-    fn send_heartbeat<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        self.run(py, |c| async move { c.send_heartbeat().await.map_err(errors::client) })
+    fn send_heartbeat(&self, completer: &Completer, future: Py<PyAny>) {
+        self.call(completer, future, |c| async move { c.send_heartbeat().await });
     }
 
     /// Asks for up to `count` more streams; the ids granted. In local mode,
     /// the streams held.
-    fn request_streams<'py>(&self, py: Python<'py>, count: i64) -> PyResult<Bound<'py, PyAny>> {
+    fn request_streams(&self, count: i64, completer: &Completer, future: Py<PyAny>) -> PyResult<()> {
         let count = u32::try_from(count)
             .ok()
             .filter(|&c| c > 0)
             .ok_or_else(|| errors::config("count", format!("must be at least 1, got {count}")))?;
-        self.run(py, move |c| async move { c.request_streams(count).await.map_err(errors::client) })
+        self.call(completer, future, move |c| async move { c.request_streams(count).await });
+        Ok(())
     }
 
     /// Gives streams back: `True` when the orchestrator confirmed, `False`
     /// when recorded locally to be replayed.
-    fn release_streams<'py>(&self, py: Python<'py>, stream_ids: Vec<i64>) -> PyResult<Bound<'py, PyAny>> {
-        self.run(py, move |c| async move { c.release_streams(&stream_ids).await.map_err(errors::client) })
+    fn release_streams(&self, stream_ids: Vec<i64>, completer: &Completer, future: Py<PyAny>) {
+        self.call(completer, future, move |c| async move { c.release_streams(&stream_ids).await });
     }
 
     /// Whether this worker may process `stream_id` now. Synchronous.
@@ -376,51 +426,35 @@ impl ResilientWorkerClient {
         self.shared.client.get().is_some_and(|c| c.can_process_stream(stream_id))
     }
 
-    /// Records that a chunk of `stream_id` was processed and completes
-    /// `future` (an asyncio future of `completer`'s loop) once the record
-    /// is durable in the state file, or with `StreamNotLeasedError` when
-    /// the stream is not leased to this worker. The package's
-    /// `record_stream_processing` coroutine awaits it.
+    /// Records that a chunk of `stream_id` was processed; completes once
+    /// the record is durable in the state file, or with
+    /// `StreamNotLeasedError` when the stream is not leased to this worker.
     fn record_stream_processing(&self, stream_id: i64, completer: &Completer, future: Py<PyAny>) {
-        let shared = Arc::clone(&self.shared);
-        let done = completer.sender();
-        crate::runtime().spawn(async move {
-            let result = match shared.built().await {
-                Ok(c) => c.record_stream_processing(stream_id).await,
-                Err(e) => Err(e),
-            };
-            // The exception is made on the loop's thread, which holds the GIL.
-            done.complete(future, Box::new(move |py| result.map(|_| py.None()).map_err(errors::client)));
+        self.call(completer, future, move |c| async move {
+            c.record_stream_processing(stream_id).await.map(|_sequence| ())
         });
     }
 
     /// The seed's health report, plus `mode`, `local_mode_reason` and the
     /// record counters.
-    fn health_check<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        self.run(py, |c| async move {
-            let report = c.health_check().await.to_json();
-            Python::attach(|py| json(py, &report).map(Bound::unbind))
-        })
+    fn health_check(&self, completer: &Completer, future: Py<PyAny>) {
+        self.call(completer, future, |c| async move { Ok(Json(c.health_check().await.to_json())) });
     }
 
     /// Configuration, local state, breaker statistics and retry counters.
-    fn get_detailed_status<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        self.run(py, |c| async move {
-            let status = c.detailed_status().await;
-            Python::attach(|py| json(py, &status).map(Bound::unbind))
-        })
+    fn get_detailed_status(&self, completer: &Completer, future: Py<PyAny>) {
+        self.call(completer, future, |c| async move { Ok(Json(c.detailed_status().await)) });
     }
 
     /// Stops cleanly within `shutdown_timeout`: stops the background loop
     /// and processing, uploads the records, deregisters (every stream
-    /// released at once) and closes the state file. Later calls raise
-    /// `ClientShutDownError`. Idempotent.
-    fn shutdown<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+    /// released at once) and closes the state file. Idempotent. Runs to
+    /// the end even if the await is cancelled.
+    fn shutdown(&self, completer: &Completer, future: Py<PyAny>) {
         let shared = Arc::clone(&self.shared);
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
-            shared.closed.send_replace(true);
-            if let Some(client) = shared.client.get() {
-                let report = client.shutdown().await;
+        let pending = completer.pending(future);
+        crate::runtime().spawn(async move {
+            if let Some(report) = shared.shut_down().await {
                 tracing::info!(
                     target: "resilient_worker_client",
                     deregistered = report.deregistered,
@@ -429,15 +463,15 @@ impl ResilientWorkerClient {
                     "shut down"
                 );
             }
-            Ok(())
-        })
+            pending.finish(Box::new(|py| Ok(py.None())));
+        });
     }
 
-    /// An async iterator of lease sets: the current one at once, then one
+    /// The lease set as it changes: `next()` gives the current one, then one
     /// per change, until `shutdown()`.
     fn leases(&self) -> LeaseChanges {
         LeaseChanges {
-            shared: Arc::clone(&self.shared),
+            shared: Arc::downgrade(&self.shared),
             state: Arc::new(tokio::sync::Mutex::new(IterState::NotStarted)),
         }
     }
@@ -525,11 +559,13 @@ enum IterState {
     Done,
 }
 
-/// `async for leases in client.leases(): ...`
+/// The lease set as it changes; the package's `LeaseChanges` makes it an
+/// async iterator. Holds the client weakly: an iterator does not keep a
+/// dropped client from being shut down.
 #[pyclass(module = "resilient_worker_client._native", frozen)]
 #[derive(Debug)]
 pub(crate) struct LeaseChanges {
-    shared: Arc<Shared>,
+    shared: Weak<Shared>,
     state: Arc<tokio::sync::Mutex<IterState>>,
 }
 
@@ -539,37 +575,54 @@ fn lease_set(set: &worker_client::LeaseSet) -> LeaseSet {
 
 #[pymethods]
 impl LeaseChanges {
-    fn __aiter__(slf: Py<Self>) -> Py<Self> {
-        slf
-    }
-
-    fn __anext__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let shared = Arc::clone(&self.shared);
+    /// Completes `future` with the next `LeaseSet`, or `None` once the
+    /// client is shut down (or gone).
+    fn next(&self, completer: &Completer, future: Py<PyAny>) {
+        let shared = self.shared.clone();
         let state = Arc::clone(&self.state);
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
-            let mut state = state.lock().await;
-            let stop = || Err(pyo3::exceptions::PyStopAsyncIteration::new_err(()));
-            match &mut *state {
-                IterState::Done => stop(),
-                IterState::NotStarted => {
-                    let client = shared.client().await?;
-                    let mut leases = client.leases();
-                    let current = lease_set(&leases.borrow_and_update());
-                    *state = IterState::Running(leases, shared.closed.subscribe());
-                    Ok(current)
+        let pending = completer.pending(future);
+        crate::runtime().spawn(async move {
+            let next = next_leases(&shared, &state).await;
+            pending.finish(Box::new(move |py| to_python(py, next)));
+        });
+    }
+}
+
+async fn next_leases(
+    shared: &Weak<Shared>,
+    state: &tokio::sync::Mutex<IterState>,
+) -> Result<Option<LeaseSet>, worker_client::Error> {
+    let mut state = state.lock().await;
+    match &mut *state {
+        IterState::Done => Ok(None),
+        IterState::NotStarted => {
+            let Some(shared) = shared.upgrade() else {
+                *state = IterState::Done;
+                return Ok(None);
+            };
+            let client = match shared.built().await {
+                Ok(client) => client,
+                Err(worker_client::Error::ShutDown) => {
+                    *state = IterState::Done;
+                    return Ok(None);
                 }
-                IterState::Running(leases, closed) => {
-                    let changed = tokio::select! {
-                        changed = leases.changed() => changed.is_ok(),
-                        _ = closed.wait_for(|c| *c) => false,
-                    };
-                    if !changed {
-                        *state = IterState::Done;
-                        return stop();
-                    }
-                    Ok(lease_set(&leases.borrow_and_update()))
-                }
+                Err(e) => return Err(e),
+            };
+            let mut leases = client.leases();
+            let current = lease_set(&leases.borrow_and_update());
+            *state = IterState::Running(leases, shared.closed.subscribe());
+            Ok(Some(current))
+        }
+        IterState::Running(leases, closed) => {
+            let changed = tokio::select! {
+                changed = leases.changed() => changed.is_ok(),
+                _ = closed.wait_for(|c| *c) => false,
+            };
+            if !changed {
+                *state = IterState::Done;
+                return Ok(None);
             }
-        })
+            Ok(Some(lease_set(&leases.borrow_and_update())))
+        }
     }
 }

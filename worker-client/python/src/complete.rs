@@ -1,13 +1,14 @@
 //! Completing asyncio futures from the runtime's threads without taking the
-//! GIL there.
+//! GIL there: how every awaited method of the package returns.
 //!
-//! The usual bridge (`future_into_py`) has each finished Rust future take
-//! the GIL on a runtime thread and call the loop's `call_soon_threadsafe`.
-//! With many calls in flight that makes the runtime's threads queue for the
-//! GIL behind the application's thread (which gives it up only every switch
-//! interval, 5 ms by default), and every completion wakes the loop on its
-//! own: measured, `record_stream_processing` from 64 tasks ran at a tenth
-//! of the Rust rate.
+//! The usual bridge (`pyo3-async-runtimes`' `future_into_py`) has each
+//! finished Rust future take the GIL on a runtime thread and call the
+//! loop's `call_soon_threadsafe`. With many calls in flight that makes the
+//! runtime's threads queue for the GIL behind the application's thread
+//! (which gives it up only every switch interval, 5 ms by default) — the
+//! client's heartbeats wait with them — and every completion wakes the loop
+//! on its own: measured, `record_stream_processing` from 64 tasks ran at a
+//! tenth of the Rust rate (docs/BENCHMARKS.md §10).
 //!
 //! Here each event loop has a [`Completer`]: a finished call pushes its
 //! future and a closure making its result onto a queue, and writes one byte
@@ -70,8 +71,42 @@ impl Sender {
 }
 
 impl Completer {
-    pub(crate) fn sender(&self) -> Sender {
-        Sender(Arc::clone(&self.shared))
+    /// A call that completes `future` through this loop's queue.
+    pub(crate) fn pending(&self, future: Py<PyAny>) -> Pending {
+        Pending { sender: Sender(Arc::clone(&self.shared)), future: Some(future) }
+    }
+}
+
+/// A call's future, to be completed exactly once. Dropped without
+/// [`finish`](Self::finish) (the task panicked, or the runtime dropped it),
+/// it completes the future with a `RuntimeError`, so no await hangs.
+#[derive(Debug)]
+pub(crate) struct Pending {
+    sender: Sender,
+    future: Option<Py<PyAny>>,
+}
+
+impl Pending {
+    /// Completes the future with what `outcome` makes on the loop's thread.
+    pub(crate) fn finish(mut self, outcome: Outcome) {
+        if let Some(future) = self.future.take() {
+            self.sender.complete(future, outcome);
+        }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(future) = self.future.take() {
+            self.sender.complete(
+                future,
+                Box::new(|_| {
+                    Err(pyo3::exceptions::PyRuntimeError::new_err(
+                        "resilient_worker_client: the call ended without an answer (an internal error; please report it)",
+                    ))
+                }),
+            );
+        }
     }
 }
 

@@ -9,10 +9,12 @@
 //! package's `README.md`.
 //!
 //! Threads: every client of the process shares one tokio runtime (threads
-//! named `rwc-tokio`); a client adds one thread of its own, the state
+//! named `rwc-tokio`) and one thread that hands log lines to Python's
+//! `logging` (`rwc-log`); a client adds one thread of its own, the state
 //! file's writer (`worker-state`), which ends at `shutdown()`. Awaiting a
 //! client method never blocks the event loop: the work runs on the runtime
-//! and the awaitable resolves through the loop's `call_soon_threadsafe`.
+//! and completes an asyncio future through the loop's completion queue
+//! (`complete.rs`); no runtime thread waits for the GIL.
 
 // PyO3's macros expand to `unsafe` blocks, so this crate does not take the
 // workspace's `forbid(unsafe_code)` (Cargo.toml); it writes none itself.
@@ -27,16 +29,22 @@ mod resilience_py;
 
 use pyo3::prelude::*;
 
-/// The runtime every client of this process shares.
+/// The runtime every client of this process shares: two worker threads
+/// (and blocking-pool threads that end when idle), all named `rwc-tokio`.
 pub(crate) fn runtime() -> &'static tokio::runtime::Runtime {
-    pyo3_async_runtimes::tokio::get_runtime()
+    static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .thread_name("rwc-tokio")
+            .worker_threads(2)
+            .build()
+            .unwrap_or_else(|e| panic!("resilient_worker_client: cannot start the tokio runtime: {e}"))
+    })
 }
 
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder.enable_all().thread_name("rwc-tokio").worker_threads(2);
-    pyo3_async_runtimes::tokio::init(builder);
     log::install();
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_function(wrap_pyfunction!(client::create_resilient_worker_client, m)?)?;

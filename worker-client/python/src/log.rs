@@ -2,31 +2,31 @@
 //! `resilient_worker_client` (and a child per Rust module, e.g.
 //! `resilient_worker_client.worker_client.client`).
 //!
-//! An event is formatted where it happens and queued without blocking; a
-//! task on the shared runtime takes the GIL and hands it to `logging`. So a
-//! thread that logs while holding one of the client's locks never waits for
-//! the GIL (which the application's thread may hold while it waits for
-//! that lock). The queue is bounded: past 10,000 waiting events new ones
-//! are counted and the count is logged once there is room.
+//! An event is formatted where it happens and queued without blocking; one
+//! thread of the package (`rwc-log`) takes the GIL and hands the queued
+//! lines to `logging`. So no runtime thread waits for the GIL, and a thread
+//! that logs while holding one of the client's locks never waits for the
+//! application's thread (which may hold the GIL while it waits for that
+//! lock). The queue is bounded: past 10,000 waiting lines new ones are
+//! counted and the count is logged. The interpreter-exit hook hands over
+//! what is left ([`flush`]).
 //!
 //! The level the Rust side emits is `info` by default; the environment
 //! variable `RESILIENT_WORKER_CLIENT_LOG` (`error`, `warn`, `info`, `debug`,
 //! `trace`, or `off`) changes it, read once at import. Python's own logger
-//! level filters further as usual.
+//! levels filter further as usual.
 
+use std::collections::VecDeque;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex, OnceLock};
 
 use pyo3::prelude::*;
-use tokio::sync::mpsc;
 use tracing::field::{Field, Visit};
 use tracing_subscriber::Layer as _;
 use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::layer::{Context, SubscriberExt};
 
 const QUEUE: usize = 10_000;
-
-static DROPPED: AtomicU64 = AtomicU64::new(0);
 
 struct Line {
     /// Python's level number.
@@ -35,9 +35,32 @@ struct Line {
     message: String,
 }
 
-struct ToPython {
-    queue: mpsc::Sender<Line>,
+#[derive(Default)]
+struct Queue {
+    lines: VecDeque<Line>,
+    dropped: u64,
+    /// The log thread is handing lines to Python.
+    busy: bool,
 }
+
+#[derive(Default)]
+struct Shared {
+    queue: Mutex<Queue>,
+    ready: Condvar,
+    idle: Condvar,
+}
+
+static SHARED: OnceLock<Shared> = OnceLock::new();
+
+fn shared() -> &'static Shared {
+    SHARED.get_or_init(Shared::default)
+}
+
+fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, Queue> {
+    shared.queue.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+struct ToPython;
 
 impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for ToPython {
     fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
@@ -57,10 +80,14 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for ToPython {
         } else {
             format!("resilient_worker_client.{}", target.replace("::", "."))
         };
-        let line = Line { level, logger, message: fields.line };
-        if self.queue.try_send(line).is_err() {
-            DROPPED.fetch_add(1, Ordering::Relaxed);
+        let shared = shared();
+        let mut queue = lock(shared);
+        if queue.lines.len() >= QUEUE {
+            queue.dropped += 1;
+            return;
         }
+        queue.lines.push_back(Line { level, logger, message: fields.line });
+        shared.ready.notify_one();
     }
 }
 
@@ -110,34 +137,68 @@ fn level_from_env() -> LevelFilter {
     }
 }
 
+/// Hands `lines` (and a count of dropped ones) to `logging`.
+fn emit(py: Python<'_>, lines: Vec<Line>, dropped: u64) {
+    let log = |level: u8, logger: &str, message: &str| -> PyResult<()> {
+        let logging = py.import("logging")?;
+        logging.call_method1("getLogger", (logger,))?.call_method1("log", (level, message))?;
+        Ok(())
+    };
+    if dropped > 0 {
+        let _ = log(30, "resilient_worker_client", &format!("{dropped} log lines were dropped (queue full)"));
+    }
+    for line in lines {
+        let _ = log(line.level, &line.logger, &line.message);
+    }
+}
+
 /// Installs the bridge as the process's tracing subscriber, unless the
 /// process already has one (an application embedding Rust of its own).
 pub(crate) fn install() {
-    let (queue, mut lines) = mpsc::channel::<Line>(QUEUE);
     let level = level_from_env();
     let targets = Targets::new()
         .with_target("worker_client", level)
         .with_target("resilience", level)
         .with_target("resilient_worker_client", level);
-    let subscriber = tracing_subscriber::registry().with(ToPython { queue }.with_filter(targets));
+    let subscriber = tracing_subscriber::registry().with(ToPython.with_filter(targets));
     if tracing::subscriber::set_global_default(subscriber).is_err() {
         return;
     }
-    crate::runtime().spawn(async move {
-        while let Some(line) = lines.recv().await {
-            let dropped = DROPPED.swap(0, Ordering::Relaxed);
-            // Not while the interpreter is finalizing: the line is lost.
-            Python::try_attach(|py| {
-                let emit = |level: u8, logger: &str, message: &str| -> PyResult<()> {
-                    let logging = py.import("logging")?;
-                    logging.call_method1("getLogger", (logger,))?.call_method1("log", (level, message))?;
-                    Ok(())
-                };
-                if dropped > 0 {
-                    let _ = emit(30, "resilient_worker_client", &format!("{dropped} log events were dropped"));
+    let spawned = std::thread::Builder::new().name("rwc-log".into()).spawn(|| {
+        let shared = shared();
+        loop {
+            let (lines, dropped) = {
+                let mut queue = lock(shared);
+                while queue.lines.is_empty() && queue.dropped == 0 {
+                    queue = shared.ready.wait(queue).unwrap_or_else(|p| p.into_inner());
                 }
-                let _ = emit(line.level, &line.logger, &line.message);
-            });
+                queue.busy = true;
+                (queue.lines.drain(..).collect::<Vec<_>>(), std::mem::take(&mut queue.dropped))
+            };
+            // Not while the interpreter is finalizing: the lines are lost.
+            Python::try_attach(|py| emit(py, lines, dropped));
+            lock(shared).busy = false;
+            shared.idle.notify_all();
         }
     });
+    if let Err(e) = spawned {
+        // No thread, no bridge: say so once, on stderr.
+        std::eprintln!("resilient_worker_client: cannot start the log thread ({e}); Rust log lines are dropped");
+    }
+}
+
+/// Hands every queued line to `logging` now, on the calling thread (the
+/// interpreter-exit hook's), after the log thread has finished the batch it
+/// holds (at most a second).
+pub(crate) fn flush(py: Python<'_>) {
+    let Some(shared) = SHARED.get() else { return };
+    py.detach(|| {
+        let queue = lock(shared);
+        let _ = shared.idle.wait_timeout_while(queue, std::time::Duration::from_secs(1), |q| q.busy);
+    });
+    let (lines, dropped) = {
+        let mut queue = lock(shared);
+        (queue.lines.drain(..).collect::<Vec<_>>(), std::mem::take(&mut queue.dropped))
+    };
+    emit(py, lines, dropped);
 }

@@ -85,6 +85,11 @@ def test_kill_the_orchestrator_local_mode_keeps_records_restart_uploads_each_onc
         ("w-outage",),
     ).fetchall()
     db.close()
+    # Each record once (the orchestrator keys them by sequence, and the
+    # client counted exactly 30 acknowledged), none lost (no gap), the
+    # outage's ones marked as made in local mode.
     assert len(rows) == 30, f"{len(rows)} records stored, 30 made"
-    assert len({r[0] for r in rows}) == 30, "a record stored twice"
+    sequences = [r[0] for r in rows]
+    assert sequences == list(range(sequences[0], sequences[0] + 30)), f"a gap: {sequences}"
     assert sum(1 for r in rows if r[2]) == 20, "the outage's records are marked local_mode"
+    assert all(r[2] for r in rows[10:]) and not any(r[2] for r in rows[:10])

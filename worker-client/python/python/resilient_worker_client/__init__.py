@@ -35,8 +35,8 @@ from ._errors import (
     StateFileError,
     StreamNotLeasedError,
 )
-from ._client import ResilientWorkerClient, create_resilient_worker_client, create_standalone_worker_client
-from ._native import LeaseChanges, LeaseSet
+from ._client import LeaseChanges, ResilientWorkerClient, create_resilient_worker_client, create_standalone_worker_client
+from ._native import LeaseSet
 from ._resilience import CircuitBreaker, CircuitBreakerConfig, RetryConfig, RetryHandler
 
 __version__: str = _native.__version__

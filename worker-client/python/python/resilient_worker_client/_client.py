@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence
 
 if TYPE_CHECKING:
-    from typing import ParamSpec
+    from typing_extensions import ParamSpec
 
     P = ParamSpec("P")
 
 from . import _native
 
-__all__ = ["ResilientWorkerClient", "create_resilient_worker_client", "create_standalone_worker_client"]
+__all__ = ["LeaseChanges", "ResilientWorkerClient", "create_resilient_worker_client", "create_standalone_worker_client"]
 
 
 # One completion queue per event loop (see src/complete.rs): the Rust side
@@ -36,6 +36,34 @@ def _completer(loop: asyncio.AbstractEventLoop) -> _native.Completer:
         loop.add_reader(completer.fileno(), completer.drain)
         _completers[loop] = completer
     return completer
+
+
+async def _call(method: Callable[..., None], *args: Any) -> Any:
+    """Awaits a native method: it runs on the Rust runtime and completes a
+    future of the running loop through the loop's completion queue."""
+    loop = asyncio.get_running_loop()
+    future = loop.create_future()
+    method(*args, _completer(loop), future)
+    return await future
+
+
+class LeaseChanges:
+    """``async for leases in client.leases(): ...``: the current
+    ``LeaseSet`` at once, then one per change; ends at ``shutdown()``."""
+
+    __slots__ = ("_native",)
+
+    def __init__(self, native: _native.LeaseChanges) -> None:
+        self._native = native
+
+    def __aiter__(self) -> "LeaseChanges":
+        return self
+
+    async def __anext__(self) -> _native.LeaseSet:
+        leases = await _call(self._native.next)
+        if leases is None:
+            raise StopAsyncIteration
+        return leases  # type: ignore[no-any-return]
 
 
 class ResilientWorkerClient:
@@ -65,22 +93,22 @@ class ResilientWorkerClient:
         registered, ``False`` when the orchestrator is unreachable (the
         client is then in local mode if it holds streams). Starts no
         background loop: see ``start()``."""
-        return await self._native.register()
+        return await _call(self._native.register)  # type: ignore[no-any-return]
 
     async def send_heartbeat(self) -> bool:
         """One heartbeat; applies the orchestrator's grants and revocations.
         ``False`` in local mode, as the seed's client."""
-        return await self._native.send_heartbeat()
+        return await _call(self._native.send_heartbeat)  # type: ignore[no-any-return]
 
     async def request_streams(self, count: int) -> List[int]:
         """Asks for up to ``count`` more streams; the ids granted. In local
         mode, the streams held."""
-        return await self._native.request_streams(count)
+        return await _call(self._native.request_streams, count)  # type: ignore[no-any-return]
 
     async def release_streams(self, stream_ids: Sequence[int]) -> bool:
         """Gives streams back. ``True`` when the orchestrator confirmed,
         ``False`` when recorded locally and replayed later."""
-        return await self._native.release_streams(stream_ids)
+        return await _call(self._native.release_streams, list(stream_ids))  # type: ignore[no-any-return]
 
     async def health_check(self) -> Dict[str, Any]:
         """The seed's health report (``server_id``,
@@ -88,14 +116,16 @@ class ResilientWorkerClient:
         ``assigned_streams``, ``circuit_breaker_state``,
         ``last_orchestrator_contact``, ``metrics``) plus ``mode``,
         ``local_mode_reason`` and the record counters."""
-        return await self._native.health_check()
+        return await _call(self._native.health_check)  # type: ignore[no-any-return]
 
     async def shutdown(self) -> None:
         """Graceful shutdown within ``shutdown_timeout``: stops the
         background loop and processing, uploads the records, deregisters
         (every stream released at once) and closes the state file.
-        Idempotent; later calls raise ``ClientShutDownError``."""
-        await self._native.shutdown()
+        Idempotent, and it runs to the end even if the await is cancelled.
+        Afterwards the calls that need the orchestrator or the state file
+        raise ``ClientShutDownError``; ``health_check()`` still answers."""
+        await _call(self._native.shutdown)
 
     # -- local mode methods
 
@@ -108,17 +138,15 @@ class ResilientWorkerClient:
         the record is durable in the state file (it survives a crash of
         the worker); it reaches the orchestrator exactly once. Raises
         ``StreamNotLeasedError`` if the stream is not leased to this
-        worker."""
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
-        self._native.record_stream_processing(stream_id, _completer(loop), future)
-        await future
+        worker. (Cancelling the await, as any call's, does not cancel the
+        call: the record may still be made.)"""
+        await _call(self._native.record_stream_processing, stream_id)
 
     async def get_detailed_status(self) -> Dict[str, Any]:
         """Health, configuration, local state (session, leases, pending
         releases, record counts), circuit breaker statistics and history,
         retry counters."""
-        return await self._native.get_detailed_status()
+        return await _call(self._native.get_detailed_status)  # type: ignore[no-any-return]
 
     # -- beyond the seed
 
@@ -127,16 +155,16 @@ class ResilientWorkerClient:
         orchestrator's interval, grants and revocations applied, local
         mode entered and left), for applications without a heartbeat loop
         of their own. Idempotent."""
-        await self._native.start()
+        await _call(self._native.start)
 
-    def leases(self) -> _native.LeaseChanges:
+    def leases(self) -> LeaseChanges:
         """The lease set as an async iterator: the current one at once,
         then one per change, until ``shutdown()``::
 
             async for leases in client.leases():
                 for stream_id in leases.stream_ids: ...
         """
-        return self._native.leases()
+        return LeaseChanges(self._native.leases())
 
     @property
     def server_id(self) -> str:

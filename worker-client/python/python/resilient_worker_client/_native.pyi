@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 from pathlib import Path
-from typing import Any, Awaitable, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 __version__: str
 
@@ -56,7 +56,10 @@ def shutdown_at_exit() -> None:
     """Shuts down every client used but not shut down (run by atexit)."""
 
 class ResilientWorkerClient:
-    """The resilient client; make one with create_resilient_worker_client."""
+    """The native client; the package's ResilientWorkerClient wraps it.
+
+    Each awaited method takes the running loop's ``Completer`` and a future
+    of that loop, runs on the Rust runtime and completes the future."""
 
     @property
     def server_id(self) -> str: ...
@@ -67,29 +70,17 @@ class ResilientWorkerClient:
     def max_streams(self) -> int: ...
     @property
     def state_path(self) -> Path: ...
-    def register(self) -> Awaitable[bool]:
-        """Registers; False when the orchestrator is unreachable."""
-    def start(self) -> Awaitable[None]:
-        """Registers and starts the Rust background loop."""
-    def send_heartbeat(self) -> Awaitable[bool]:
-        """One heartbeat; False in local mode."""
-    def request_streams(self, count: int) -> Awaitable[List[int]]:
-        """Up to ``count`` more streams; the ids granted (in local mode, those held)."""
-    def release_streams(self, stream_ids: Sequence[int]) -> Awaitable[bool]:
-        """Gives streams back; False when recorded locally to be replayed."""
-    def can_process_stream(self, stream_id: int) -> bool:
-        """Whether this worker may process ``stream_id`` now."""
-    def record_stream_processing(self, stream_id: int, completer: Completer, future: asyncio.Future[None]) -> None:
-        """Records a processed chunk, durably, then completes ``future``
-        (or fails it with StreamNotLeasedError) through ``completer``."""
-    def health_check(self) -> Awaitable[Dict[str, Any]]:
-        """The seed's health report plus mode, local_mode_reason and record counters."""
-    def get_detailed_status(self) -> Awaitable[Dict[str, Any]]:
-        """Configuration, local state, breaker statistics and retry counters."""
-    def shutdown(self) -> Awaitable[None]:
-        """Uploads records, deregisters, closes the state file. Idempotent."""
-    def leases(self) -> LeaseChanges:
-        """An async iterator of lease sets: the current one, then each change."""
+    def register(self, completer: Completer, future: asyncio.Future[bool]) -> None: ...
+    def start(self, completer: Completer, future: asyncio.Future[None]) -> None: ...
+    def send_heartbeat(self, completer: Completer, future: asyncio.Future[bool]) -> None: ...
+    def request_streams(self, count: int, completer: Completer, future: asyncio.Future[List[int]]) -> None: ...
+    def release_streams(self, stream_ids: List[int], completer: Completer, future: asyncio.Future[bool]) -> None: ...
+    def can_process_stream(self, stream_id: int) -> bool: ...
+    def record_stream_processing(self, stream_id: int, completer: Completer, future: asyncio.Future[None]) -> None: ...
+    def health_check(self, completer: Completer, future: asyncio.Future[Dict[str, Any]]) -> None: ...
+    def get_detailed_status(self, completer: Completer, future: asyncio.Future[Dict[str, Any]]) -> None: ...
+    def shutdown(self, completer: Completer, future: asyncio.Future[None]) -> None: ...
+    def leases(self) -> LeaseChanges: ...
 
 class LeaseSet:
     """The streams this worker may process at one moment."""
@@ -104,10 +95,9 @@ class LeaseSet:
     def __len__(self) -> int: ...
 
 class LeaseChanges:
-    """``async for leases in client.leases(): ...``; ends at shutdown()."""
+    """The lease set as it changes (the package's LeaseChanges iterates it)."""
 
-    def __aiter__(self) -> LeaseChanges: ...
-    def __anext__(self) -> Awaitable[LeaseSet]: ...
+    def next(self, completer: Completer, future: asyncio.Future[Optional[LeaseSet]]) -> None: ...
 
 class CircuitBreakerConfig:
     """The seed's CircuitBreakerConfig (durations in seconds)."""
