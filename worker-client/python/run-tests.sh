@@ -31,10 +31,11 @@ fi
 
 python="${PYTHON:-python3}"
 tools="$root/target/py-build"
-if [[ ! -x "$tools/bin/maturin" ]]; then
-  step "maturin into $tools"
-  "$python" -m venv "$tools"
-  "$tools/bin/pip" install -q "maturin==1.16.0"
+maturin_version="1.16.0"
+if [[ ! -x "$tools/bin/maturin" ]] || [[ "$("$tools/bin/maturin" --version)" != "maturin $maturin_version" ]]; then
+  step "maturin $maturin_version into $tools"
+  [[ -x "$tools/bin/pip" ]] || "$python" -m venv "$tools"
+  "$tools/bin/pip" install -q "maturin==$maturin_version"
 fi
 
 step "wheel (maturin build; the dev profile, as the Rust tests)"

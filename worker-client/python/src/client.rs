@@ -51,7 +51,16 @@ impl Shared {
         if *self.closed.borrow() && self.client.get().is_none() {
             return Err(worker_client::Error::ShutDown);
         }
-        self.client.get_or_try_init(|| self.builder.clone().build()).await
+        // Checked again inside the cell's initialisation, which `shut_down`
+        // also goes through: a build never starts after a shutdown began.
+        self.client
+            .get_or_try_init(|| async {
+                if *self.closed.borrow() {
+                    return Err(worker_client::Error::ShutDown);
+                }
+                self.builder.clone().build().await
+            })
+            .await
     }
 
     /// Shuts the client down: waits for a build in progress (so a client
@@ -286,16 +295,21 @@ pub(crate) fn shutdown_at_exit(py: Python<'_>) {
                     let _ = handle.await;
                 }
                 for shared in live {
-                    if shared.finished.load(Ordering::Acquire) || shared.client.get().is_none() {
+                    if shared.finished.load(Ordering::Acquire) {
                         continue;
                     }
-                    tracing::warn!(
-                        target: "resilient_worker_client",
-                        server_id = %shared.server_id,
-                        "the interpreter is exiting without shutdown(): shutting the client down now"
-                    );
-                    let report = shared.shut_down().await;
-                    tracing::info!(target: "resilient_worker_client", ?report, "shut down at interpreter exit");
+                    // (A client being built is waited for and shut down; one
+                    // whose shutdown is under way is waited for.)
+                    if !*shared.closed.borrow() && shared.client.get().is_some() {
+                        tracing::warn!(
+                            target: "resilient_worker_client",
+                            server_id = %shared.server_id,
+                            "the interpreter is exiting without shutdown(): shutting the client down now"
+                        );
+                    }
+                    if let Some(report) = shared.shut_down().await {
+                        tracing::info!(target: "resilient_worker_client", ?report, "shut down at interpreter exit");
+                    }
                 }
             });
         });
@@ -473,6 +487,7 @@ impl ResilientWorkerClient {
         LeaseChanges {
             shared: Arc::downgrade(&self.shared),
             state: Arc::new(tokio::sync::Mutex::new(IterState::NotStarted)),
+            cancels: watch::channel(0).0,
         }
     }
 
@@ -567,6 +582,9 @@ enum IterState {
 pub(crate) struct LeaseChanges {
     shared: Weak<Shared>,
     state: Arc<tokio::sync::Mutex<IterState>>,
+    /// Bumped by `cancel()`: the step in flight stops before it takes a
+    /// lease set, so a cancelled `__anext__` loses no change.
+    cancels: watch::Sender<u64>,
 }
 
 fn lease_set(set: &worker_client::LeaseSet) -> LeaseSet {
@@ -581,10 +599,22 @@ impl LeaseChanges {
         let shared = self.shared.clone();
         let state = Arc::clone(&self.state);
         let pending = completer.pending(future);
+        let mut cancels = self.cancels.subscribe();
+        let at = *cancels.borrow_and_update();
         crate::runtime().spawn(async move {
-            let next = next_leases(&shared, &state).await;
+            // `next_leases` takes a lease set only after its last await, so
+            // dropping it at a cancel consumes nothing.
+            let next = tokio::select! {
+                next = next_leases(&shared, &state) => next,
+                _ = cancels.wait_for(|c| *c != at) => Ok(None),
+            };
             pending.finish(Box::new(move |py| to_python(py, next)));
         });
+    }
+
+    /// The await of the step in flight was cancelled: stop it.
+    fn cancel(&self) {
+        self.cancels.send_modify(|c| *c += 1);
     }
 }
 

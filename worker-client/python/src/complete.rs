@@ -65,7 +65,11 @@ impl Sender {
         };
         if was_empty {
             // Non-blocking: a full socket buffer already holds a wake-up.
-            let _ = (&self.0.wake).write(&[1]);
+            while let Err(e) = (&self.0.wake).write(&[1]) {
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    break;
+                }
+            }
         }
     }
 }
@@ -141,7 +145,13 @@ impl Completer {
                 if future.call_method0(pyo3::intern!(py, "done"))?.is_truthy()? {
                     return Ok(()); // cancelled meanwhile
                 }
-                match outcome(py) {
+                // A panic making the result fails this call only.
+                let made = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| outcome(py))).unwrap_or_else(|_| {
+                    Err(pyo3::exceptions::PyRuntimeError::new_err(
+                        "resilient_worker_client: making the call's result panicked (an internal error; please report it)",
+                    ))
+                });
+                match made {
                     Ok(value) => future.call_method1(pyo3::intern!(py, "set_result"), (value,))?,
                     Err(e) => future.call_method1(pyo3::intern!(py, "set_exception"), (e.into_value(py),))?,
                 };

@@ -41,6 +41,10 @@ struct Queue {
     dropped: u64,
     /// The log thread is handing lines to Python.
     busy: bool,
+    /// The interpreter is exiting: [`flush`] took the last lines; nothing
+    /// attaches to Python any more (on CPython before 3.13 attaching
+    /// during finalization ends the thread, unwinding through Rust).
+    closing: bool,
 }
 
 #[derive(Default)]
@@ -82,6 +86,9 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for ToPython {
         };
         let shared = shared();
         let mut queue = lock(shared);
+        if queue.closing {
+            return;
+        }
         if queue.lines.len() >= QUEUE {
             queue.dropped += 1;
             return;
@@ -169,13 +176,13 @@ pub(crate) fn install() {
         loop {
             let (lines, dropped) = {
                 let mut queue = lock(shared);
-                while queue.lines.is_empty() && queue.dropped == 0 {
+                while queue.closing || (queue.lines.is_empty() && queue.dropped == 0) {
                     queue = shared.ready.wait(queue).unwrap_or_else(|p| p.into_inner());
                 }
                 queue.busy = true;
                 (queue.lines.drain(..).collect::<Vec<_>>(), std::mem::take(&mut queue.dropped))
             };
-            // Not while the interpreter is finalizing: the lines are lost.
+            // Never after `flush` (`closing`), so never during finalization.
             Python::try_attach(|py| emit(py, lines, dropped));
             lock(shared).busy = false;
             shared.idle.notify_all();
@@ -187,18 +194,20 @@ pub(crate) fn install() {
     }
 }
 
-/// Hands every queued line to `logging` now, on the calling thread (the
-/// interpreter-exit hook's), after the log thread has finished the batch it
-/// holds (at most a second).
+/// At interpreter exit: takes the queued lines and stops the log thread
+/// from attaching again, lets it finish the batch it holds (at most a
+/// second, so the lines stay in order), then hands the rest to `logging`
+/// on the calling thread (the exit hook's). Later lines are dropped.
 pub(crate) fn flush(py: Python<'_>) {
     let Some(shared) = SHARED.get() else { return };
+    let (lines, dropped) = {
+        let mut queue = lock(shared);
+        queue.closing = true;
+        (queue.lines.drain(..).collect::<Vec<_>>(), std::mem::take(&mut queue.dropped))
+    };
     py.detach(|| {
         let queue = lock(shared);
         let _ = shared.idle.wait_timeout_while(queue, std::time::Duration::from_secs(1), |q| q.busy);
     });
-    let (lines, dropped) = {
-        let mut queue = lock(shared);
-        (queue.lines.drain(..).collect::<Vec<_>>(), std::mem::take(&mut queue.dropped))
-    };
     emit(py, lines, dropped);
 }

@@ -428,3 +428,26 @@ def test_the_lease_iterator_of_a_client_shut_down_unused_ends_at_once(tmp_path: 
         assert not (tmp_path / "s.db").exists(), "shutting down an unused client builds nothing"
 
     run(check())
+
+
+def test_a_cancelled_lease_step_loses_no_change(orchestrator: Orchestrator, tmp_path: Path):
+    async def check():
+        client = create_resilient_worker_client(orchestrator.url, "w-step", 3, state_path=str(tmp_path / "s.db"))
+        await client.register()
+        await client.request_streams(3)
+        changes = client.leases()
+        first = await changes.__anext__()
+        assert len(first) == 3
+        waiting = asyncio.ensure_future(changes.__anext__())  # waits for a change
+        await asyncio.sleep(0.05)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        await client.release_streams(first.stream_ids[:1])
+        after = await asyncio.wait_for(changes.__anext__(), patience(5))
+        assert first.stream_ids[0] not in after, (first, after)
+        with pytest.raises(TypeError, match="not a string"):
+            await client.release_streams("1")
+        await client.shutdown()
+
+    run(check())

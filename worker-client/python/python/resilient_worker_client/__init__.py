@@ -24,6 +24,10 @@ from __future__ import annotations
 
 import atexit
 
+# Imported before the exit hook is registered, so that logging's own exit
+# handler (which flushes and closes the handlers) runs after ours.
+import logging  # noqa: F401
+
 from . import _native
 from ._errors import (
     CircuitBreakerOpenError,

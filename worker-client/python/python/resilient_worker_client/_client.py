@@ -60,7 +60,13 @@ class LeaseChanges:
         return self
 
     async def __anext__(self) -> _native.LeaseSet:
-        leases = await _call(self._native.next)
+        try:
+            leases = await _call(self._native.next)
+        except asyncio.CancelledError:
+            # Stop the step in flight before it takes a lease set: the next
+            # __anext__ gets the change this one would have.
+            self._native.cancel()
+            raise
         if leases is None:
             raise StopAsyncIteration
         return leases  # type: ignore[no-any-return]
@@ -108,6 +114,8 @@ class ResilientWorkerClient:
     async def release_streams(self, stream_ids: Sequence[int]) -> bool:
         """Gives streams back. ``True`` when the orchestrator confirmed,
         ``False`` when recorded locally and replayed later."""
+        if isinstance(stream_ids, (str, bytes)):
+            raise TypeError("stream_ids must be a list of stream ids (int), not a string")
         return await _call(self._native.release_streams, list(stream_ids))  # type: ignore[no-any-return]
 
     async def health_check(self) -> Dict[str, Any]:

@@ -98,6 +98,7 @@ class LeaseChanges:
     """The lease set as it changes (the package's LeaseChanges iterates it)."""
 
     def next(self, completer: Completer, future: asyncio.Future[Optional[LeaseSet]]) -> None: ...
+    def cancel(self) -> None: ...
 
 class CircuitBreakerConfig:
     """The seed's CircuitBreakerConfig (durations in seconds)."""
