@@ -11,7 +11,9 @@
 # venv and pip, and PyPI on the first run (maturin, pytest, mypy). maturin
 # lives in target/py-build (kept between runs); the test virtualenv
 # target/py-test is made afresh every run. Extra arguments after the binary
-# go to pytest (e.g. `-k outage -x`).
+# go to pytest (e.g. `-k outage -x`). The TLS test needs `test-certs` beside
+# the binary (`cargo build -p fixtures --bin test-certs`); without it the
+# test is skipped, or fails with CLIENT_CHECK_STRICT=1 (as in CI).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"

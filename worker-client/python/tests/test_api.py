@@ -451,3 +451,49 @@ def test_a_cancelled_lease_step_loses_no_change(orchestrator: Orchestrator, tmp_
         await client.shutdown()
 
     run(check())
+
+
+def test_credentials_tls_with_a_client_certificate(tmp_path: Path):
+    import os
+    import subprocess
+
+    from conftest import orchestrator_bin
+
+    certs_bin = Path(os.environ.get("TEST_CERTS_BIN", orchestrator_bin().parent / "test-certs"))
+    if not os.access(certs_bin, os.X_OK):
+        message = f"{certs_bin} not found (cargo build -p fixtures --bin test-certs)"
+        if os.environ.get("CLIENT_CHECK_STRICT") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    certs = tmp_path / "certs"
+    subprocess.run([str(certs_bin), str(certs), "--worker", "w-mtls"], check=True, capture_output=True)
+    orchestrator = Orchestrator(
+        tmp_path,
+        extra=[
+            "--tls-cert", str(certs / "server.pem"),
+            "--tls-key", str(certs / "server.key"),
+            "--tls-client-ca", str(certs / "ca.pem"),
+        ],
+    )  # fmt: skip
+    port = orchestrator.start().rsplit(":", 1)[1]
+
+    async def check():
+        secure = create_resilient_worker_client(
+            f"https://localhost:{port}", "w-mtls", 2, state_path=str(tmp_path / "a.db"),
+            tls_ca_file=str(certs / "ca.pem"),
+            tls_cert_file=str(certs / "worker-w-mtls.pem"), tls_key_file=str(certs / "worker-w-mtls.key"),
+        )  # fmt: skip
+        assert await secure.register() is True
+        assert len(await secure.request_streams(2)) == 2
+        await secure.shutdown()
+        plain = create_resilient_worker_client(
+            f"http://localhost:{port}", "w-plain", 2, state_path=str(tmp_path / "b.db"),
+            retry_max_attempts=1, circuit_timeout=1.0, connect_timeout=1.0,
+        )  # fmt: skip
+        assert await plain.register() is False, "plaintext to a TLS orchestrator must not register"
+        await plain.shutdown()
+
+    try:
+        run(check())
+    finally:
+        orchestrator.stop()
