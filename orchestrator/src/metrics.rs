@@ -90,25 +90,7 @@ fn method_index(path: &str) -> usize {
 const OTHER: usize = 18;
 
 /// gRPC status codes by number, as Prometheus labels.
-const CODES: [&str; 17] = [
-    "OK",
-    "CANCELLED",
-    "UNKNOWN",
-    "INVALID_ARGUMENT",
-    "DEADLINE_EXCEEDED",
-    "NOT_FOUND",
-    "ALREADY_EXISTS",
-    "PERMISSION_DENIED",
-    "RESOURCE_EXHAUSTED",
-    "FAILED_PRECONDITION",
-    "ABORTED",
-    "OUT_OF_RANGE",
-    "UNIMPLEMENTED",
-    "INTERNAL",
-    "UNAVAILABLE",
-    "DATA_LOSS",
-    "UNAUTHENTICATED",
-];
+use resilience::grpc::CODE_NAMES as CODES;
 
 /// The index of a reason in [`REASONS`] (exhaustive: a new reason must be
 /// added here).

@@ -107,6 +107,38 @@ pub fn status_code(status: &Status) -> Code {
     }
 }
 
+/// The canonical names of the gRPC status codes, by number
+/// (`CODE_NAMES[Code::NotFound as usize] == "NOT_FOUND"`).
+pub const CODE_NAMES: [&str; 17] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
+
+/// The code's canonical name, as gRPC's specification and other languages'
+/// libraries spell it.
+///
+/// ```
+/// assert_eq!(resilience::grpc::code_name(tonic::Code::DeadlineExceeded), "DEADLINE_EXCEEDED");
+/// ```
+pub fn code_name(code: Code) -> &'static str {
+    CODE_NAMES.get(code as usize).copied().unwrap_or("UNKNOWN")
+}
+
 /// What to do after a call failed with `status`: the pushback if the server
 /// sent one, otherwise by code.
 ///

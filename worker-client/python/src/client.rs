@@ -1,7 +1,7 @@
 //! `ResilientWorkerClient` for Python: the Rust client, built lazily.
 //!
 //! `create_resilient_worker_client` only validates the configuration (the
-//! seed's factory is synchronous and does no I/O); the Rust client, whose
+//! seed's factory is synchronous: no connection, no state file); the Rust client, whose
 //! construction opens the state file, is built on the runtime by the first
 //! awaited method. Every awaited method runs on the shared runtime and
 //! resolves its awaitable on the caller's event loop.
@@ -120,14 +120,20 @@ fn urls(value: &Bound<'_, PyAny>) -> PyResult<String> {
     Ok(list.join(","))
 }
 
+/// `state_history`: synced records kept, at least 1 (checked by the builder).
+fn history(records: i64) -> PyResult<u64> {
+    u64::try_from(records).map_err(|_| errors::config("state_history", format!("must be >= 1, got {records}")))
+}
+
 fn optional_seconds(setting: &str, value: Option<f64>) -> PyResult<Option<Duration>> {
     value.map(|v| seconds(setting, v)).transpose()
 }
 
 /// Builds a client with the seed's configuration names and defaults (and
-/// every other setting of the Rust client by keyword). Synchronous, no
-/// I/O: the state file is opened and the orchestrator contacted by the
-/// first awaited call (`register()`, `start()`, …). Durations are seconds.
+/// every other setting of the Rust client by keyword). Synchronous: it
+/// reads the TLS files, if any, but opens no connection and no state file;
+/// those wait for the first awaited call (`register()`, `start()`, …).
+/// Durations are seconds.
 ///
 /// Raises `ConfigurationError` (a `ValueError`) naming the setting.
 #[pyfunction]
@@ -205,7 +211,7 @@ pub(crate) fn create_resilient_worker_client(
         .retry_exponential_base(retry_exponential_base)
         .retry_jitter(retry_jitter)
         .state_sync_full(state_sync_full)
-        .state_history(u64::try_from(state_history).map_err(|_| errors::config("state_history", "must be >= 1"))?)
+        .state_history(history(state_history)?)
         .local_mode_after(seconds("local_mode_after", local_mode_after)?)
         .reconnect_backoff(
             seconds("reconnect_base_delay", reconnect_base_delay)?,
@@ -266,8 +272,7 @@ pub(crate) fn create_standalone_worker_client(
     state_path: Option<PathBuf>,
     state_history: i64,
 ) -> PyResult<ResilientWorkerClient> {
-    let mut b = Client::standalone(server_id, streams)
-        .state_history(u64::try_from(state_history).map_err(|_| errors::config("state_history", "must be >= 1"))?);
+    let mut b = Client::standalone(server_id, streams).state_history(history(state_history)?);
     if let Some(path) = state_path {
         b = b.state_path(path);
     }

@@ -41,35 +41,11 @@ pub(crate) fn client(e: worker_client::Error) -> PyErr {
             // (A refusal of the credentials is not an error: the client
             // goes on in local mode, `local_mode_reason` says why.)
             worker_client::Error::Rejected { code, message: detail, .. } => {
-                new_error(py, "OrchestratorRejectedError", (message, code_name(code), detail))
+                new_error(py, "OrchestratorRejectedError", (message, resilience::grpc::code_name(code), detail))
             }
             worker_client::Error::NotLeased(stream_id) => new_error(py, "StreamNotLeasedError", (message, stream_id)),
             worker_client::Error::ShutDown => new_error(py, "ClientShutDownError", (message,)),
             _ => new_error(py, "ResilientWorkerClientError", (message,)),
         }
     })
-}
-
-/// The gRPC code's canonical name, as other gRPC libraries spell it.
-fn code_name(code: tonic::Code) -> &'static str {
-    use tonic::Code::*;
-    match code {
-        Ok => "OK",
-        Cancelled => "CANCELLED",
-        Unknown => "UNKNOWN",
-        InvalidArgument => "INVALID_ARGUMENT",
-        DeadlineExceeded => "DEADLINE_EXCEEDED",
-        NotFound => "NOT_FOUND",
-        AlreadyExists => "ALREADY_EXISTS",
-        PermissionDenied => "PERMISSION_DENIED",
-        ResourceExhausted => "RESOURCE_EXHAUSTED",
-        FailedPrecondition => "FAILED_PRECONDITION",
-        Aborted => "ABORTED",
-        OutOfRange => "OUT_OF_RANGE",
-        Unimplemented => "UNIMPLEMENTED",
-        Internal => "INTERNAL",
-        Unavailable => "UNAVAILABLE",
-        DataLoss => "DATA_LOSS",
-        Unauthenticated => "UNAUTHENTICATED",
-    }
 }

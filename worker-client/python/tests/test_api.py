@@ -439,7 +439,7 @@ def test_a_cancelled_lease_step_loses_no_change(orchestrator: Orchestrator, tmp_
         first = await changes.__anext__()
         assert len(first) == 3
         waiting = asyncio.ensure_future(changes.__anext__())  # waits for a change
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0)  # the step is submitted, then its await cancelled
         waiting.cancel()
         with pytest.raises(asyncio.CancelledError):
             await waiting

@@ -86,7 +86,7 @@ def test_a_slow_call_times_out_and_counts_as_a_failure_a_cancelled_one_counts_no
     async def check():
         b = CircuitBreaker(CircuitBreakerConfig(failure_threshold=1, timeout=0.05))
         task = asyncio.ensure_future(b.call(asyncio.sleep, 10))
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0)  # admitted and awaiting, then cancelled
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task

@@ -105,7 +105,7 @@ HUNG_SCRIPT = textwrap.dedent(
     async def main():
         client = create_resilient_worker_client(url, "w-hung", 3, state_path=sys.argv[1], shutdown_timeout=1.0)
         task = asyncio.ensure_future(client.register())  # never answered
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(0)  # the call is submitted
         print("exiting", flush=True)
 
     asyncio.run(main())

@@ -40,7 +40,7 @@ def create_resilient_worker_client(
     shutdown_timeout: float = 10.0,
     client_version: Optional[str] = None,
 ) -> ResilientWorkerClient:
-    """Builds a client (synchronous, no I/O). Durations are seconds.
+    """Builds a client (synchronous: no connection, no state file). Durations are seconds.
     Raises ConfigurationError naming the setting."""
 
 def create_standalone_worker_client(

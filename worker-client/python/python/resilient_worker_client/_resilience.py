@@ -55,13 +55,10 @@ class CircuitBreaker(_native.CircuitBreakerCore):
                         raise CircuitBreakerTimeoutError(
                             f"circuit breaker {self.name!r}: the call took longer than {timeout:g}s", timeout
                         ) from None
-        except asyncio.CancelledError:
-            permit.release()
-            raise
         except Exception:
             permit.record_failure()
             raise
-        except BaseException:
+        except BaseException:  # cancelled (CancelledError), or exiting
             permit.release()
             raise
         permit.record_success()

@@ -69,23 +69,10 @@ impl AdminError {
             doc["address"] = json!(addr);
         }
         if let Self::Rpc { status, .. } = self {
-            doc["code"] = json!(code_name(status.code()));
+            doc["code"] = json!(resilience::grpc::code_name(status.code()));
         }
         doc
     }
-}
-
-/// The canonical name of a gRPC status code, e.g. `DEADLINE_EXCEEDED`.
-pub(super) fn code_name(code: tonic::Code) -> String {
-    let camel = format!("{code:?}");
-    let mut name = String::with_capacity(camel.len() + 4);
-    for (i, c) in camel.chars().enumerate() {
-        if c.is_ascii_uppercase() && i > 0 {
-            name.push('_');
-        }
-        name.push(c.to_ascii_uppercase());
-    }
-    name
 }
 
 /// What to do about a refusal of the credentials.
@@ -159,7 +146,7 @@ mod tests {
         let err = AdminError::Usage("too many stream ids".into());
         assert_eq!(err.to_json(), json!({ "error": "too many stream ids" }), "no address without a connection");
         assert_eq!(err.exit_code(), 2);
-        assert_eq!(code_name(tonic::Code::DeadlineExceeded), "DEADLINE_EXCEEDED");
-        assert_eq!(code_name(tonic::Code::Ok), "OK");
+        assert_eq!(resilience::grpc::code_name(tonic::Code::DeadlineExceeded), "DEADLINE_EXCEEDED");
+        assert_eq!(resilience::grpc::code_name(tonic::Code::Ok), "OK");
     }
 }
