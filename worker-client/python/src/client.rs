@@ -18,7 +18,7 @@ use tokio::sync::{OnceCell, watch};
 use worker_client::{ClientBuilder, ClientTls, ResilientWorkerClient as Client};
 
 use crate::complete::Completer;
-use crate::convert::{count, json, seconds};
+use crate::convert::{count, int, json, seconds, shown};
 use crate::errors;
 
 /// Every client made in this process, for the interpreter-exit hook.
@@ -121,8 +121,10 @@ fn urls(value: &Bound<'_, PyAny>) -> PyResult<String> {
 }
 
 /// `state_history`: synced records kept, at least 1 (checked by the builder).
-fn history(records: i64) -> PyResult<u64> {
-    u64::try_from(records).map_err(|_| errors::config("state_history", format!("must be >= 1, got {records}")))
+fn history(records: i128) -> PyResult<u64> {
+    u64::try_from(records).map_err(|_| {
+        errors::config("state_history", format!("must be between 1 and {}, got {}", u64::MAX, shown(records)))
+    })
 }
 
 fn optional_seconds(setting: &str, value: Option<f64>) -> PyResult<Option<Duration>> {
@@ -172,19 +174,19 @@ fn optional_seconds(setting: &str, value: Option<f64>) -> PyResult<Option<Durati
 pub(crate) fn create_resilient_worker_client(
     orchestrator_url: &Bound<'_, PyAny>,
     server_id: String,
-    max_streams: i64,
-    circuit_failure_threshold: i64,
+    #[pyo3(from_py_with = int)] max_streams: i128,
+    #[pyo3(from_py_with = int)] circuit_failure_threshold: i128,
     circuit_recovery_timeout: f64,
-    retry_max_attempts: i64,
+    #[pyo3(from_py_with = int)] retry_max_attempts: i128,
     retry_base_delay: f64,
-    circuit_success_threshold: i64,
+    #[pyo3(from_py_with = int)] circuit_success_threshold: i128,
     circuit_timeout: f64,
     retry_max_delay: f64,
     retry_exponential_base: f64,
     retry_jitter: bool,
     state_path: Option<PathBuf>,
     state_sync_full: bool,
-    state_history: i64,
+    #[pyo3(from_py_with = int)] state_history: i128,
     heartbeat_interval: Option<f64>,
     local_mode_after: f64,
     local_mode_limit: Option<f64>,
@@ -270,7 +272,7 @@ pub(crate) fn create_standalone_worker_client(
     server_id: String,
     streams: Vec<i64>,
     state_path: Option<PathBuf>,
-    state_history: i64,
+    #[pyo3(from_py_with = int)] state_history: i128,
 ) -> PyResult<ResilientWorkerClient> {
     let mut b = Client::standalone(server_id, streams).state_history(history(state_history)?);
     if let Some(path) = state_path {
@@ -425,11 +427,15 @@ impl ResilientWorkerClient {
 
     /// Asks for up to `count` more streams; the ids granted. In local mode,
     /// the streams held.
-    fn request_streams(&self, count: i64, completer: &Completer, future: Py<PyAny>) -> PyResult<()> {
-        let count = u32::try_from(count)
-            .ok()
-            .filter(|&c| c > 0)
-            .ok_or_else(|| errors::config("count", format!("must be at least 1, got {count}")))?;
+    fn request_streams(
+        &self,
+        #[pyo3(from_py_with = int)] count: i128,
+        completer: &Completer,
+        future: Py<PyAny>,
+    ) -> PyResult<()> {
+        let count = u32::try_from(count).ok().filter(|&c| c > 0).ok_or_else(|| {
+            errors::config("count", format!("must be between 1 and {}, got {}", u32::MAX, shown(count)))
+        })?;
         self.call(completer, future, move |c| async move { c.request_streams(count).await });
         Ok(())
     }
@@ -441,8 +447,11 @@ impl ResilientWorkerClient {
     }
 
     /// Whether this worker may process `stream_id` now. Synchronous.
-    fn can_process_stream(&self, stream_id: i64) -> bool {
-        self.shared.client.get().is_some_and(|c| c.can_process_stream(stream_id))
+    fn can_process_stream(&self, #[pyo3(from_py_with = int)] stream_id: i128) -> bool {
+        let (Some(client), Some(id)) = (self.shared.client.get(), i64::try_from(stream_id).ok()) else {
+            return false;
+        };
+        client.can_process_stream(id)
     }
 
     /// Records that a chunk of `stream_id` was processed; completes once
@@ -558,8 +567,8 @@ impl LeaseSet {
         self.local_mode
     }
 
-    fn __contains__(&self, stream_id: i64) -> bool {
-        self.epochs.contains_key(&stream_id)
+    fn __contains__(&self, #[pyo3(from_py_with = int)] stream_id: i128) -> bool {
+        i64::try_from(stream_id).is_ok_and(|id| self.epochs.contains_key(&id))
     }
 
     fn __len__(&self) -> usize {

@@ -2,10 +2,33 @@
 
 use std::time::Duration;
 
+use pyo3::exceptions::PyOverflowError;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
 use crate::errors;
+
+/// A Python `int` of any size, for counts, settings and stream ids
+/// (`#[pyo3(from_py_with = int)]`). Extracting an `i64` would make an int
+/// beyond 64 bits a bare `OverflowError`; this keeps it for the setting's
+/// own out-of-range error, which names the setting. An int beyond 128 bits
+/// saturates to `i128::MIN` or `i128::MAX` ([`shown`] says so).
+/// Anything but an int is still a `TypeError` naming the argument.
+pub(crate) fn int(obj: &Bound<'_, PyAny>) -> PyResult<i128> {
+    match obj.extract::<i128>() {
+        Err(e) if e.is_instance_of::<PyOverflowError>(obj.py()) => Ok(if obj.lt(0)? { i128::MIN } else { i128::MAX }),
+        extracted => extracted,
+    }
+}
+
+/// An int from [`int`] for an error message.
+pub(crate) fn shown(value: i128) -> String {
+    match value {
+        i128::MIN => "an int <= -2**127".to_owned(),
+        i128::MAX => "an int >= 2**127 - 1".to_owned(),
+        v => v.to_string(),
+    }
+}
 
 /// Seconds (an `int` or a `float`) as a duration; the error names `setting`.
 pub(crate) fn seconds(setting: &str, value: f64) -> PyResult<Duration> {
@@ -14,9 +37,9 @@ pub(crate) fn seconds(setting: &str, value: f64) -> PyResult<Duration> {
 }
 
 /// A count that fits a `u32`; the error names `setting`.
-pub(crate) fn count(setting: &str, value: i64) -> PyResult<u32> {
+pub(crate) fn count(setting: &str, value: i128) -> PyResult<u32> {
     u32::try_from(value)
-        .map_err(|_| errors::config(setting, format!("must be between 0 and {}, got {value}", u32::MAX)))
+        .map_err(|_| errors::config(setting, format!("must be between 0 and {}, got {}", u32::MAX, shown(value))))
 }
 
 /// A JSON document as Python's `json.loads` would give it.

@@ -12,7 +12,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use resilience::{CallError, CircuitBreaker, ConfigError, Outcome, OwnedPermit, Retry, RetryAction, RetryCall};
 
-use crate::convert::{count, seconds};
+use crate::convert::{count, int, seconds};
 use crate::errors;
 
 fn config_error(e: &ConfigError) -> PyErr {
@@ -43,11 +43,11 @@ pub(crate) struct CircuitBreakerConfig {
 #[pymethods]
 impl CircuitBreakerConfig {
     #[new]
-    #[pyo3(signature = (failure_threshold = 5, recovery_timeout = 60.0, success_threshold = 3, timeout = Some(30.0)))]
+    #[pyo3(signature = (failure_threshold = 5, recovery_timeout = 60.0, success_threshold = 3, timeout = 30.0))]
     fn new(
-        failure_threshold: i64,
+        #[pyo3(from_py_with = int)] failure_threshold: i128,
         recovery_timeout: f64,
-        success_threshold: i64,
+        #[pyo3(from_py_with = int)] success_threshold: i128,
         timeout: Option<f64>,
     ) -> PyResult<Self> {
         let inner = resilience::CircuitBreakerConfig::builder()
@@ -247,7 +247,13 @@ pub(crate) struct RetryConfig {
 impl RetryConfig {
     #[new]
     #[pyo3(signature = (max_attempts = 3, base_delay = 1.0, max_delay = 60.0, exponential_base = 2.0, jitter = true))]
-    fn new(max_attempts: i64, base_delay: f64, max_delay: f64, exponential_base: f64, jitter: bool) -> PyResult<Self> {
+    fn new(
+        #[pyo3(from_py_with = int)] max_attempts: i128,
+        base_delay: f64,
+        max_delay: f64,
+        exponential_base: f64,
+        jitter: bool,
+    ) -> PyResult<Self> {
         let inner = resilience::RetryConfig::builder()
             .max_attempts(count("max_attempts", max_attempts)?)
             .base_delay(seconds("base_delay", base_delay)?)

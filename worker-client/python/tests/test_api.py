@@ -74,6 +74,7 @@ def test_the_factory_does_no_io(tmp_path: Path):
     assert client.server_id == "w-noio" and client.max_streams == 5
     assert client.state_path == state
     assert client.can_process_stream(1) is False
+    assert client.can_process_stream(2**70) is False
 
 
 @pytest.mark.parametrize(
@@ -84,6 +85,8 @@ def test_the_factory_does_no_io(tmp_path: Path):
         (dict(server_id="has space"), "server_id"),
         (dict(max_streams=0), "max_streams"),
         (dict(max_streams=-1), "max_streams"),
+        (dict(max_streams=2**70), "max_streams"),
+        (dict(state_history=-(2**64)), "state_history"),
         (dict(circuit_recovery_timeout=-1), "circuit_recovery_timeout"),
         (dict(retry_base_delay=float("nan")), "retry_base_delay"),
         (dict(local_mode_after=0), "local_mode_after"),
@@ -228,6 +231,10 @@ def test_errors_by_kind(orchestrator: Orchestrator, tmp_path: Path):
         assert e.value.stream_id == 999 and isinstance(e.value, LookupError)
         with pytest.raises(ConfigurationError, match="count"):
             await client.request_streams(0)
+        with pytest.raises(ConfigurationError, match=f"count: .*got {2**64}"):
+            await client.request_streams(2**64)
+        with pytest.raises(TypeError, match="count"):
+            await client.request_streams(1.5)  # type: ignore[arg-type]
         with pytest.raises(OrchestratorRejectedError) as r:
             await client.request_streams(4)  # more than max_streams
         assert r.value.code == "INVALID_ARGUMENT" and r.value.detail
@@ -238,6 +245,7 @@ def test_errors_by_kind(orchestrator: Orchestrator, tmp_path: Path):
         with pytest.raises(ClientShutDownError):
             await client.send_heartbeat()
         assert client.can_process_stream(1) is False
+        assert client.can_process_stream(2**70) is False
 
     run(check())
 
@@ -265,6 +273,7 @@ def test_lease_changes_are_an_async_iterator(orchestrator: Orchestrator, tmp_pat
         last = seen[-1]
         assert last.local_mode is False
         assert all(s in last for s in last.stream_ids)
+        assert 2**70 not in last
         assert set(last.epochs) == set(last.stream_ids) and all(e >= 1 for e in last.epochs.values())
         assert all(client.can_process_stream(s) for s in last.stream_ids)
         await client.shutdown()

@@ -4,6 +4,7 @@ async calls (backed by the Rust resilience crate)."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 
 import pytest
 
@@ -39,6 +40,13 @@ def test_configs_have_the_seeds_names_and_defaults():
     assert (c.failure_threshold, c.recovery_timeout, c.success_threshold, c.timeout) == (5, 60, 3, 30)
     r = RetryConfig()
     assert (r.max_attempts, r.base_delay, r.max_delay, r.exponential_base, r.jitter) == (3, 1.0, 60.0, 2.0, True)
+    # What help() and editors show: the seed's defaults, none hidden as "...".
+    assert str(inspect.signature(CircuitBreakerConfig)) == (
+        "(failure_threshold=5, recovery_timeout=60.0, success_threshold=3, timeout=30.0)"
+    )
+    assert str(inspect.signature(RetryConfig)) == (
+        "(max_attempts=3, base_delay=1.0, max_delay=60.0, exponential_base=2.0, jitter=True)"
+    )
     with pytest.raises(ConfigurationError, match="failure_threshold") as e:
         CircuitBreakerConfig(failure_threshold=0)
     assert e.value.setting == "failure_threshold"
@@ -46,6 +54,10 @@ def test_configs_have_the_seeds_names_and_defaults():
         RetryConfig(base_delay=120.0, max_delay=60.0)
     with pytest.raises(ConfigurationError, match="recovery_timeout"):
         CircuitBreakerConfig(recovery_timeout=-5)
+    with pytest.raises(ConfigurationError, match="success_threshold"):
+        CircuitBreakerConfig(success_threshold=2**80)
+    with pytest.raises(ConfigurationError, match="max_attempts"):
+        RetryConfig(max_attempts=-(2**80))
 
 
 def test_the_breaker_opens_fails_fast_probes_and_closes():
