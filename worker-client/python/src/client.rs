@@ -567,8 +567,10 @@ impl LeaseSet {
         self.local_mode
     }
 
-    fn __contains__(&self, #[pyo3(from_py_with = int)] stream_id: i128) -> bool {
-        i64::try_from(stream_id).is_ok_and(|id| self.epochs.contains_key(&id))
+    /// Whether `stream_id` is in the set; `False` for anything that is not
+    /// a leased id, of any type (as for Python's containers).
+    fn __contains__(&self, stream_id: &Bound<'_, PyAny>) -> bool {
+        int(stream_id).ok().and_then(|id| i64::try_from(id).ok()).is_some_and(|id| self.epochs.contains_key(&id))
     }
 
     fn __len__(&self) -> usize {
