@@ -18,7 +18,7 @@ use tokio::sync::{OnceCell, watch};
 use worker_client::{ClientBuilder, ClientTls, ResilientWorkerClient as Client};
 
 use crate::complete::Completer;
-use crate::convert::{count, int, json, seconds, shown};
+use crate::convert::{self, count, int, json, seconds, shown};
 use crate::errors;
 
 /// Every client made in this process, for the interpreter-exit hook.
@@ -270,10 +270,13 @@ pub(crate) fn create_resilient_worker_client(
 #[pyo3(signature = (server_id, streams, *, state_path = None, state_history = 5000))]
 pub(crate) fn create_standalone_worker_client(
     server_id: String,
-    streams: Vec<i64>,
+    #[pyo3(from_py_with = convert::stream_ids)] streams: Vec<Option<i64>>,
     state_path: Option<PathBuf>,
     #[pyo3(from_py_with = int)] state_history: i128,
 ) -> PyResult<ResilientWorkerClient> {
+    let streams = streams.into_iter().collect::<Option<Vec<i64>>>().ok_or_else(|| {
+        errors::config("streams", format!("stream ids must be between {} and {}", i64::MIN, i64::MAX))
+    })?;
     let mut b = Client::standalone(server_id, streams).state_history(history(state_history)?);
     if let Some(path) = state_path {
         b = b.state_path(path);
@@ -442,13 +445,20 @@ impl ResilientWorkerClient {
 
     /// Gives streams back: `True` when the orchestrator confirmed, `False`
     /// when recorded locally to be replayed.
-    fn release_streams(&self, stream_ids: Vec<i64>, completer: &Completer, future: Py<PyAny>) {
+    /// An id that is not leased (beyond 64 bits, say) is ignored.
+    fn release_streams(
+        &self,
+        #[pyo3(from_py_with = convert::stream_ids)] stream_ids: Vec<Option<i64>>,
+        completer: &Completer,
+        future: Py<PyAny>,
+    ) {
+        let stream_ids: Vec<i64> = stream_ids.into_iter().flatten().collect();
         self.call(completer, future, move |c| async move { c.release_streams(&stream_ids).await });
     }
 
     /// Whether this worker may process `stream_id` now. Synchronous.
-    fn can_process_stream(&self, #[pyo3(from_py_with = int)] stream_id: i128) -> bool {
-        let (Some(client), Some(id)) = (self.shared.client.get(), i64::try_from(stream_id).ok()) else {
+    fn can_process_stream(&self, #[pyo3(from_py_with = convert::stream_id)] stream_id: Option<i64>) -> bool {
+        let (Some(client), Some(id)) = (self.shared.client.get(), stream_id) else {
             return false;
         };
         client.can_process_stream(id)
@@ -457,10 +467,19 @@ impl ResilientWorkerClient {
     /// Records that a chunk of `stream_id` was processed; completes once
     /// the record is durable in the state file, or with
     /// `StreamNotLeasedError` when the stream is not leased to this worker.
-    fn record_stream_processing(&self, stream_id: i64, completer: &Completer, future: Py<PyAny>) {
-        self.call(completer, future, move |c| async move {
-            c.record_stream_processing(stream_id).await.map(|_sequence| ())
-        });
+    fn record_stream_processing(
+        &self,
+        #[pyo3(from_py_with = convert::stream_id_or_int)] stream_id: Result<i64, Bound<'_, PyAny>>,
+        completer: &Completer,
+        future: Py<PyAny>,
+    ) -> PyResult<()> {
+        // No stream has an id beyond 64 bits: never leased.
+        let id = stream_id.map_err(|int| {
+            let message = format!("stream {int} is not leased to this worker");
+            errors::new_error(int.py(), "StreamNotLeasedError", (message, int))
+        })?;
+        self.call(completer, future, move |c| async move { c.record_stream_processing(id).await.map(|_sequence| ()) });
+        Ok(())
     }
 
     /// The seed's health report, plus `mode`, `local_mode_reason` and the
@@ -570,7 +589,7 @@ impl LeaseSet {
     /// Whether `stream_id` is in the set; `False` for anything that is not
     /// a leased id, of any type (as for Python's containers).
     fn __contains__(&self, stream_id: &Bound<'_, PyAny>) -> bool {
-        int(stream_id).ok().and_then(|id| i64::try_from(id).ok()).is_some_and(|id| self.epochs.contains_key(&id))
+        convert::stream_id(stream_id).ok().flatten().is_some_and(|id| self.epochs.contains_key(&id))
     }
 
     fn __len__(&self) -> usize {

@@ -21,6 +21,24 @@ pub(crate) fn int(obj: &Bound<'_, PyAny>) -> PyResult<i128> {
     }
 }
 
+/// A stream id: a 64-bit signed int; `None` for an int beyond that range
+/// (no stream has such an id, so it is never leased). Anything but an int
+/// is a `TypeError`.
+pub(crate) fn stream_id(obj: &Bound<'_, PyAny>) -> PyResult<Option<i64>> {
+    Ok(i64::try_from(int(obj)?).ok())
+}
+
+/// A stream id as [`stream_id`] reads it, with the int itself when it is
+/// beyond 64 bits (for an error that shows it).
+pub(crate) fn stream_id_or_int<'py>(obj: &Bound<'py, PyAny>) -> PyResult<Result<i64, Bound<'py, PyAny>>> {
+    Ok(stream_id(obj)?.ok_or_else(|| obj.clone()))
+}
+
+/// A sequence of stream ids, each as [`stream_id`] reads it.
+pub(crate) fn stream_ids(obj: &Bound<'_, PyAny>) -> PyResult<Vec<Option<i64>>> {
+    obj.extract::<Vec<Bound<'_, PyAny>>>()?.iter().map(stream_id).collect()
+}
+
 /// An int from [`int`] for an error message.
 pub(crate) fn shown(value: i128) -> String {
     match value {

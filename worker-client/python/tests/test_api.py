@@ -233,6 +233,18 @@ def test_errors_by_kind(orchestrator: Orchestrator, tmp_path: Path):
         with pytest.raises(StreamNotLeasedError) as e:
             await client.record_stream_processing(999)
         assert e.value.stream_id == 999 and isinstance(e.value, LookupError)
+        # Stream ids are 64-bit: a larger int is a stream never leased, not
+        # an OverflowError; the exception keeps the int as given.
+        for big in (2**63, -(2**63) - 1, 2**200):
+            with pytest.raises(StreamNotLeasedError, match=f"stream {big} is not leased") as e:
+                await client.record_stream_processing(big)
+            assert e.value.stream_id == big
+        with pytest.raises(TypeError, match="stream_id" if sys.version_info >= (3, 11) else None):
+            await client.record_stream_processing("7")  # type: ignore[arg-type]
+        # Releasing ids not leased (however large) changes nothing.
+        assert await client.release_streams([2**70, -(2**200), 999]) is True
+        with pytest.raises(TypeError):
+            await client.release_streams([1, "a"])  # type: ignore[list-item]
         with pytest.raises(ConfigurationError, match="count"):
             await client.request_streams(0)
         with pytest.raises(ConfigurationError, match=f"count: .*got {2**64}"):
@@ -349,7 +361,23 @@ def test_standalone_mode(tmp_path: Path):
         await client.record_stream_processing(2)
         health = await client.health_check()
         assert health["mode"] == "standalone" and health["metrics"]["records_made"] == 1
+        with pytest.raises(StreamNotLeasedError):
+            await client.record_stream_processing(2**64)
+        assert await client.release_streams([2, 2**64]) is True
+        assert sorted(await client.request_streams(3)) == [1, 3]
         await client.shutdown()
+
+    run(check())
+
+
+def test_standalone_stream_ids_are_checked(tmp_path: Path):
+    async def check():
+        with pytest.raises(ConfigurationError, match="streams: stream ids must be between") as e:
+            create_standalone_worker_client("w-alone", [1, 2**63], state_path=str(tmp_path / "s.db"))
+        assert e.value.setting == "streams"
+        with pytest.raises(TypeError):
+            create_standalone_worker_client("w-alone", [1, "2"], state_path=str(tmp_path / "s.db"))  # type: ignore[list-item]
+        assert not (tmp_path / "s.db").exists()
 
     run(check())
 

@@ -113,7 +113,8 @@ class ResilientWorkerClient:
 
     async def release_streams(self, stream_ids: Sequence[int]) -> bool:
         """Gives streams back. ``True`` when the orchestrator confirmed,
-        ``False`` when recorded locally and replayed later."""
+        ``False`` when recorded locally and replayed later. Ids not leased
+        to this worker are ignored."""
         if isinstance(stream_ids, (str, bytes)):
             raise TypeError("stream_ids must be a list of stream ids (int), not a string")
         return await _call(self._native.release_streams, list(stream_ids))  # type: ignore[no-any-return]
