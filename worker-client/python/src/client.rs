@@ -270,13 +270,21 @@ pub(crate) fn create_resilient_worker_client(
 #[pyo3(signature = (server_id, streams, *, state_path = None, state_history = 5000))]
 pub(crate) fn create_standalone_worker_client(
     server_id: String,
-    #[pyo3(from_py_with = convert::stream_ids)] streams: Vec<Option<i64>>,
+    #[pyo3(from_py_with = convert::stream_id_ints)] streams: Vec<i128>,
     state_path: Option<PathBuf>,
     #[pyo3(from_py_with = int)] state_history: i128,
 ) -> PyResult<ResilientWorkerClient> {
-    let streams = streams.into_iter().collect::<Option<Vec<i64>>>().ok_or_else(|| {
-        errors::config("streams", format!("stream ids must be between {} and {}", i64::MIN, i64::MAX))
-    })?;
+    // Beyond 64 bits here; the Rust builder checks the rest (> 0) in the
+    // same words.
+    let streams = streams
+        .into_iter()
+        .map(|id| {
+            i64::try_from(id).map_err(|_| {
+                let bound = if id < 0 { "greater than 0".to_owned() } else { format!("at most {}", i64::MAX) };
+                errors::config("streams", format!("stream id {} must be {bound}", shown(id)))
+            })
+        })
+        .collect::<PyResult<Vec<i64>>>()?;
     let mut b = Client::standalone(server_id, streams).state_history(history(state_history)?);
     if let Some(path) = state_path {
         b = b.state_path(path);
@@ -443,9 +451,9 @@ impl ResilientWorkerClient {
         Ok(())
     }
 
-    /// Gives streams back: `True` when the orchestrator confirmed, `False`
-    /// when recorded locally to be replayed.
-    /// An id that is not leased (beyond 64 bits, say) is ignored.
+    /// Gives streams back: `True` when the orchestrator confirmed (or none
+    /// of them was leased: nothing to do), `False` when recorded locally to
+    /// be replayed. An id not leased (one beyond 64 bits, say) is ignored.
     fn release_streams(
         &self,
         #[pyo3(from_py_with = convert::stream_ids)] stream_ids: Vec<Option<i64>>,
@@ -466,7 +474,8 @@ impl ResilientWorkerClient {
 
     /// Records that a chunk of `stream_id` was processed; completes once
     /// the record is durable in the state file, or with
-    /// `StreamNotLeasedError` when the stream is not leased to this worker.
+    /// `StreamNotLeasedError` when the stream is not leased to this worker
+    /// (raised at once for an id beyond 64 bits).
     fn record_stream_processing(
         &self,
         #[pyo3(from_py_with = convert::stream_id_or_int)] stream_id: Result<i64, Bound<'_, PyAny>>,
@@ -475,7 +484,9 @@ impl ResilientWorkerClient {
     ) -> PyResult<()> {
         // No stream has an id beyond 64 bits: never leased.
         let id = stream_id.map_err(|int| {
-            let message = format!("stream {int} is not leased to this worker");
+            // (`str` refuses an int of more than 4300 digits.)
+            let text = int.str().map_or_else(|_| "(an int of thousands of digits)".to_owned(), |s| s.to_string());
+            let message = format!("stream {text} is not leased to this worker");
             errors::new_error(int.py(), "StreamNotLeasedError", (message, int))
         })?;
         self.call(completer, future, move |c| async move { c.record_stream_processing(id).await.map(|_sequence| ()) });

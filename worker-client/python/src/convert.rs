@@ -2,41 +2,79 @@
 
 use std::time::Duration;
 
-use pyo3::exceptions::PyOverflowError;
+use pyo3::exceptions::{PyOverflowError, PyTypeError};
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList};
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyByteArray, PyBytes, PyDict, PyInt, PyList, PyString};
 
 use crate::errors;
+
+/// The object as a Python `int`: an `int` as it is, anything with
+/// `__index__` (a numpy integer, say) as its int (`operator.index`), and
+/// anything else a `TypeError`.
+fn index<'py>(obj: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    if obj.is_instance_of::<PyInt>() {
+        return Ok(obj.clone());
+    }
+    static INDEX: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    let py = obj.py();
+    INDEX.get_or_try_init(py, || py.import("operator")?.getattr("index").map(Bound::unbind))?.bind(py).call1((obj,))
+}
 
 /// A Python `int` of any size, for counts, settings and stream ids
 /// (`#[pyo3(from_py_with = int)]`). Extracting an `i64` would make an int
 /// beyond 64 bits a bare `OverflowError`; this keeps it for the setting's
 /// own out-of-range error, which names the setting. An int beyond 128 bits
 /// saturates to `i128::MIN` or `i128::MAX` ([`shown`] says so).
-/// Anything but an int is still a `TypeError` naming the argument.
+/// Anything but an int (or an object with `__index__`) is still a
+/// `TypeError` naming the argument.
 pub(crate) fn int(obj: &Bound<'_, PyAny>) -> PyResult<i128> {
+    let obj = index(obj)?;
     match obj.extract::<i128>() {
         Err(e) if e.is_instance_of::<PyOverflowError>(obj.py()) => Ok(if obj.lt(0)? { i128::MIN } else { i128::MAX }),
         extracted => extracted,
     }
 }
 
-/// A stream id: a 64-bit signed int; `None` for an int beyond that range
-/// (no stream has such an id, so it is never leased). Anything but an int
-/// is a `TypeError`.
+/// A stream id: a 64-bit int; `None` for an int beyond that range (no
+/// stream has such an id, so it is never leased). Anything but an int (or
+/// an object with `__index__`) is a `TypeError`.
 pub(crate) fn stream_id(obj: &Bound<'_, PyAny>) -> PyResult<Option<i64>> {
-    Ok(i64::try_from(int(obj)?).ok())
+    match obj.extract::<i64>() {
+        Ok(id) => Ok(Some(id)),
+        Err(e) if e.is_instance_of::<PyOverflowError>(obj.py()) => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
-/// A stream id as [`stream_id`] reads it, with the int itself when it is
-/// beyond 64 bits (for an error that shows it).
+/// A stream id as [`stream_id`] reads it, or, beyond 64 bits, the int
+/// itself (for an error that keeps it).
 pub(crate) fn stream_id_or_int<'py>(obj: &Bound<'py, PyAny>) -> PyResult<Result<i64, Bound<'py, PyAny>>> {
-    Ok(stream_id(obj)?.ok_or_else(|| obj.clone()))
+    match stream_id(obj)? {
+        Some(id) => Ok(Ok(id)),
+        None => Ok(Err(index(obj)?)),
+    }
+}
+
+/// The items of a list (or any sequence) of stream ids; a `str` or
+/// `bytes` is refused, though a sequence, as surely a mistake.
+fn id_sequence<'py>(obj: &Bound<'py, PyAny>) -> PyResult<Vec<Bound<'py, PyAny>>> {
+    if obj.is_instance_of::<PyString>() || obj.is_instance_of::<PyBytes>() || obj.is_instance_of::<PyByteArray>() {
+        let kind = obj.get_type().name()?;
+        return Err(PyTypeError::new_err(format!("expected a list of stream ids (int), got {kind}")));
+    }
+    obj.extract()
 }
 
 /// A sequence of stream ids, each as [`stream_id`] reads it.
 pub(crate) fn stream_ids(obj: &Bound<'_, PyAny>) -> PyResult<Vec<Option<i64>>> {
-    obj.extract::<Vec<Bound<'_, PyAny>>>()?.iter().map(stream_id).collect()
+    id_sequence(obj)?.iter().map(stream_id).collect()
+}
+
+/// A sequence of stream ids, each as [`int`] reads it (for an error that
+/// shows an id out of range).
+pub(crate) fn stream_id_ints(obj: &Bound<'_, PyAny>) -> PyResult<Vec<i128>> {
+    id_sequence(obj)?.iter().map(int).collect()
 }
 
 /// An int from [`int`] for an error message.
@@ -51,7 +89,7 @@ pub(crate) fn shown(value: i128) -> String {
 /// Seconds (an `int` or a `float`) as a duration; the error names `setting`.
 pub(crate) fn seconds(setting: &str, value: f64) -> PyResult<Duration> {
     Duration::try_from_secs_f64(value)
-        .map_err(|_| errors::config(setting, format!("must be a finite number of seconds >= 0, got {value}")))
+        .map_err(|_| errors::config(setting, format!("must be a number of seconds >= 0 and < 2**64, got {value:?}")))
 }
 
 /// A count that fits a `u32`; the error names `setting`.

@@ -108,6 +108,12 @@ def test_bad_settings_raise_configuration_error_naming_them(kwargs, setting):
     assert isinstance(e.value, ValueError)
 
 
+def test_a_huge_duration_is_shown_short():
+    for value, shown in ((1e300, "1e300"), (-1e300, "-1e300"), (float("inf"), "inf"), (-0.5, "-0.5")):
+        with pytest.raises(ConfigurationError, match=rf"^connect_timeout: must be a number of seconds >= 0 and < 2\*\*64, got {shown}$"):
+            create_resilient_worker_client("http://127.0.0.1:50051", "w1", 5, connect_timeout=value)
+
+
 def seed_production(url: str, tmp_path: Path):
     # The seed's "Production Configuration", as written but for the URL.
     client = create_resilient_worker_client(
@@ -239,12 +245,19 @@ def test_errors_by_kind(orchestrator: Orchestrator, tmp_path: Path):
             with pytest.raises(StreamNotLeasedError, match=f"stream {big} is not leased") as e:
                 await client.record_stream_processing(big)
             assert e.value.stream_id == big
+        with pytest.raises(StreamNotLeasedError, match="thousands of digits") as e:
+            await client.record_stream_processing(10**5000)  # too long for str()
+        assert e.value.stream_id == 10**5000
         with pytest.raises(TypeError, match="stream_id" if sys.version_info >= (3, 11) else None):
             await client.record_stream_processing("7")  # type: ignore[arg-type]
-        # Releasing ids not leased (however large) changes nothing.
+        # Nothing leased among them (however large): nothing to do.
         assert await client.release_streams([2**70, -(2**200), 999]) is True
         with pytest.raises(TypeError):
             await client.release_streams([1, "a"])  # type: ignore[list-item]
+        with pytest.raises(TypeError, match="not int"):
+            await client.release_streams(4)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="not a string"):
+            await client.release_streams(b"\x01")  # type: ignore[arg-type]
         with pytest.raises(ConfigurationError, match="count"):
             await client.request_streams(0)
         with pytest.raises(ConfigurationError, match=f"count: .*got {2**64}"):
@@ -363,6 +376,7 @@ def test_standalone_mode(tmp_path: Path):
         assert health["mode"] == "standalone" and health["metrics"]["records_made"] == 1
         with pytest.raises(StreamNotLeasedError):
             await client.record_stream_processing(2**64)
+        # A leased id among ids beyond 64 bits is released, alone.
         assert await client.release_streams([2, 2**64]) is True
         assert sorted(await client.request_streams(3)) == [1, 3]
         await client.shutdown()
@@ -370,16 +384,69 @@ def test_standalone_mode(tmp_path: Path):
     run(check())
 
 
-def test_standalone_stream_ids_are_checked(tmp_path: Path):
+class Index:
+    """An int-like object that is not an int (as a numpy integer)."""
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+    def __index__(self) -> int:
+        return self.value
+
+
+def test_counts_take_int_like_objects():
+    client = create_resilient_worker_client(
+        "http://127.0.0.1:50051", "w1", Index(3), retry_max_attempts=Index(2)  # type: ignore[arg-type]
+    )
+    assert client.max_streams == 3
+    with pytest.raises(ConfigurationError, match="max_streams: must be between 0 and 4294967295, got 4294967296"):
+        create_resilient_worker_client("http://127.0.0.1:50051", "w1", Index(2**32))  # type: ignore[arg-type]
+
+
+def test_standalone_stream_ids_at_the_64_bit_boundaries(tmp_path: Path):
+    top = 2**63 - 1
+
     async def check():
-        with pytest.raises(ConfigurationError, match="streams: stream ids must be between") as e:
-            create_standalone_worker_client("w-alone", [1, 2**63], state_path=str(tmp_path / "s.db"))
-        assert e.value.setting == "streams"
-        with pytest.raises(TypeError):
-            create_standalone_worker_client("w-alone", [1, "2"], state_path=str(tmp_path / "s.db"))  # type: ignore[list-item]
-        assert not (tmp_path / "s.db").exists()
+        client = create_standalone_worker_client(
+            "w-edge", [Index(1), top], state_path=str(tmp_path / "s.db")  # type: ignore[list-item]
+        )
+        await client.start()
+        assert client.can_process_stream(top) and client.can_process_stream(Index(1))  # type: ignore[arg-type]
+        assert not client.can_process_stream(top + 1)
+        await client.record_stream_processing(top)
+        await client.record_stream_processing(Index(1))  # type: ignore[arg-type]
+        with pytest.raises(StreamNotLeasedError, match=f"stream {top + 1} is not leased") as e:
+            await client.record_stream_processing(Index(top + 1))  # type: ignore[arg-type]
+        assert e.value.stream_id == top + 1 and type(e.value.stream_id) is int
+        health = await client.health_check()
+        assert health["metrics"]["records_made"] == 2
+        assert await client.release_streams([Index(1)]) is True  # type: ignore[list-item]
+        assert await client.request_streams(2) == [top]
+        await client.shutdown()
 
     run(check())
+
+
+@pytest.mark.parametrize(
+    "streams, message",
+    [
+        ([1, 2**63], f"stream id {2**63} must be at most {2**63 - 1}"),
+        ([1, -(2**63) - 1], f"stream id {-(2**63) - 1} must be greater than 0"),
+        ([1, -(2**63)], f"stream id {-(2**63)} must be greater than 0"),  # the Rust builder's check
+        ([0], "stream id 0 must be greater than 0"),
+        ([], "standalone mode needs at least one stream id"),
+    ],
+)
+def test_standalone_stream_ids_are_checked(streams, message, tmp_path: Path):
+    with pytest.raises(ConfigurationError, match=f"streams: {message}") as e:
+        create_standalone_worker_client("w-alone", streams, state_path=str(tmp_path / "s.db"))
+    assert e.value.setting == "streams"
+
+
+@pytest.mark.parametrize("streams", [[1, "2"], "12", b"\x01\x02", 3, [1.0]])
+def test_standalone_streams_of_the_wrong_type(streams, tmp_path: Path):
+    with pytest.raises(TypeError, match="streams" if sys.version_info >= (3, 11) else None):
+        create_standalone_worker_client("w-alone", streams, state_path=str(tmp_path / "s.db"))
 
 
 def test_the_package_exports_and_is_typed():

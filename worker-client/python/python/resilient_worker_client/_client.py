@@ -114,10 +114,14 @@ class ResilientWorkerClient:
     async def release_streams(self, stream_ids: Sequence[int]) -> bool:
         """Gives streams back. ``True`` when the orchestrator confirmed,
         ``False`` when recorded locally and replayed later. Ids not leased
-        to this worker are ignored."""
-        if isinstance(stream_ids, (str, bytes)):
+        to this worker are ignored (none leased: ``True``, no call made)."""
+        if isinstance(stream_ids, (str, bytes, bytearray)):
             raise TypeError("stream_ids must be a list of stream ids (int), not a string")
-        return await _call(self._native.release_streams, list(stream_ids))  # type: ignore[no-any-return]
+        try:
+            ids = list(stream_ids)
+        except TypeError:
+            raise TypeError(f"stream_ids must be a list of stream ids (int), not {type(stream_ids).__name__}") from None
+        return await _call(self._native.release_streams, ids)  # type: ignore[no-any-return]
 
     async def health_check(self) -> Dict[str, Any]:
         """The seed's health report (``server_id``,

@@ -50,7 +50,9 @@ def create_standalone_worker_client(
     state_path: Optional[Union[str, os.PathLike[str]]] = None,
     state_history: int = 5000,
 ) -> ResilientWorkerClient:
-    """A client with no orchestrator that processes exactly ``streams``."""
+    """A client with no orchestrator that processes exactly ``streams``
+    (ids > 0). Only builds; a bad setting is a ``ConfigurationError``
+    naming it."""
 
 def shutdown_at_exit() -> None:
     """Shuts down every client used but not shut down (run by atexit)."""
