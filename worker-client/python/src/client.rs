@@ -270,19 +270,21 @@ pub(crate) fn create_resilient_worker_client(
 #[pyo3(signature = (server_id, streams, *, state_path = None, state_history = 5000))]
 pub(crate) fn create_standalone_worker_client(
     server_id: String,
-    #[pyo3(from_py_with = convert::stream_id_ints)] streams: Vec<i128>,
+    #[pyo3(from_py_with = convert::stream_ids_or_ints)] streams: Vec<Result<i64, Bound<'_, PyAny>>>,
     state_path: Option<PathBuf>,
     #[pyo3(from_py_with = int)] state_history: i128,
 ) -> PyResult<ResilientWorkerClient> {
-    // Beyond 64 bits here; the Rust builder checks the rest (> 0) in the
-    // same words.
+    // The first id out of range, in the Rust builder's words (it checks
+    // those within 64 bits again).
     let streams = streams
         .into_iter()
-        .map(|id| {
-            i64::try_from(id).map_err(|_| {
-                let bound = if id < 0 { "greater than 0".to_owned() } else { format!("at most {}", i64::MAX) };
-                errors::config("streams", format!("stream id {} must be {bound}", shown(id)))
-            })
+        .map(|id| match id {
+            Ok(id) if id > 0 => Ok(id),
+            Ok(id) => Err(errors::config("streams", format!("stream id {id} must be greater than 0"))),
+            Err(int) => {
+                let bound = if int.lt(0)? { "greater than 0".to_owned() } else { format!("at most {}", i64::MAX) };
+                Err(errors::config("streams", format!("stream id {} must be {bound}", convert::int_text(&int))))
+            }
         })
         .collect::<PyResult<Vec<i64>>>()?;
     let mut b = Client::standalone(server_id, streams).state_history(history(state_history)?);
@@ -484,9 +486,7 @@ impl ResilientWorkerClient {
     ) -> PyResult<()> {
         // No stream has an id beyond 64 bits: never leased.
         let id = stream_id.map_err(|int| {
-            // (`str` refuses an int of more than 4300 digits.)
-            let text = int.str().map_or_else(|_| "(an int of thousands of digits)".to_owned(), |s| s.to_string());
-            let message = format!("stream {text} is not leased to this worker");
+            let message = format!("stream {} is not leased to this worker", convert::int_text(&int));
             errors::new_error(int.py(), "StreamNotLeasedError", (message, int))
         })?;
         self.call(completer, future, move |c| async move { c.record_stream_processing(id).await.map(|_sequence| ()) });

@@ -13,7 +13,7 @@ use crate::errors;
 /// `__index__` (a numpy integer, say) as its int (`operator.index`), and
 /// anything else a `TypeError`.
 fn index<'py>(obj: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
-    if obj.is_instance_of::<PyInt>() {
+    if obj.is_exact_instance_of::<PyInt>() {
         return Ok(obj.clone());
     }
     static INDEX: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
@@ -56,6 +56,12 @@ pub(crate) fn stream_id_or_int<'py>(obj: &Bound<'py, PyAny>) -> PyResult<Result<
     }
 }
 
+/// An int for a message: its decimal digits, unless there are too many for
+/// `str` (over 4300).
+pub(crate) fn int_text(int: &Bound<'_, PyAny>) -> String {
+    int.str().map_or_else(|_| "(an int of thousands of digits)".to_owned(), |s| s.to_string())
+}
+
 /// The items of a list (or any sequence) of stream ids; a `str` or
 /// `bytes` is refused, though a sequence, as surely a mistake.
 fn id_sequence<'py>(obj: &Bound<'py, PyAny>) -> PyResult<Vec<Bound<'py, PyAny>>> {
@@ -71,10 +77,9 @@ pub(crate) fn stream_ids(obj: &Bound<'_, PyAny>) -> PyResult<Vec<Option<i64>>> {
     id_sequence(obj)?.iter().map(stream_id).collect()
 }
 
-/// A sequence of stream ids, each as [`int`] reads it (for an error that
-/// shows an id out of range).
-pub(crate) fn stream_id_ints(obj: &Bound<'_, PyAny>) -> PyResult<Vec<i128>> {
-    id_sequence(obj)?.iter().map(int).collect()
+/// A sequence of stream ids, each as [`stream_id_or_int`] reads it.
+pub(crate) fn stream_ids_or_ints<'py>(obj: &Bound<'py, PyAny>) -> PyResult<Vec<Result<i64, Bound<'py, PyAny>>>> {
+    id_sequence(obj)?.iter().map(stream_id_or_int).collect()
 }
 
 /// An int from [`int`] for an error message.
@@ -88,8 +93,17 @@ pub(crate) fn shown(value: i128) -> String {
 
 /// Seconds (an `int` or a `float`) as a duration; the error names `setting`.
 pub(crate) fn seconds(setting: &str, value: f64) -> PyResult<Duration> {
-    Duration::try_from_secs_f64(value)
-        .map_err(|_| errors::config(setting, format!("must be a number of seconds >= 0 and < 2**64, got {value:?}")))
+    Duration::try_from_secs_f64(value).map_err(|_| {
+        // As Python shows it: `-1` for an int, `1e300`, `nan`, `inf`.
+        let shown = if value.is_nan() {
+            "nan".to_owned()
+        } else if value.fract() == 0.0 && value.abs() < 1e15 {
+            format!("{value:.0}")
+        } else {
+            format!("{value:?}")
+        };
+        errors::config(setting, format!("must be a number of seconds >= 0 and < 2**64, got {shown}"))
+    })
 }
 
 /// A count that fits a `u32`; the error names `setting`.

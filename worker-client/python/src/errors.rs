@@ -22,9 +22,11 @@ pub(crate) fn new_error<'py>(py: Python<'py>, name: &str, args: impl pyo3::call:
     }
 }
 
-/// A configuration error naming the setting.
+/// A configuration error naming the setting, worded as the Rust client's
+/// own (`worker_client::Error::Config`).
 pub(crate) fn config(setting: &str, problem: impl std::fmt::Display) -> PyErr {
-    Python::attach(|py| new_error(py, "ConfigurationError", (format!("{setting}: {problem}"), setting.to_owned())))
+    let message = format!("invalid configuration: {setting}: {problem}");
+    Python::attach(|py| new_error(py, "ConfigurationError", (message, setting.to_owned())))
 }
 
 /// The client's error as its Python exception.

@@ -109,8 +109,9 @@ def test_bad_settings_raise_configuration_error_naming_them(kwargs, setting):
 
 
 def test_a_huge_duration_is_shown_short():
-    for value, shown in ((1e300, "1e300"), (-1e300, "-1e300"), (float("inf"), "inf"), (-0.5, "-0.5")):
-        with pytest.raises(ConfigurationError, match=rf"^connect_timeout: must be a number of seconds >= 0 and < 2\*\*64, got {shown}$"):
+    cases = ((1e300, "1e300"), (-1e300, "-1e300"), (float("inf"), "inf"), (float("nan"), "nan"), (-0.5, "-0.5"), (-1, "-1"), (2**64, "1.8446744073709552e19"))
+    for value, shown in cases:
+        with pytest.raises(ConfigurationError, match=rf"^invalid configuration: connect_timeout: must be a number of seconds >= 0 and < 2\*\*64, got {shown}$"):
             create_resilient_worker_client("http://127.0.0.1:50051", "w1", 5, connect_timeout=value)
 
 
@@ -408,19 +409,24 @@ def test_standalone_stream_ids_at_the_64_bit_boundaries(tmp_path: Path):
 
     async def check():
         client = create_standalone_worker_client(
-            "w-edge", [Index(1), top], state_path=str(tmp_path / "s.db")  # type: ignore[list-item]
+            "w-edge", [Index(1), top], state_path=str(tmp_path / "s.db")
         )
         await client.start()
-        assert client.can_process_stream(top) and client.can_process_stream(Index(1))  # type: ignore[arg-type]
+        async for leases in client.leases():
+            assert Index(1) in leases and top in leases and top + 1 not in leases
+            break
+        assert client.can_process_stream(top) and client.can_process_stream(Index(1))
         assert not client.can_process_stream(top + 1)
         await client.record_stream_processing(top)
-        await client.record_stream_processing(Index(1))  # type: ignore[arg-type]
+        await client.record_stream_processing(Index(1))
         with pytest.raises(StreamNotLeasedError, match=f"stream {top + 1} is not leased") as e:
-            await client.record_stream_processing(Index(top + 1))  # type: ignore[arg-type]
+            await client.record_stream_processing(Index(top + 1))
         assert e.value.stream_id == top + 1 and type(e.value.stream_id) is int
         health = await client.health_check()
         assert health["metrics"]["records_made"] == 2
-        assert await client.release_streams([Index(1)]) is True  # type: ignore[list-item]
+        assert await client.release_streams([Index(1)]) is True
+        with pytest.raises(TypeError, match="cannot be interpreted as an integer"):  # not hidden
+            await client.release_streams(x for x in [top, "a"])  # type: ignore[arg-type]
         assert await client.request_streams(2) == [top]
         await client.shutdown()
 
@@ -431,6 +437,8 @@ def test_standalone_stream_ids_at_the_64_bit_boundaries(tmp_path: Path):
     "streams, message",
     [
         ([1, 2**63], f"stream id {2**63} must be at most {2**63 - 1}"),
+        ([0, 2**63], "stream id 0 must be greater than 0"),  # the first, as the Rust builder
+        ([1, 10**5000], r"stream id \(an int of thousands of digits\) must be at most"),
         ([1, -(2**63) - 1], f"stream id {-(2**63) - 1} must be greater than 0"),
         ([1, -(2**63)], f"stream id {-(2**63)} must be greater than 0"),  # the Rust builder's check
         ([0], "stream id 0 must be greater than 0"),
@@ -438,7 +446,7 @@ def test_standalone_stream_ids_at_the_64_bit_boundaries(tmp_path: Path):
     ],
 )
 def test_standalone_stream_ids_are_checked(streams, message, tmp_path: Path):
-    with pytest.raises(ConfigurationError, match=f"streams: {message}") as e:
+    with pytest.raises(ConfigurationError, match=f"^invalid configuration: streams: {message}") as e:
         create_standalone_worker_client("w-alone", streams, state_path=str(tmp_path / "s.db"))
     assert e.value.setting == "streams"
 

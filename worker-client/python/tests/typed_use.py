@@ -19,6 +19,14 @@ from resilient_worker_client import (
 )
 
 
+class Id:
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+    def __index__(self) -> int:
+        return self.value
+
+
 async def fetch(x: int) -> int:
     return x
 
@@ -41,6 +49,9 @@ async def use() -> None:
     status: Dict[str, Any] = await client.get_detailed_status()
     can: bool = client.can_process_stream(1)
     await client.record_stream_processing(1)
+    # Int-like ids (a numpy integer, say) type-check too.
+    await client.record_stream_processing(Id(1))
+    released = await client.release_streams(Id(i) for i in streams)
     async for leases in client.leases():
         ids: List[int] = leases.stream_ids
         epochs: Dict[int, int] = leases.epochs

@@ -11,7 +11,7 @@ import asyncio
 import functools
 import weakref
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, SupportsIndex
 
 if TYPE_CHECKING:
     from typing_extensions import ParamSpec
@@ -106,22 +106,22 @@ class ResilientWorkerClient:
         ``False`` in local mode, as the seed's client."""
         return await _call(self._native.send_heartbeat)  # type: ignore[no-any-return]
 
-    async def request_streams(self, count: int) -> List[int]:
+    async def request_streams(self, count: SupportsIndex) -> List[int]:
         """Asks for up to ``count`` more streams; the ids granted. In local
         mode, the streams held."""
         return await _call(self._native.request_streams, count)  # type: ignore[no-any-return]
 
-    async def release_streams(self, stream_ids: Sequence[int]) -> bool:
+    async def release_streams(self, stream_ids: Iterable[SupportsIndex]) -> bool:
         """Gives streams back. ``True`` when the orchestrator confirmed,
         ``False`` when recorded locally and replayed later. Ids not leased
         to this worker are ignored (none leased: ``True``, no call made)."""
         if isinstance(stream_ids, (str, bytes, bytearray)):
             raise TypeError("stream_ids must be a list of stream ids (int), not a string")
         try:
-            ids = list(stream_ids)
+            items = iter(stream_ids)
         except TypeError:
             raise TypeError(f"stream_ids must be a list of stream ids (int), not {type(stream_ids).__name__}") from None
-        return await _call(self._native.release_streams, ids)  # type: ignore[no-any-return]
+        return await _call(self._native.release_streams, list(items))  # type: ignore[no-any-return]
 
     async def health_check(self) -> Dict[str, Any]:
         """The seed's health report (``server_id``,
@@ -142,11 +142,11 @@ class ResilientWorkerClient:
 
     # -- local mode methods
 
-    def can_process_stream(self, stream_id: int) -> bool:
+    def can_process_stream(self, stream_id: SupportsIndex) -> bool:
         """Whether this worker may process ``stream_id`` now (synchronous)."""
         return self._native.can_process_stream(stream_id)
 
-    async def record_stream_processing(self, stream_id: int) -> None:
+    async def record_stream_processing(self, stream_id: SupportsIndex) -> None:
         """Records that a chunk of ``stream_id`` was processed. Returns once
         the record is durable in the state file (it survives a crash of
         the worker); it reaches the orchestrator exactly once. Raises
