@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import pickle
 import socket
 import sys
 from pathlib import Path
@@ -455,6 +456,32 @@ def test_standalone_stream_ids_are_checked(streams, message, tmp_path: Path):
 def test_standalone_streams_of_the_wrong_type(streams, tmp_path: Path):
     with pytest.raises(TypeError, match="streams" if sys.version_info >= (3, 11) else None):
         create_standalone_worker_client("w-alone", streams, state_path=str(tmp_path / "s.db"))
+
+
+def test_errors_pickle_with_their_attributes(tmp_path: Path):
+    async def raised():
+        client = create_standalone_worker_client("w-pickle", [1], state_path=str(tmp_path / "s.db"))
+        with pytest.raises(StreamNotLeasedError) as e:
+            await client.record_stream_processing(2**70)
+        await client.shutdown()
+        return e.value
+
+    with pytest.raises(ConfigurationError) as config:
+        create_resilient_worker_client("http://127.0.0.1:50051", "w1", 0)
+    errors = [
+        config.value,
+        run(raised()),
+        rwc.StateFileError("locked by another process", "/var/lib/w/s.db"),
+        rwc.OrchestratorRejectedError("rejected", "INVALID_ARGUMENT", "count: must be > 0"),
+        rwc.ClientShutDownError("the client is shut down"),
+        rwc.CircuitBreakerOpenError("open", "open", 1.5),
+        rwc.CircuitBreakerTimeoutError("timed out", 2.0),
+    ]
+    for error in errors:
+        copy = pickle.loads(pickle.dumps(error))
+        assert type(copy) is type(error) and str(copy) == str(error), error
+        assert copy.args == error.args and vars(copy) == vars(error), error
+    assert errors[0].setting == "max_streams" and errors[1].stream_id == 2**70
 
 
 def test_the_package_exports_and_is_typed():

@@ -8,7 +8,7 @@ Each also derives from the built-in class a caller would already catch:
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional, Tuple, Type
 
 __all__ = [
     "ResilientWorkerClientError",
@@ -22,8 +22,21 @@ __all__ = [
 ]
 
 
+def _restore(cls: Type[BaseException], args: Tuple[Any, ...]) -> BaseException:
+    error = cls.__new__(cls, *args)
+    error.args = args  # (OSError's __new__ leaves them to __init__)
+    return error
+
+
 class ResilientWorkerClientError(Exception):
-    """Base class of every error this package raises."""
+    """Base class of every error this package raises. Every one pickles
+    with its attributes (to cross ``multiprocessing`` or
+    ``concurrent.futures`` process pools)."""
+
+    def __reduce__(self) -> Tuple[Any, ...]:
+        # Exception's own would call the class with ``args`` (the message
+        # alone), which the subclasses' extra parameters refuse.
+        return (_restore, (type(self), self.args), self.__dict__)
 
 
 class ConfigurationError(ResilientWorkerClientError, ValueError):
