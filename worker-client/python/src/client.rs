@@ -270,7 +270,7 @@ pub(crate) fn create_resilient_worker_client(
 #[pyo3(signature = (server_id, streams, *, state_path = None, state_history = 5000))]
 pub(crate) fn create_standalone_worker_client(
     server_id: String,
-    #[pyo3(from_py_with = convert::stream_ids_or_ints)] streams: Vec<Result<i64, Bound<'_, PyAny>>>,
+    #[pyo3(from_py_with = convert::stream_ids)] streams: Vec<Result<i64, Bound<'_, PyAny>>>,
     state_path: Option<PathBuf>,
     #[pyo3(from_py_with = int)] state_history: i128,
 ) -> PyResult<ResilientWorkerClient> {
@@ -458,11 +458,11 @@ impl ResilientWorkerClient {
     /// be replayed. An id not leased (one beyond 64 bits, say) is ignored.
     fn release_streams(
         &self,
-        #[pyo3(from_py_with = convert::stream_ids)] stream_ids: Vec<Option<i64>>,
+        #[pyo3(from_py_with = convert::stream_ids)] stream_ids: Vec<Result<i64, Bound<'_, PyAny>>>,
         completer: &Completer,
         future: Py<PyAny>,
     ) {
-        let stream_ids: Vec<i64> = stream_ids.into_iter().flatten().collect();
+        let stream_ids: Vec<i64> = stream_ids.into_iter().filter_map(Result::ok).collect();
         self.call(completer, future, move |c| async move { c.release_streams(&stream_ids).await });
     }
 

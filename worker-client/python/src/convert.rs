@@ -72,13 +72,8 @@ fn id_sequence<'py>(obj: &Bound<'py, PyAny>) -> PyResult<Vec<Bound<'py, PyAny>>>
     obj.extract()
 }
 
-/// A sequence of stream ids, each as [`stream_id`] reads it.
-pub(crate) fn stream_ids(obj: &Bound<'_, PyAny>) -> PyResult<Vec<Option<i64>>> {
-    id_sequence(obj)?.iter().map(stream_id).collect()
-}
-
 /// A sequence of stream ids, each as [`stream_id_or_int`] reads it.
-pub(crate) fn stream_ids_or_ints<'py>(obj: &Bound<'py, PyAny>) -> PyResult<Vec<Result<i64, Bound<'py, PyAny>>>> {
+pub(crate) fn stream_ids<'py>(obj: &Bound<'py, PyAny>) -> PyResult<Vec<Result<i64, Bound<'py, PyAny>>>> {
     id_sequence(obj)?.iter().map(stream_id_or_int).collect()
 }
 
