@@ -381,6 +381,11 @@ impl ResilientWorkerClient {
                 Ok(client) => f(client.clone()).await,
                 Err(e) => Err(e),
             };
+            // Let go of the client before waking Python: the caller may
+            // drop its last reference as soon as the await returns, and the
+            // client must then be dropped (and shut down) at once, not when
+            // this task gets round to it.
+            drop(shared);
             pending.finish(Box::new(move |py| to_python(py, result)));
         });
     }
@@ -521,6 +526,7 @@ impl ResilientWorkerClient {
                     "shut down"
                 );
             }
+            drop(shared); // as in `call`
             pending.finish(Box::new(|py| Ok(py.None())));
         });
     }
@@ -554,6 +560,14 @@ impl ResilientWorkerClient {
     #[getter]
     fn state_path(&self) -> PathBuf {
         self.shared.state_path.clone()
+    }
+
+    /// How many hold this client (for tests): 1, the Python object, when
+    /// no call is in flight. A call's task lets go before its await
+    /// returns, so the client is dropped (and shut down) as soon as its
+    /// last Python reference goes.
+    fn _holders(&self) -> usize {
+        Arc::strong_count(&self.shared)
     }
 
     fn __repr__(&self) -> String {

@@ -63,6 +63,8 @@ class ResilientWorkerClient:
     Each awaited method takes the running loop's ``Completer`` and a future
     of that loop, runs on the Rust runtime and completes the future."""
 
+    def _holders(self) -> int:
+        """How many hold this client (for tests): 1 when no call is in flight."""
     @property
     def server_id(self) -> str: ...
     @property
