@@ -663,10 +663,14 @@ impl LeaseChanges {
         let at = *cancels.borrow_and_update();
         crate::runtime().spawn(async move {
             // `next_leases` takes a lease set only after its last await, so
-            // dropping it at a cancel consumes nothing.
+            // dropping it at a cancel consumes nothing. The cancel is polled
+            // first: when a change and the cancel are both ready (the task
+            // started late), the change is left for the next step, which a
+            // random pick would take here and hand to a cancelled future.
             let next = tokio::select! {
-                next = next_leases(&shared, &state) => next,
+                biased;
                 _ = cancels.wait_for(|c| *c != at) => Ok(None),
+                next = next_leases(&shared, &state) => next,
             };
             pending.finish(Box::new(move |py| to_python(py, next)));
         });

@@ -64,7 +64,7 @@ class Orchestrator:
             "--database", str(self.db),
             "--http-listen", "off",
             "--heartbeat-interval", "200ms",
-            "--session-timeout", "3s",
+            "--session-timeout", f"{round(patience(3) * 1000)}ms",
             "--demo-streams", str(self.streams),
             *self.extra,
         ]  # fmt: skip

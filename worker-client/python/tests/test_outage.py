@@ -9,7 +9,7 @@ from pathlib import Path
 
 from resilient_worker_client import create_resilient_worker_client
 
-from conftest import Orchestrator, eventually
+from conftest import Orchestrator, eventually, patience
 
 
 def test_kill_the_orchestrator_local_mode_keeps_records_restart_uploads_each_once(tmp_path: Path):
@@ -20,7 +20,7 @@ def test_kill_the_orchestrator_local_mode_keeps_records_restart_uploads_each_onc
         orchestrator.url, "w-outage", 5,
         circuit_failure_threshold=2, circuit_recovery_timeout=0.5,
         retry_max_attempts=2, retry_base_delay=0.05,
-        state_path=str(state), local_mode_after=1.0, circuit_timeout=1.0, connect_timeout=0.5,
+        state_path=str(state), local_mode_after=patience(1.0), circuit_timeout=patience(1.0), connect_timeout=patience(0.5),
         reconnect_base_delay=0.05, reconnect_max_delay=0.3,
     )  # fmt: skip
 

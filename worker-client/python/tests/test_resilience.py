@@ -8,6 +8,8 @@ import inspect
 
 import pytest
 
+from conftest import patience
+
 from resilient_worker_client import (
     CircuitBreaker,
     CircuitBreakerConfig,
@@ -62,7 +64,8 @@ def test_configs_have_the_seeds_names_and_defaults():
 
 def test_the_breaker_opens_fails_fast_probes_and_closes():
     async def check():
-        b = CircuitBreaker(CircuitBreakerConfig(failure_threshold=2, recovery_timeout=0.2, success_threshold=2), name="db")
+        recovery = patience(0.2)  # the whole process stalling this long would let a probe through early
+        b = CircuitBreaker(CircuitBreakerConfig(failure_threshold=2, recovery_timeout=recovery, success_threshold=2), name="db")
         assert await b.call(ok, 41, plus=1) == 42
         for _ in range(2):
             with pytest.raises(Boom):
@@ -76,8 +79,8 @@ def test_the_breaker_opens_fails_fast_probes_and_closes():
         with pytest.raises(CircuitBreakerOpenError) as e:
             await b.call(tracked)
         assert not called, "an open breaker must not call the function"
-        assert e.value.state == "open" and 0 < e.value.retry_after <= 0.2
-        await asyncio.sleep(0.25)
+        assert e.value.state == "open" and 0 < e.value.retry_after <= recovery
+        await asyncio.sleep(recovery + 0.05)
         assert await b.call(ok) == 1  # a half-open probe
         assert b.state == "half_open"
         assert await b.call(ok) == 1
