@@ -538,6 +538,7 @@ impl ResilientWorkerClient {
             shared: Arc::downgrade(&self.shared),
             state: Arc::new(tokio::sync::Mutex::new(IterState::NotStarted)),
             cancels: watch::channel(0).0,
+            undelivered: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -563,7 +564,7 @@ impl ResilientWorkerClient {
     }
 
     /// How many hold this client (for tests): 1, the Python object, when
-    /// no call is in flight. A call's task lets go before its await
+    /// no call (nor a lease iterator's first step) is in flight. A call's task lets go before its await
     /// returns, so the client is dropped (and shut down) as soon as its
     /// last Python reference goes.
     fn _holders(&self) -> usize {
@@ -642,9 +643,15 @@ enum IterState {
 pub(crate) struct LeaseChanges {
     shared: Weak<Shared>,
     state: Arc<tokio::sync::Mutex<IterState>>,
-    /// Bumped by `cancel()`: the step in flight stops before it takes a
-    /// lease set, so a cancelled `__anext__` loses no change.
+    /// Bumped by `cancel()`: the step in flight stops if it has not taken
+    /// a lease set yet (and if it has, `undelivered` says so), so a
+    /// cancelled `__anext__` loses no change.
     cancels: watch::Sender<u64>,
+    /// A step took a lease set (marking its change seen) that Python has
+    /// not confirmed with `delivered()`: its await was cancelled after the
+    /// runtime took the change. The next step then answers at once with
+    /// the current set instead of waiting for a further change.
+    undelivered: Arc<AtomicBool>,
 }
 
 fn lease_set(set: &worker_client::LeaseSet) -> LeaseSet {
@@ -658,6 +665,7 @@ impl LeaseChanges {
     fn next(&self, completer: &Completer, future: Py<PyAny>) {
         let shared = self.shared.clone();
         let state = Arc::clone(&self.state);
+        let undelivered = Arc::clone(&self.undelivered);
         let pending = completer.pending(future);
         let mut cancels = self.cancels.subscribe();
         let at = *cancels.borrow_and_update();
@@ -670,7 +678,7 @@ impl LeaseChanges {
             let next = tokio::select! {
                 biased;
                 _ = cancels.wait_for(|c| *c != at) => Ok(None),
-                next = next_leases(&shared, &state) => next,
+                next = next_leases(&shared, &state, &undelivered) => next,
             };
             pending.finish(Box::new(move |py| to_python(py, next)));
         });
@@ -680,11 +688,18 @@ impl LeaseChanges {
     fn cancel(&self) {
         self.cancels.send_modify(|c| *c += 1);
     }
+
+    /// The last step's lease set reached the application (its await
+    /// returned).
+    fn delivered(&self) {
+        self.undelivered.store(false, Ordering::Release);
+    }
 }
 
 async fn next_leases(
     shared: &Weak<Shared>,
     state: &tokio::sync::Mutex<IterState>,
+    undelivered: &AtomicBool,
 ) -> Result<Option<LeaseSet>, worker_client::Error> {
     let mut state = state.lock().await;
     match &mut *state {
@@ -705,9 +720,14 @@ async fn next_leases(
             let mut leases = client.leases();
             let current = lease_set(&leases.borrow_and_update());
             *state = IterState::Running(leases, shared.closed.subscribe());
+            undelivered.store(true, Ordering::Release);
             Ok(Some(current))
         }
         IterState::Running(leases, closed) => {
+            if undelivered.load(Ordering::Acquire) && !*closed.borrow() {
+                // The last set taken never reached the application.
+                return Ok(Some(lease_set(&leases.borrow_and_update())));
+            }
             let changed = tokio::select! {
                 changed = leases.changed() => changed.is_ok(),
                 _ = closed.wait_for(|c| *c) => false,
@@ -716,6 +736,7 @@ async fn next_leases(
                 *state = IterState::Done;
                 return Ok(None);
             }
+            undelivered.store(true, Ordering::Release);
             Ok(Some(lease_set(&leases.borrow_and_update())))
         }
     }

@@ -7,6 +7,7 @@ import inspect
 import pickle
 import socket
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -594,6 +595,36 @@ def test_a_cancelled_lease_step_loses_no_change(orchestrator: Orchestrator, tmp_
         with pytest.raises(TypeError, match="not a string"):
             await client.release_streams("1")
         await client.shutdown()
+
+    run(check())
+
+
+def test_a_lease_step_cancelled_after_it_took_the_change_loses_it_not(orchestrator: Orchestrator, tmp_path: Path):
+    """The runtime takes the change and queues the set while the loop is
+    busy; the await is then cancelled, so the set never reaches the
+    application. The next step answers at once with the current set."""
+
+    async def check():
+        client = create_resilient_worker_client(orchestrator.url, "w-step2", 3, state_path=str(tmp_path / "s.db"))
+        await client.register()
+        await client.request_streams(3)
+        changes = client.leases()
+        first = await changes.__anext__()
+        assert len(first) == 3
+        await client.release_streams(first.stream_ids[:1])  # a change, not yet taken
+        waiting = asyncio.ensure_future(changes.__anext__())
+        await asyncio.sleep(0)  # the step is submitted
+        time.sleep(0.2)  # the loop busy: the runtime takes the change meanwhile
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        after = await asyncio.wait_for(changes.__anext__(), patience(5))
+        assert first.stream_ids[0] not in after and len(after) == 2, (first, after)
+        # Delivered now: the next step waits for a further change (none comes).
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(changes.__anext__(), 0.3)
+        await client.shutdown()  # the iterator ends (after an empty set, at most)
+        assert all(len(leases) == 0 for leases in [leases async for leases in changes])
 
     run(check())
 

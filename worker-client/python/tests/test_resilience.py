@@ -64,7 +64,7 @@ def test_configs_have_the_seeds_names_and_defaults():
 
 def test_the_breaker_opens_fails_fast_probes_and_closes():
     async def check():
-        recovery = patience(0.2)  # the whole process stalling this long would let a probe through early
+        recovery = patience(1.0)  # the whole process stalling this long would let a probe through early
         b = CircuitBreaker(CircuitBreakerConfig(failure_threshold=2, recovery_timeout=recovery, success_threshold=2), name="db")
         assert await b.call(ok, 41, plus=1) == 42
         for _ in range(2):

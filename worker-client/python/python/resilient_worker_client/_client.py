@@ -67,6 +67,9 @@ class LeaseChanges:
             # __anext__ gets the change this one would have.
             self._native.cancel()
             raise
+        # Reached the application: a step cancelled after the runtime took
+        # its change leaves the flag set, and the next step answers at once.
+        self._native.delivered()
         if leases is None:
             raise StopAsyncIteration
         return leases  # type: ignore[no-any-return]

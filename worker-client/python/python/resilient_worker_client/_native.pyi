@@ -64,7 +64,8 @@ class ResilientWorkerClient:
     of that loop, runs on the Rust runtime and completes the future."""
 
     def _holders(self) -> int:
-        """How many hold this client (for tests): 1 when no call is in flight."""
+        """How many hold this client (for tests): 1 when no call (nor a lease
+        iterator's first step) is in flight."""
     @property
     def server_id(self) -> str: ...
     @property
@@ -103,6 +104,7 @@ class LeaseChanges:
 
     def next(self, completer: Completer, future: asyncio.Future[Optional[LeaseSet]]) -> None: ...
     def cancel(self) -> None: ...
+    def delivered(self) -> None: ...
 
 class CircuitBreakerConfig:
     """The seed's CircuitBreakerConfig (durations in seconds)."""
