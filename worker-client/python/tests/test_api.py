@@ -5,14 +5,15 @@ from __future__ import annotations
 import asyncio
 import inspect
 import pickle
+import select
 import socket
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 import resilient_worker_client as rwc
+from resilient_worker_client import _client
 from resilient_worker_client import (
     ClientShutDownError,
     ConfigurationError,
@@ -614,7 +615,10 @@ def test_a_lease_step_cancelled_after_it_took_the_change_loses_it_not(orchestrat
         await client.release_streams(first.stream_ids[:1])  # a change, not yet taken
         waiting = asyncio.ensure_future(changes.__anext__())
         await asyncio.sleep(0)  # the step is submitted
-        time.sleep(0.2)  # the loop busy: the runtime takes the change meanwhile
+        # The loop blocked until the runtime has taken the change and queued
+        # the set (the loop's completion socket turns readable); then cancel.
+        completions = _client._completer(asyncio.get_running_loop()).fileno()
+        assert select.select([completions], [], [], patience(5))[0], "the step never finished"
         waiting.cancel()
         with pytest.raises(asyncio.CancelledError):
             await waiting
@@ -623,6 +627,14 @@ def test_a_lease_step_cancelled_after_it_took_the_change_loses_it_not(orchestrat
         # Delivered now: the next step waits for a further change (none comes).
         with pytest.raises(asyncio.TimeoutError):
             await asyncio.wait_for(changes.__anext__(), 0.3)
+        # One consumer per iterator.
+        first_step = asyncio.ensure_future(changes.__anext__())
+        await asyncio.sleep(0)
+        with pytest.raises(RuntimeError, match="one consumer per iterator"):
+            await changes.__anext__()
+        first_step.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first_step
         await client.shutdown()  # the iterator ends (after an empty set, at most)
         assert all(len(leases) == 0 for leases in [leases async for leases in changes])
 

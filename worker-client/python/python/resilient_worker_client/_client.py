@@ -49,17 +49,24 @@ async def _call(method: Callable[..., None], *args: Any) -> Any:
 
 class LeaseChanges:
     """``async for leases in client.leases(): ...``: the current
-    ``LeaseSet`` at once, then one per change; ends at ``shutdown()``."""
+    ``LeaseSet`` at once, then one per change; ends at ``shutdown()``.
+    One consumer at a time, as an async generator: a second ``__anext__``
+    while one is in flight is a ``RuntimeError`` (make one iterator per
+    consumer with ``client.leases()``)."""
 
-    __slots__ = ("_native",)
+    __slots__ = ("_native", "_running")
 
     def __init__(self, native: _native.LeaseChanges) -> None:
         self._native = native
+        self._running = False
 
     def __aiter__(self) -> "LeaseChanges":
         return self
 
     async def __anext__(self) -> _native.LeaseSet:
+        if self._running:
+            raise RuntimeError("this lease iterator already has a step in flight: one consumer per iterator (call client.leases() again for another)")
+        self._running = True
         try:
             leases = await _call(self._native.next)
         except asyncio.CancelledError:
@@ -67,6 +74,8 @@ class LeaseChanges:
             # __anext__ gets the change this one would have.
             self._native.cancel()
             raise
+        finally:
+            self._running = False
         # Reached the application: a step cancelled after the runtime took
         # its change leaves the flag set, and the next step answers at once.
         self._native.delivered()
