@@ -564,9 +564,9 @@ impl ResilientWorkerClient {
     }
 
     /// How many hold this client (for tests): 1, the Python object, when
-    /// no call (nor a lease iterator's first step) is in flight. A call's task lets go before its await
-    /// returns, so the client is dropped (and shut down) as soon as its
-    /// last Python reference goes.
+    /// no call (nor a lease iterator's first step) is in flight. A call's
+    /// task lets go before its await returns, so the client is dropped (and
+    /// shut down) as soon as its last Python reference goes.
     fn _holders(&self) -> usize {
         Arc::strong_count(&self.shared)
     }

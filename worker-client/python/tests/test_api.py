@@ -577,14 +577,21 @@ def test_the_lease_iterator_of_a_client_shut_down_unused_ends_at_once(tmp_path: 
     run(check())
 
 
+async def three_leases_and_their_iterator(orchestrator: Orchestrator, server_id: str, tmp_path: Path):
+    """A registered client (no background loop) holding three streams, a
+    lease iterator of it, and that iterator's first set."""
+    client = create_resilient_worker_client(orchestrator.url, server_id, 3, state_path=str(tmp_path / "s.db"))
+    await client.register()
+    await client.request_streams(3)
+    changes = client.leases()
+    first = await changes.__anext__()
+    assert len(first) == 3
+    return client, changes, first
+
+
 def test_a_cancelled_lease_step_loses_no_change(orchestrator: Orchestrator, tmp_path: Path):
     async def check():
-        client = create_resilient_worker_client(orchestrator.url, "w-step", 3, state_path=str(tmp_path / "s.db"))
-        await client.register()
-        await client.request_streams(3)
-        changes = client.leases()
-        first = await changes.__anext__()
-        assert len(first) == 3
+        client, changes, first = await three_leases_and_their_iterator(orchestrator, "w-step", tmp_path)
         waiting = asyncio.ensure_future(changes.__anext__())  # waits for a change
         await asyncio.sleep(0)  # the step is submitted, then its await cancelled
         waiting.cancel()
@@ -606,12 +613,7 @@ def test_a_lease_step_cancelled_after_it_took_the_change_loses_it_not(orchestrat
     application. The next step answers at once with the current set."""
 
     async def check():
-        client = create_resilient_worker_client(orchestrator.url, "w-step2", 3, state_path=str(tmp_path / "s.db"))
-        await client.register()
-        await client.request_streams(3)
-        changes = client.leases()
-        first = await changes.__anext__()
-        assert len(first) == 3
+        client, changes, first = await three_leases_and_their_iterator(orchestrator, "w-step2", tmp_path)
         await client.release_streams(first.stream_ids[:1])  # a change, not yet taken
         waiting = asyncio.ensure_future(changes.__anext__())
         await asyncio.sleep(0)  # the step is submitted

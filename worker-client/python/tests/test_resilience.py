@@ -8,8 +8,6 @@ import inspect
 
 import pytest
 
-from conftest import patience
-
 from resilient_worker_client import (
     CircuitBreaker,
     CircuitBreakerConfig,
@@ -19,6 +17,8 @@ from resilient_worker_client import (
     RetryConfig,
     RetryHandler,
 )
+
+from conftest import patience
 
 
 def run(coro):

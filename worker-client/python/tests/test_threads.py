@@ -4,6 +4,7 @@ interpreter exits (the shared runtime's ``rwc-tokio`` threads aside)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import pytest
 
 from resilient_worker_client import create_resilient_worker_client
 
-from conftest import Orchestrator, patience, threads
+from conftest import Orchestrator, eventually, patience, threads
 
 
 def test_no_client_thread_is_left_after_shutdown(orchestrator: Orchestrator, tmp_path: Path):
@@ -39,10 +40,12 @@ def test_no_client_thread_is_left_after_shutdown(orchestrator: Orchestrator, tmp
             after = threads()
             return {f"{name} ({tid})" for tid, name in after.items() if tid in ours or (tid not in before and name != "rwc-tokio")}
 
-        deadline = time.monotonic() + patience(5)
-        while left() and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
+        async def none_left() -> bool:
+            return not left()
+
         # No state thread, and nothing else new but the shared runtime's threads.
+        with contextlib.suppress(AssertionError):
+            await eventually(none_left, "the client threads to end", timeout=5)
         assert not left(), f"client threads left running: {left()}"
 
     asyncio.run(check())
